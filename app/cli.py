@@ -1,0 +1,65 @@
+"""The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recoloop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    kafka = commands.add_parser("kafka", help="a local single-node Kafka broker (KRaft)")
+    kafka_cmds = kafka.add_subparsers(dest="kafka_command", required=True)
+    up = kafka_cmds.add_parser("up", help="start the broker in the background")
+    for sub in (up, kafka_cmds.add_parser("down", help="stop the broker"),
+                kafka_cmds.add_parser("status", help="say whether the broker answers")):
+        sub.add_argument("--port", type=int, default=9092)
+        sub.add_argument("--data-dir", type=Path, default=None,
+                         help="broker storage and logs (default: var/kafka)")
+
+    topics = commands.add_parser("topics", help="the contract's topics")
+    topics_cmds = topics.add_subparsers(dest="topics_command", required=True)
+    topics_cmds.add_parser("apply", help="create missing topics and report drift")
+
+    commands.add_parser("worker", help="run a stream-processing worker")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"recoloop: bad configuration: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "kafka":
+        from app import local_kafka
+
+        data_dir = args.data_dir or settings.data_dir / "kafka"
+        if args.kafka_command == "up":
+            print(local_kafka.up(port=args.port, data_dir=data_dir))
+            return 0
+        if args.kafka_command == "down":
+            local_kafka.down(port=args.port, data_dir=data_dir)
+            return 0
+        answers = local_kafka.status(port=args.port)
+        print(f"kafka on 127.0.0.1:{args.port}: {'up' if answers else 'down'}")
+        return 0 if answers else 1
+
+    if args.command == "topics":
+        from app import topic_admin
+
+        report = topic_admin.apply(settings)
+        print(report.describe())
+        return 0 if report.ok else 1
+
+    from app import worker
+
+    return worker.run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

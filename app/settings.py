@@ -1,0 +1,155 @@
+"""One typed, frozen settings object, built once from ``RECOLOOP_*`` environment variables.
+
+Every part of recoloop takes a :class:`Settings` instead of reading the environment itself,
+so tests and tools build one explicitly and nothing changes behind a running worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# The contract's logical topic names; the configured prefix goes in front of each.
+SERVED = "reco.served"
+CLICKS = "reco.clicks"
+DETAIL_VIEWS = "reco.detail-views"
+BASKET_ADDS = "reco.basket-adds"
+CATALOG = "reco.catalog"
+RANKINGS = "reco.rankings"
+REWARDS = "reco.rewards"
+DEAD_LETTER = "reco.dead-letter"
+REACTION_TOPICS = (CLICKS, DETAIL_VIEWS, BASKET_ADDS)
+# The topics the join reads; they must be co-partitioned (same partition count).
+JOIN_INPUT_TOPICS = (SERVED, *REACTION_TOPICS)
+
+DEFAULT_ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
+# Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
+DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
+
+
+class SettingsError(ValueError):
+    """A ``RECOLOOP_*`` variable has a value recoloop cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = 8
+    data_dir: Path = Path("var")
+    metrics_port: int = 9464
+    web_port: int = 6066
+    # Join: a reaction counts when served.ts <= reaction.ts <= served.ts + reward_window_s;
+    # a decision closes when stream time passes served.ts + reward_window_s + grace_s.
+    reward_window_s: float = 20.0
+    grace_s: float = 5.0
+    # A partition with no input for this long advances its stream time with the wall clock.
+    idle_close_s: float = 5.0
+    # How often the worker ticks each partition so idle partitions still close decisions.
+    tick_interval_s: float = 1.0
+    session_timeout_s: float = 1800.0
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    exploration: float = 0.1
+    ranking_size: int = 10
+    seed: int = 42
+    log_level: str = "info"
+    rewards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
+
+    def __post_init__(self) -> None:
+        _check(self.partitions >= 1, "RECOLOOP_PARTITIONS", "must be at least 1")
+        for name in ("metrics_port", "web_port"):
+            port = getattr(self, name)
+            _check(0 <= port <= 65535, _env_name(name), "must be a port number 0..65535")
+        for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
+                     "session_timeout_s"):
+            _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
+        _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
+        _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")
+        unknown = sorted(set(self.arms) - set(DEFAULT_ARMS))
+        _check(not unknown, "RECOLOOP_ARMS", f"unknown arms {unknown}; known: {DEFAULT_ARMS}")
+        _check(self.ranking_size >= 1, "RECOLOOP_RANKING_SIZE", "must be at least 1")
+        _check(bool(self.bootstrap_servers.strip()), "RECOLOOP_BOOTSTRAP_SERVERS",
+               "must not be empty")
+
+    def topic(self, logical_name: str) -> str:
+        """The real topic name of a contract topic, with the configured prefix."""
+        return f"{self.topic_prefix}{logical_name}"
+
+    @property
+    def app_id(self) -> str:
+        """Consumer group and internal-topic namespace; the prefix keeps deployments apart."""
+        return f"{self.topic_prefix}recoloop"
+
+    @property
+    def max_reward(self) -> float:
+        return max(self.rewards.values())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``RECOLOOP_<FIELD>`` variables; unset ones keep defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = _env_name(f.name)
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            parse = _PARSERS.get(f.name, _PARSERS_BY_TYPE.get(str(f.type), str))
+            try:
+                values[f.name] = parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"{var}={raw!r}: {exc}") from None
+        return cls(**values)
+
+
+def _env_name(field_name: str) -> str:
+    return f"RECOLOOP_{field_name.upper()}"
+
+
+def _check(ok: bool, var: str, message: str) -> None:
+    if not ok:
+        raise SettingsError(f"{var} {message}")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _parse_arms(raw: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in raw.split(",") if a.strip())
+
+
+def _parse_rewards(raw: str) -> dict[str, float]:
+    """``basket_add=3,detail_view=1,click=1``: the reward of each reaction type."""
+    table = dict(DEFAULT_REWARDS)
+    for part in raw.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in DEFAULT_REWARDS:
+            raise ValueError(f"expected type=value pairs with types {sorted(DEFAULT_REWARDS)}")
+        table[name.strip()] = _parse_float(value)
+    return table
+
+
+_PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
+    "int": _parse_int,
+    "float": _parse_float,
+    "str": str,
+    "Path": Path,
+}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "arms": _parse_arms,
+    "rewards": _parse_rewards,
+}
