@@ -1,0 +1,141 @@
+"""Candidate generation: the ranked item list behind each arm, and the site statistics it uses.
+
+Site statistics live in the partition's state under keys that start with the site id, so one
+site never reads another's. Each partition keeps statistics of the sessions it owns, which
+is a uniform sample of the site's traffic because sessions are spread by key.
+
+Every arm falls back, in this order, when its own list is short: the arm's own items,
+then ``bestsellers``, then the most engaged items of the site (long window). Basket items are
+never recommended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.decay import DecayedScores
+from app.events import Reaction
+from app.session import ENGAGEMENT_WEIGHT, Session
+
+HOUR_MS = 3_600_000
+# name: (half-life, capacity)
+STAT_SHAPES = {
+    "sales": (7 * 24 * HOUR_MS, 300),  # basket adds: bestsellers
+    "popular": (24 * HOUR_MS, 500),  # all engagement, long window: baseline and fallback
+    "recent": (HOUR_MS // 6, 500),  # all engagement, short window: trending
+    "category": (24 * HOUR_MS, 50),  # engagement within one category
+    "cooc": (24 * HOUR_MS, 20),  # items engaged in the same sessions as one item
+}
+# Trending compares the short window with the long one; smoothing keeps one click on a
+# brand-new item from topping the list.
+TRENDING_SMOOTHING = 1.0
+SIMILAR_NEIGHBOURS = 5
+
+Getter = Callable[[str], Any]
+Setter = Callable[[str, Any], None]
+
+
+def stat_key(site_id: str, name: str, part: str = "") -> str:
+    return f"stat:{site_id}:{name}:{part}"
+
+
+class SiteStats:
+    """Read-through, write-back access to one site's statistics in a partition's state."""
+
+    def __init__(self, site_id: str, get: Getter, put: Setter) -> None:
+        self.site_id = site_id
+        self._get = get
+        self._put = put
+        self._loaded: dict[str, DecayedScores] = {}
+        self._dirty: set[str] = set()
+
+    def scores(self, name: str, part: str = "") -> DecayedScores:
+        key = stat_key(self.site_id, name, part)
+        scores = self._loaded.get(key)
+        if scores is None:
+            scores = self._get(key)
+            if scores is None:
+                half_life, capacity = STAT_SHAPES[name]
+                scores = DecayedScores(half_life, capacity)
+            self._loaded[key] = scores
+        return scores
+
+    def add(self, name: str, part: str, item_id: str, weight: float, ts: int) -> None:
+        self.scores(name, part).add(item_id, weight, ts)
+        self._dirty.add(stat_key(self.site_id, name, part))
+
+    def flush(self) -> None:
+        for key in self._dirty:
+            self._put(key, self._loaded[key])
+        self._dirty.clear()
+
+
+def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> None:
+    """Teach the site statistics one reaction (call before ``session.engage``)."""
+    weight = ENGAGEMENT_WEIGHT.get(reaction.type, 1.0)
+    item, ts = reaction.item_id, reaction.ts
+    stats.add("popular", "", item, weight, ts)
+    stats.add("recent", "", item, weight, ts)
+    if reaction.type == "basket_add":
+        stats.add("sales", "", item, 1.0, ts)
+    if reaction.category:
+        stats.add("category", reaction.category, item, weight, ts)
+    # Co-occurrence both ways with the session's latest item: "sessions like this one".
+    if session.recent_items and session.recent_items[-1] != item:
+        previous = session.recent_items[-1]
+        stats.add("cooc", item, previous, weight, ts)
+        stats.add("cooc", previous, item, weight, ts)
+
+
+def arm_items(arm: str, session: Session, stats: SiteStats, ts: int,
+              size: int) -> list[tuple[str, float]]:
+    """The ranked items ``arm`` would show this session, filled up by the fallbacks."""
+    exclude = set(session.basket)
+    picked = _own_items(arm, session, stats, ts, size, exclude)
+    for fallback in ("sales", "popular"):
+        if len(picked) >= size:
+            break
+        seen = exclude | {item for item, _ in picked}
+        picked += [(item, 0.0) for item, _ in
+                   stats.scores(fallback).top(size - len(picked), ts, exclude=seen)]
+    return picked
+
+
+def _own_items(arm: str, session: Session, stats: SiteStats, ts: int, size: int,
+               exclude: set[str]) -> list[tuple[str, float]]:
+    if arm in ("category1", "category2"):
+        categories = session.top_categories(2)
+        rank = 0 if arm == "category1" else 1
+        if len(categories) <= rank:
+            return []
+        return stats.scores("category", categories[rank]).top(size, ts, exclude=exclude)
+    if arm == "bestsellers":
+        return stats.scores("sales").top(size, ts, exclude=exclude)
+    if arm == "trending":
+        return _trending(stats, ts, size, exclude)
+    if arm == "similar":
+        return _similar(session, stats, ts, size, exclude)
+    raise ValueError(f"unknown arm {arm!r}")
+
+
+def _trending(stats: SiteStats, ts: int, size: int,
+              exclude: set[str]) -> list[tuple[str, float]]:
+    recent, popular = stats.scores("recent"), stats.scores("popular")
+    lift = {
+        item: recent.value(item, ts) / (popular.value(item, ts) + TRENDING_SMOOTHING)
+        for item in recent.raw if item not in exclude
+    }
+    return sorted(lift.items(), key=lambda kv: kv[1], reverse=True)[:size]
+
+
+def _similar(session: Session, stats: SiteStats, ts: int, size: int,
+             exclude: set[str]) -> list[tuple[str, float]]:
+    """Weighted voting: each recent item's neighbours vote, newer items with more weight."""
+    votes: dict[str, float] = {}
+    recent = session.recent_items[-SIMILAR_NEIGHBOURS:]
+    for age, item in enumerate(reversed(recent)):
+        for neighbour, weight in stats.scores("cooc", item).top(20, ts):
+            if neighbour not in exclude and neighbour not in recent:
+                votes[neighbour] = votes.get(neighbour, 0.0) + weight / (1 + age)
+    return sorted(votes.items(), key=lambda kv: kv[1], reverse=True)[:size]

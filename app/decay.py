@@ -1,0 +1,71 @@
+"""Exponentially decayed scores with a bounded number of keys.
+
+Forward decay (Cormode et al.): an event at time ``t`` adds ``w * 2**((t - ref) / half_life)``
+instead of decaying every stored value at every step, so the order of stored values is the
+order of decayed values at any later time, and a top-k needs no arithmetic per key.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Container, Iterable
+from dataclasses import dataclass, field
+
+# Rescale before the forward-decay weights get anywhere near float overflow (2**1023).
+_MAX_EXPONENT = 200.0
+
+
+@dataclass(slots=True)
+class DecayedScores:
+    """Decayed sums per key, keeping at most ``capacity`` keys (the lowest are evicted).
+
+    Examples
+    --------
+    >>> scores = DecayedScores(half_life_ms=1_000, capacity=2)
+    >>> scores.add("a", 1.0, ts=0)
+    >>> scores.add("b", 1.0, ts=1_000)
+    >>> round(scores.value("a", ts=1_000), 3), round(scores.value("b", ts=1_000), 3)
+    (0.5, 1.0)
+    >>> scores.add("c", 2.0, ts=1_000)   # evicts "a", now the lowest
+    >>> scores.top(5, ts=1_000)
+    [('c', 2.0), ('b', 1.0)]
+    """
+
+    half_life_ms: float
+    capacity: int
+    ref_ts: int | None = None
+    raw: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, weight: float, ts: int) -> None:
+        if self.ref_ts is None:
+            self.ref_ts = ts
+        exponent = (ts - self.ref_ts) / self.half_life_ms
+        if exponent > _MAX_EXPONENT:
+            self._rebase(ts)
+            exponent = 0.0
+        self.raw[key] = self.raw.get(key, 0.0) + weight * 2.0 ** exponent
+        if len(self.raw) > self.capacity:
+            lowest = min((k for k in self.raw if k != key), key=self.raw.__getitem__)
+            del self.raw[lowest]
+
+    def value(self, key: str, ts: int) -> float:
+        """The decayed sum of ``key`` as seen at time ``ts``."""
+        if self.ref_ts is None or key not in self.raw:
+            return 0.0
+        return self.raw[key] * 2.0 ** ((self.ref_ts - ts) / self.half_life_ms)
+
+    def top(self, n: int, ts: int, exclude: Container[str] = ()) -> list[tuple[str, float]]:
+        """The ``n`` highest keys with their decayed sums at time ``ts``, highest first."""
+        candidates: Iterable[tuple[str, float]] = (
+            (k, v) for k, v in self.raw.items() if k not in exclude)
+        best = heapq.nlargest(n, candidates, key=lambda kv: kv[1])
+        if self.ref_ts is None:
+            return best
+        factor = 2.0 ** ((self.ref_ts - ts) / self.half_life_ms)
+        return [(k, v * factor) for k, v in best]
+
+    def _rebase(self, ts: int) -> None:
+        assert self.ref_ts is not None
+        factor = 2.0 ** ((self.ref_ts - ts) / self.half_life_ms)
+        self.raw = {k: v * factor for k, v in self.raw.items() if v * factor > 1e-12}
+        self.ref_ts = ts

@@ -1,0 +1,232 @@
+"""The engine: what one input event does to a partition's state, and what it emits.
+
+Pure and synchronous: state comes in through a :class:`Store` (a Faust table in the worker,
+a dict in unit tests), the bandits through :class:`Policies`, and time only from the events
+themselves. The agents in :mod:`app.agents` decode, call :meth:`Engine.handle`, and send.
+
+Stream time is kept per partition (the largest event time seen there). Sessions with
+something to close register in one-second *wake-up buckets*, so advancing stream time
+visits only the sessions that are due, never the whole partition. A partition that sees no
+input for ``idle_close_s`` lets stream time follow the wall clock, carried in by the
+worker's tick events (closes labelled ``idle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app import join
+from app.candidates import SiteStats, arm_items, record_reaction
+from app.events import ClosedDecision, Ranking, Reaction, Served, Tick
+from app.join import JoinResult, JoinRules, PendingDisplay
+from app.policy import ContextualEpsilonGreedy
+from app.session import IssuedRanking, Session
+from app.settings import Settings
+
+BUCKET_MS = 1_000
+# Session expiry is not urgent: coarser buckets keep the bucket index small.
+EXPIRY_BUCKET_MS = 60_000
+CLOCK_KEY = "clock"
+
+
+class Store(Protocol):
+    def get(self, key: str) -> Any: ...
+    def set(self, key: str, value: Any) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class Policies(Protocol):
+    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+        """The site's bandit and its model version (read only: learning happens elsewhere)."""
+        ...
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    stream_time: int | None = None
+    swept_bucket: int = 0  # wake-up buckets below this one have been visited
+    buckets: set[int] = field(default_factory=set)  # buckets with sessions registered
+    # Idle detection (see Engine._on_tick).
+    time_at_last_tick: int | None = None
+    idle_base_time: int | None = None
+    idle_since_wall_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Effects:
+    """What handling one event produced, for the agent to send and count."""
+
+    rewards: list[ClosedDecision] = field(default_factory=list)
+    rankings: list[Ranking] = field(default_factory=list)
+    late: list[Reaction] = field(default_factory=list)
+    unattributed: list[Reaction] = field(default_factory=list)
+    attributed: int = 0
+    duplicate: bool = False
+
+    def absorb(self, result: JoinResult) -> None:
+        self.rewards += result.closed
+        self.late += result.late
+        self.unattributed += result.unattributed
+        self.attributed += result.attributed
+
+
+def session_key(site_id: str, session_id: str) -> str:
+    return f"session:{site_id}:{session_id}"
+
+
+def stable_uniform(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) fixed by ``seed`` and ``key``: replays draw the same arm."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def teach(policy: ContextualEpsilonGreedy, decision: ClosedDecision) -> bool:
+    """Update the site's bandit from one closed decision; False if it names no known arm."""
+    if decision.arm not in policy.arms:
+        return False
+    policy.update(decision.arm, decision.context, decision.reward)
+    return True
+
+
+class Engine:
+    def __init__(self, settings: Settings, policies: Policies) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.rules = JoinRules(
+            window_ms=int(settings.reward_window_s * 1000),
+            grace_ms=int(settings.grace_s * 1000),
+            rewards=settings.rewards,
+        )
+        self._idle_ms = int(settings.idle_close_s * 1000)
+        self._session_timeout_ms = int(settings.session_timeout_s * 1000)
+
+    def handle(self, store: Store, event: Served | Reaction | Tick) -> Effects:
+        effects = Effects()
+        clock: PartitionClock = store.get(CLOCK_KEY) or PartitionClock()
+        if isinstance(event, Tick):
+            self._on_tick(store, clock, event, effects)
+        else:
+            self._advance(store, clock, event.ts, "window", effects)
+            self._on_session_event(store, clock, event, effects)
+        store.set(CLOCK_KEY, clock)
+        return effects
+
+    # -- session events -------------------------------------------------------------------
+
+    def _on_session_event(self, store: Store, clock: PartitionClock,
+                          event: Served | Reaction, effects: Effects) -> None:
+        key = session_key(event.site_id, event.session_id)
+        session: Session = store.get(key) or Session(event.site_id, event.session_id)
+        if not session.first_sight(event.event_id):
+            effects.duplicate = True
+            return
+        assert clock.stream_time is not None
+        now = clock.stream_time
+        stats = SiteStats(event.site_id, store.get, store.set)
+        if isinstance(event, Served):
+            effects.absorb(join.add_display(session.join, self._display(session, event), now,
+                                            self.rules))
+        else:
+            effects.absorb(join.add_reaction(session.join, event, now, self.rules))
+            record_reaction(stats, session, event)
+            session.engage(event)
+        session.touch(event.ts, event.context)
+        effects.rankings.append(self._rank(session, stats, event.event_id, event.ts))
+        stats.flush()
+        self._register(store, clock, key, session)
+        store.set(key, session)
+
+    def _display(self, session: Session, served: Served) -> PendingDisplay:
+        issued = session.issued.get(served.ranking_id) if served.ranking_id else None
+        if issued is not None:  # the engine's own record of the ranking is authoritative
+            return PendingDisplay(served, issued.arm, issued.propensity, issued.context)
+        return PendingDisplay(served, served.arm, served.propensity, served.context)
+
+    def _rank(self, session: Session, stats: SiteStats, event_id: str, ts: int) -> Ranking:
+        policy, version = self.policies.current(session.site_id)
+        context = dict(session.context)
+        ranking_id = f"rk-{event_id}"
+        arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
+        items = arm_items(arm, session, stats, ts, self.settings.ranking_size)
+        session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version))
+        return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
+                       tuple(items), version, context)
+
+    # -- time -----------------------------------------------------------------------------
+
+    def _on_tick(self, store: Store, clock: PartitionClock, tick: Tick,
+                 effects: Effects) -> None:
+        """Processing-time fallback: an idle partition's stream time follows the wall clock.
+
+        Idle means stream time has not moved since the previous tick. After ``idle_close_s``
+        of wall time without movement, stream time becomes the time it had when the
+        partition went quiet plus the wall time elapsed since.
+        """
+        if clock.stream_time is None:
+            return
+        if clock.stream_time != clock.time_at_last_tick or clock.idle_since_wall_ms is None:
+            clock.time_at_last_tick = clock.idle_base_time = clock.stream_time
+            clock.idle_since_wall_ms = tick.wall_ms
+            return
+        idle_for = tick.wall_ms - clock.idle_since_wall_ms
+        if idle_for >= self._idle_ms:
+            assert clock.idle_base_time is not None
+            self._advance(store, clock, clock.idle_base_time + idle_for, "idle", effects)
+            clock.time_at_last_tick = clock.stream_time
+
+    def _advance(self, store: Store, clock: PartitionClock, ts: int, closed_by: str,
+                 effects: Effects) -> None:
+        if clock.stream_time is None:
+            clock.stream_time = ts
+            clock.swept_bucket = ts // BUCKET_MS
+            return
+        if ts <= clock.stream_time:
+            return
+        clock.stream_time = ts
+        due = sorted(b for b in clock.buckets if b < ts // BUCKET_MS)
+        for bucket in due:
+            self._sweep(store, clock, bucket, closed_by, effects)
+        clock.swept_bucket = ts // BUCKET_MS
+
+    def _sweep(self, store: Store, clock: PartitionClock, bucket: int, closed_by: str,
+               effects: Effects) -> None:
+        assert clock.stream_time is not None
+        keys: dict[str, None] = store.get(f"wake:{bucket}") or {}
+        store.delete(f"wake:{bucket}")
+        clock.buckets.discard(bucket)
+        for key in keys:
+            session: Session | None = store.get(key)
+            if session is None or session.wake_bucket != bucket:
+                continue  # deleted, or registered for an earlier wake-up since
+            session.wake_bucket = None
+            effects.absorb(join.expire(session.join, clock.stream_time, self.rules, closed_by))
+            if self._expired(session, clock.stream_time):
+                store.delete(key)
+            else:
+                self._register(store, clock, key, session)
+                store.set(key, session)
+
+    def _expired(self, session: Session, stream_time: int) -> bool:
+        idle_for = stream_time - session.last_ts
+        return idle_for > self._session_timeout_ms and not session.join.pending \
+            and not session.join.held
+
+    def _register(self, store: Store, clock: PartitionClock, key: str,
+                  session: Session) -> None:
+        """Make sure the session is visited when its next deadline passes."""
+        expiry = session.last_ts + self._session_timeout_ms
+        bucket = (expiry // EXPIRY_BUCKET_MS + 1) * EXPIRY_BUCKET_MS // BUCKET_MS
+        deadline = session.join.next_deadline(self.rules)
+        if deadline is not None:
+            bucket = min(bucket, deadline // BUCKET_MS)
+        bucket = max(bucket, clock.swept_bucket)
+        if session.wake_bucket is not None and session.wake_bucket <= bucket:
+            return
+        wake_key = f"wake:{bucket}"
+        keys = store.get(wake_key) or {}
+        keys[key] = None
+        store.set(wake_key, keys)
+        clock.buckets.add(bucket)
+        session.wake_bucket = bucket

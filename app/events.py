@@ -1,0 +1,155 @@
+"""The records recoloop reads and writes, as plain frozen dataclasses (no Faust, no Kafka).
+
+Input values arrive as JSON already checked against the schemas in ``topics/``; the
+``from_value`` constructors only pick the fields the engine uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS
+
+# The reaction type each reaction topic carries; reward tables are keyed by type.
+REACTION_TYPE_BY_TOPIC = {CLICKS: "click", DETAIL_VIEWS: "detail_view", BASKET_ADDS: "basket_add"}
+
+Context = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A recommendation that was actually displayed to a session."""
+
+    event_id: str
+    site_id: str
+    session_id: str
+    ts: int
+    items: tuple[str, ...]
+    ranking_id: str | None = None
+    arm: str | None = None
+    propensity: float | None = None
+    context: Context = field(default_factory=dict)
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any]) -> Served:
+        return cls(
+            event_id=value["event_id"],
+            site_id=value["site_id"],
+            session_id=value["session_id"],
+            ts=value["ts"],
+            items=tuple(value["items"]),
+            ranking_id=value.get("ranking_id"),
+            arm=value.get("arm"),
+            propensity=value.get("propensity"),
+            context=dict(value.get("context") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One visitor action on an item: a click, a detail view or a basket add."""
+
+    event_id: str
+    type: str
+    site_id: str
+    session_id: str
+    ts: int
+    item_id: str
+    served_id: str | None = None
+    category: str | None = None
+    context: Context = field(default_factory=dict)
+
+    @classmethod
+    def from_value(cls, reaction_type: str, value: dict[str, Any]) -> Reaction:
+        return cls(
+            event_id=value["event_id"],
+            type=reaction_type,
+            site_id=value["site_id"],
+            session_id=value["session_id"],
+            ts=value["ts"],
+            item_id=value["item_id"],
+            served_id=value.get("served_id"),
+            category=value.get("category"),
+            context=dict(value.get("context") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The worker's wall clock, sent through the stream so idle partitions close decisions."""
+
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    type: str
+    item_id: str
+    ts: int
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedDecision:
+    """A served decision whose reward window has closed: one ``reco.rewards`` record."""
+
+    served_id: str
+    ranking_id: str | None
+    site_id: str
+    session_id: str
+    arm: str | None
+    propensity: float | None
+    context: Context
+    items: tuple[str, ...]
+    served_ts: int
+    reward: float
+    outcomes: tuple[Outcome, ...]
+    closed_by: str  # "window" | "max_reward" | "idle"
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "served_id": self.served_id,
+            "ranking_id": self.ranking_id,
+            "site_id": self.site_id,
+            "session_id": self.session_id,
+            "arm": self.arm,
+            "propensity": self.propensity,
+            "context": self.context,
+            "items": list(self.items),
+            "served_ts": self.served_ts,
+            "reward": self.reward,
+            "outcomes": [
+                {"type": o.type, "item_id": o.item_id, "ts": o.ts, "delay_ms": o.delay_ms}
+                for o in self.outcomes
+            ],
+            "closed_by": self.closed_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What a session should see next: one ``reco.rankings`` record."""
+
+    ranking_id: str
+    site_id: str
+    session_id: str
+    ts: int
+    arm: str
+    propensity: float
+    items: tuple[tuple[str, float], ...]
+    model_version: int
+    context: Context
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "ranking_id": self.ranking_id,
+            "site_id": self.site_id,
+            "session_id": self.session_id,
+            "ts": self.ts,
+            "arm": self.arm,
+            "propensity": self.propensity,
+            "items": [{"item_id": item, "score": score} for item, score in self.items],
+            "model_version": self.model_version,
+            "context": self.context,
+        }

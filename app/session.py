@@ -1,0 +1,76 @@
+"""What recoloop knows about one browsing session, and how events change it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.decay import DecayedScores
+from app.events import Context, Reaction
+from app.join import SessionJoin
+
+# How strongly each reaction type signals interest in an item and its category.
+ENGAGEMENT_WEIGHT = {"click": 1.0, "detail_view": 2.0, "basket_add": 4.0}
+CATEGORY_HALF_LIFE_MS = 10 * 60_000
+RECENT_ITEMS_KEPT = 10
+ISSUED_RANKINGS_KEPT = 16
+SEEN_EVENT_IDS_KEPT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedRanking:
+    """The engine's own record of a ranking it published; authoritative when it is served."""
+
+    arm: str
+    propensity: float
+    context: Context
+    model_version: int
+
+
+@dataclass(slots=True)
+class Session:
+    site_id: str
+    session_id: str
+    last_ts: int = 0
+    context: Context = field(default_factory=dict)
+    categories: DecayedScores = field(
+        default_factory=lambda: DecayedScores(CATEGORY_HALF_LIFE_MS, capacity=20))
+    recent_items: list[str] = field(default_factory=list)
+    basket: set[str] = field(default_factory=set)
+    join: SessionJoin = field(default_factory=SessionJoin)
+    issued: dict[str, IssuedRanking] = field(default_factory=dict)
+    seen_event_ids: dict[str, None] = field(default_factory=dict)
+    # The wake-up bucket this session is registered in (see app.engine).
+    wake_bucket: int | None = None
+
+    def first_sight(self, event_id: str) -> bool:
+        """Record ``event_id``; False when this session has already applied it."""
+        if event_id in self.seen_event_ids:
+            return False
+        self.seen_event_ids[event_id] = None
+        if len(self.seen_event_ids) > SEEN_EVENT_IDS_KEPT:
+            del self.seen_event_ids[next(iter(self.seen_event_ids))]
+        return True
+
+    def touch(self, ts: int, context: Context) -> None:
+        self.last_ts = max(self.last_ts, ts)
+        if context:
+            self.context.update(context)
+
+    def engage(self, reaction: Reaction) -> None:
+        weight = ENGAGEMENT_WEIGHT.get(reaction.type, 1.0)
+        if reaction.category:
+            self.categories.add(reaction.category, weight, reaction.ts)
+        if reaction.item_id in self.recent_items:
+            self.recent_items.remove(reaction.item_id)
+        self.recent_items.append(reaction.item_id)
+        del self.recent_items[:-RECENT_ITEMS_KEPT]
+        if reaction.type == "basket_add":
+            self.basket.add(reaction.item_id)
+
+    def remember_ranking(self, ranking_id: str, issued: IssuedRanking) -> None:
+        self.issued[ranking_id] = issued
+        while len(self.issued) > ISSUED_RANKINGS_KEPT:
+            del self.issued[next(iter(self.issued))]
+
+    def top_categories(self, n: int) -> list[str]:
+        return [category for category, _ in self.categories.top(n, ts=self.last_ts)]

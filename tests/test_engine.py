@@ -1,0 +1,152 @@
+"""The engine's core, driven directly: event time only, no clock, no Kafka."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from app.engine import Engine, session_key
+from app.events import Reaction, Served, Tick
+from app.policy import ContextualEpsilonGreedy
+from app.settings import Settings
+
+T0 = 1_700_000_000_000
+
+
+class DictStore:
+    """The engine's Store protocol over a dict, pickling values as the worker's table does."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> Any:
+        raw = self.data.get(key)
+        return None if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = pickle.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+class FixedPolicies:
+    def __init__(self, settings: Settings) -> None:
+        self.policy = ContextualEpsilonGreedy(settings.arms, settings.exploration, seed=1)
+
+    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+        return self.policy, self.policy.n_updates
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(reward_window_s=20, grace_s=5, idle_close_s=5)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return Engine(settings, FixedPolicies(settings))
+
+
+def served(event_id: str, ts: int, items=("i1", "i2"), session="s1", site="shop",
+           ranking_id=None) -> Served:
+    return Served(event_id, site, session, ts, tuple(items), ranking_id=ranking_id,
+                  arm="trending", propensity=0.5, context={"region": "eu"})
+
+
+def reaction(event_id: str, kind: str, ts: int, item="i1", session="s1", site="shop",
+             served_id=None) -> Reaction:
+    return Reaction(event_id, kind, site, session, ts, item, served_id=served_id,
+                    category="shoes")
+
+
+def test_basket_add_two_seconds_after_display_closes_at_once_with_reward_3(engine):
+    store = DictStore()
+    assert engine.handle(store, served("d1", T0)).rewards == []
+    effects = engine.handle(store, reaction("r1", "basket_add", T0 + 2_000))
+    [decision] = effects.rewards
+    assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 3.0, "max_reward")
+    assert [(o.type, o.delay_ms) for o in decision.outcomes] == [("basket_add", 2_000)]
+
+
+def test_detail_view_gives_reward_1_when_stream_time_passes_window_and_grace(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0))
+    assert engine.handle(store, reaction("r1", "detail_view", T0 + 3_000)).rewards == []
+    # Another session's event moves the partition's stream time past the deadline.
+    assert engine.handle(store, served("d2", T0 + 25_000, session="s2")).rewards == []
+    [decision] = engine.handle(store, served("d3", T0 + 26_001, session="s2")).rewards
+    assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 1.0, "window")
+
+
+def test_no_reaction_gives_reward_0_on_an_idle_partition_through_ticks(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0))
+    wall = 5_000_000
+    assert engine.handle(store, Tick(wall)).rewards == []
+    assert engine.handle(store, Tick(wall + 4_000)).rewards == []  # idle, not long enough
+    assert engine.handle(store, Tick(wall + 20_000)).rewards == []  # stream time T0+20s
+    [decision] = engine.handle(store, Tick(wall + 27_000)).rewards
+    assert (decision.reward, decision.closed_by) == (0.0, "idle")
+
+
+def test_a_repeated_event_id_is_applied_once(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0))
+    assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is False
+    assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is True
+    [decision] = engine.handle(store, served("x", T0 + 30_000, session="s2")).rewards
+    assert len(decision.outcomes) == 1
+
+
+def test_reaction_before_its_display_is_held_for_the_grace_period(engine):
+    store = DictStore()
+    engine.handle(store, reaction("r1", "basket_add", T0 + 1_000, served_id="d1"))
+    [decision] = engine.handle(store, served("d1", T0)).rewards
+    assert (decision.served_id, decision.reward) == ("d1", 3.0)
+
+
+def test_reaction_after_its_display_closed_is_late_and_not_applied(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0))
+    [closed] = engine.handle(store, served("d2", T0 + 26_000, session="s2")).rewards
+    assert closed.reward == 0.0
+    effects = engine.handle(store, reaction("r1", "basket_add", T0 + 10_000))
+    assert [r.event_id for r in effects.late] == ["r1"] and effects.rewards == []
+
+
+def test_the_latest_display_showing_the_item_wins(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0, items=("a",)))
+    engine.handle(store, served("d2", T0 + 1_000, items=("a",)))
+    [decision] = engine.handle(store, reaction("r1", "basket_add", T0 + 2_000, item="a")).rewards
+    assert decision.served_id == "d2"
+
+
+def test_every_event_publishes_a_ranking_and_served_ranking_ids_are_authoritative(engine):
+    store = DictStore()
+    [ranking] = engine.handle(store, reaction("r0", "click", T0, item="a")).rankings
+    assert ranking.ranking_id == "rk-r0" and ranking.session_id == "s1"
+    assert 0 < ranking.propensity <= 1
+    engine.handle(store, served("d1", T0 + 1, items=("a",), ranking_id=ranking.ranking_id))
+    [decision] = engine.handle(store, reaction("r1", "basket_add", T0 + 5, item="a")).rewards
+    assert (decision.arm, decision.propensity) == (ranking.arm, ranking.propensity)
+
+
+def test_sites_do_not_share_sessions(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0, site="a"))
+    effects = engine.handle(store, reaction("r1", "basket_add", T0 + 1, site="b"))
+    assert effects.rewards == []
+    assert store.get(session_key("a", "s1")) is not None
+    assert store.get(session_key("b", "s1")) is not None
+
+
+def test_inactive_sessions_expire(engine, settings):
+    store = DictStore()
+    engine.handle(store, reaction("r1", "click", T0))
+    later = T0 + int(settings.session_timeout_s * 1000) + 120_000
+    engine.handle(store, reaction("r2", "click", later, session="s2"))
+    assert store.get(session_key("shop", "s1")) is None
