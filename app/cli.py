@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.describe())
         return 0 if report.ok else 1
 
-    from app import worker
+    from app.worker import run as run_worker
 
-    return worker.run(settings)
+    return run_worker(settings)
 
 
 if __name__ == "__main__":

@@ -82,14 +82,6 @@ def stable_uniform(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def teach(policy: ContextualEpsilonGreedy, decision: ClosedDecision) -> bool:
-    """Update the site's bandit from one closed decision; False if it names no known arm."""
-    if decision.arm not in policy.arms:
-        return False
-    policy.update(decision.arm, decision.context, decision.reward)
-    return True
-
-
 class Engine:
     def __init__(self, settings: Settings, policies: Policies) -> None:
         self.settings = settings

@@ -42,6 +42,8 @@ class Settings:
     data_dir: Path = Path("var")
     metrics_port: int = 9464
     web_port: int = 6066
+    # Address the worker's HTTP servers bind to; 0.0.0.0 to be scraped from other hosts.
+    bind_host: str = "127.0.0.1"
     # Join: a reaction counts when served.ts <= reaction.ts <= served.ts + reward_window_s;
     # a decision closes when stream time passes served.ts + reward_window_s + grace_s.
     reward_window_s: float = 20.0

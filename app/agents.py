@@ -1,0 +1,163 @@
+"""The Faust agents: decode, call the engine, write tables, send. No logic of their own.
+
+- ``engine``: the join inputs (co-partitioned by session) plus the worker's ticks, through
+  :class:`app.engine.Engine`; sends rankings, rewards, dead letters, and closed decisions
+  (keyed by site) for the learner.
+- ``learner``: one site's decisions at a time into that site's River bandit, kept in a
+  global table so every worker ranks with the current model.
+- a timer that ticks every partition so idle partitions still close their decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TableT
+
+from app.channels import Channels
+from app.contract import InvalidInput, Origin, dead_letter_value, decode
+from app.engine import Effects, Engine
+from app.events import Reaction, Served, Tick
+from app.metrics import Metrics
+from app.policy import ContextualEpsilonGreedy
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TableStore:
+    """The engine's ``Store`` over a Faust table; values are pickled Python objects."""
+
+    def __init__(self, table: TableT) -> None:
+        self.table = table
+
+    def get(self, key: str) -> Any:
+        raw = self.table.get(key.encode())
+        return None if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.table[key.encode()] = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def delete(self, key: str) -> None:
+        if key.encode() in self.table:
+            del self.table[key.encode()]
+
+
+class BanditModels:
+    """Site bandits in the global table as ``b"<version>\\n" + pickle``, unpickled once per
+    version; the version is the bandit's update count (``model_version`` in rankings)."""
+
+    def __init__(self, table: TableT, settings: Settings) -> None:
+        self.table = table
+        self.settings = settings
+        self._cache: dict[str, tuple[int, ContextualEpsilonGreedy]] = {}
+
+    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+        raw = self.table.get(site_id.encode())
+        if raw is None:
+            cached = self._cache.get(site_id)
+            if cached is None:
+                cached = (0, ContextualEpsilonGreedy(
+                    self.settings.arms, self.settings.exploration, seed=self.settings.seed))
+                self._cache[site_id] = cached
+            return cached[1], cached[0]
+        header, _, body = raw.partition(b"\n")
+        version = int(header)
+        cached = self._cache.get(site_id)
+        if cached is None or cached[0] != version:
+            cached = (version, pickle.loads(body))
+            self._cache[site_id] = cached
+        return cached[1], version
+
+    def save(self, site_id: str, policy: ContextualEpsilonGreedy) -> None:
+        version = policy.n_updates
+        self.table[site_id.encode()] = b"%d\n" % version + pickle.dumps(policy)
+        self._cache[site_id] = (version, policy)
+
+
+def register(app: faust.App, settings: Settings, channels: Channels, metrics: Metrics) -> None:
+    models = BanditModels(channels.bandit_models, settings)
+    engine = Engine(settings, models)
+    store = TableStore(channels.engine_state)
+    ticks_topic = channels.ticks.get_topic_name()
+    partitions = app.conf.topic_partitions
+    site = metrics.site
+
+    async def publish(effects: Effects, produced_at_s: float | None) -> None:
+        for decision in effects.rewards:
+            value = orjson.dumps(decision.to_value())
+            await channels.rewards.send(key=decision.session_id.encode(), value=value)
+            await channels.decisions.send(key=decision.site_id.encode(), value=value)
+            labels = (site(decision.site_id), decision.arm or "unknown")
+            metrics.decisions_closed.labels(*labels, decision.closed_by).inc()
+            metrics.reward.labels(*labels).inc(decision.reward)
+            for outcome in decision.outcomes:
+                metrics.reward_delay.observe(outcome.delay_ms / 1000)
+        for ranking in effects.rankings:
+            await channels.rankings.send(key=ranking.session_id.encode(),
+                                         value=orjson.dumps(ranking.to_value()))
+            metrics.rankings_published.labels(site(ranking.site_id), ranking.arm).inc()
+            if produced_at_s is not None:
+                metrics.event_to_ranking.observe(max(0.0, time.time() - produced_at_s))
+        for reaction in effects.unattributed:
+            metrics.reactions_unattributed.labels(site(reaction.site_id)).inc()
+
+    async def reject(origin: Origin, topic: str, error: InvalidInput) -> None:
+        await channels.dead_letter.send(key=origin.key, value=dead_letter_value(origin, error))
+        metrics.dead_letters.labels(error.reason).inc()
+        metrics.events_consumed.labels(topic, site(None), "invalid").inc()
+
+    @app.agent(channels.join_inputs, name="engine")
+    async def run_engine(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            if message.topic == ticks_topic:
+                await publish(engine.handle(store, Tick(orjson.loads(message.value)["wall_ms"])),
+                              None)
+                continue
+            topic = channels.logical_name(settings, message.topic)
+            origin = Origin(message.topic, message.partition, message.offset, message.key,
+                            message.value)
+            try:
+                decoded: Served | Reaction = decode(topic, message.key, message.value)
+            except InvalidInput as error:
+                await reject(origin, topic, error)
+                continue
+            try:
+                effects = engine.handle(store, decoded)
+            except Exception as exc:  # a bug must not block the partition: keep the input
+                log.exception("engine failed on %s[%s]@%s", message.topic, message.partition,
+                              message.offset)
+                await reject(origin, topic, InvalidInput("processing_error", repr(exc)))
+                continue
+            await publish(effects, message.timestamp)
+            outcome = "duplicate" if effects.duplicate else (
+                "late" if effects.late and decoded in effects.late else "accepted")
+            metrics.events_consumed.labels(topic, site(decoded.site_id), outcome).inc()
+            if isinstance(decoded, Served) and not effects.duplicate:
+                metrics.displays_served.labels(site(decoded.site_id),
+                                               decoded.arm or "unknown").inc()
+
+    @app.agent(channels.decisions, name="learner")
+    async def run_learner(stream: faust.StreamT) -> None:
+        async for value in stream:
+            decision = orjson.loads(value)
+            policy, _ = models.current(decision["site_id"])
+            if decision["arm"] not in policy.arms:
+                continue  # displays without a known arm are joined and logged, not learned
+            policy.update(decision["arm"], decision["context"], decision["reward"])
+            models.save(decision["site_id"], policy)
+            metrics.bandit_updates.labels(site(decision["site_id"])).inc()
+            for arm, estimate in policy.estimates({}).items():
+                metrics.bandit_estimate.labels(site(decision["site_id"]), arm).set(estimate)
+
+    @app.timer(interval=settings.tick_interval_s)
+    async def tick() -> None:
+        value = orjson.dumps({"wall_ms": int(time.time() * 1000)})
+        for partition in range(partitions):
+            await channels.ticks.send(value=value, partition=partition)

@@ -1,0 +1,53 @@
+"""Every Kafka topic and table the worker uses, declared in one place.
+
+Input and output topics carry raw bytes: the agents decode and validate inputs themselves so
+nothing unusable is dropped silently (it goes to the dead-letter topic with its bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TableT, TopicT
+
+from app.settings import DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
+
+
+@dataclass(frozen=True)
+class Channels:
+    join_inputs: TopicT  # reco.served and the reaction topics, plus the worker's ticks
+    ticks: TopicT
+    decisions: TopicT  # closed decisions keyed by site, for the learner
+    rankings: TopicT
+    rewards: TopicT
+    dead_letter: TopicT
+    engine_state: TableT  # sessions, site statistics, stream time: per partition
+    bandit_models: TableT  # one River bandit per site, on every worker
+
+    def logical_name(self, settings: Settings, topic: str) -> str:
+        return topic[len(settings.topic_prefix):]
+
+
+def declare(app: faust.App, settings: Settings, partitions: int) -> Channels:
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    ticks = app.topic(f"{settings.app_id}-ticks", partitions=partitions, internal=True, **raw)
+    join_inputs = app.topic(*(settings.topic(t) for t in JOIN_INPUT_TOPICS), ticks.get_topic_name(),
+                            **raw)
+    return Channels(
+        join_inputs=join_inputs,
+        ticks=ticks,
+        decisions=app.topic(f"{settings.app_id}-decisions", partitions=partitions,
+                            internal=True, **raw),
+        rankings=app.topic(settings.topic(RANKINGS), **raw),
+        rewards=app.topic(settings.topic(REWARDS), **raw),
+        dead_letter=app.topic(settings.topic(DEAD_LETTER), **raw),
+        engine_state=app.Table("engine-state", default=None, partitions=partitions,
+                               key_type=bytes, value_type=bytes),
+        # A global table with one partition: Faust's advice for global tables that are
+        # written by one worker and read by all (faust.tables.globaltable).
+        bandit_models=app.GlobalTable("bandit-models", default=None, partitions=1,
+                                      recovery_buffer_size=1, use_partitioner=True,
+                                      key_type=bytes, value_type=bytes),
+    )

@@ -1,0 +1,77 @@
+"""Decoding input messages into engine events; anything unusable gets a reason instead."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
+from app.settings import SERVED
+from app.topic_specs import validation_error
+
+
+class InvalidInput(ValueError):
+    """An input message that cannot be used; ``reason`` is short and machine-groupable."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode(logical_topic: str, key: bytes | None, raw: bytes | None) -> Served | Reaction:
+    """Parse and validate one input value of ``reco.served`` or a reaction topic."""
+    if raw is None:
+        raise InvalidInput("empty_value", "the message has no value")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("invalid_json", str(exc)) from None
+    problem = validation_error(logical_topic, value)
+    if problem is not None:
+        raise InvalidInput("schema", problem)
+    if key is None or key.decode("utf-8", "replace") != value["session_id"]:
+        raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
+                           "(inputs are co-partitioned by session)")
+    if logical_topic == SERVED:
+        return Served.from_value(value)
+    return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from, for the dead-letter record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:
+    """The ``reco.dead-letter`` record: where the input was, its exact bytes, and why."""
+    record: dict[str, Any] = {
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+        "key": _text(origin.key),
+        "value": _text(origin.value),
+        "value_base64": base64.b64encode(origin.value or b"").decode("ascii"),
+        "reason": f"{error.reason}: {error.detail}",
+        "ts": int(time.time() * 1000) if now_ms is None else now_ms,
+    }
+    return orjson.dumps(record)
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

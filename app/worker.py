@@ -1,0 +1,35 @@
+"""``recoloop worker``: check the topic layout, then run the Faust worker until stopped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from app import agents
+from app.channels import declare
+from app.faust_app import create_app
+from app.metrics import Metrics
+from app.settings import Settings
+from app.topic_admin import TopicLayoutError, check_copartitioned
+
+
+def run(settings: Settings) -> int:
+    try:
+        counts = check_copartitioned(settings)
+    except TopicLayoutError as exc:
+        print(f"recoloop worker: {exc}", file=sys.stderr)
+        return 2
+    partitions = next(iter(counts.values()))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings, partitions)
+    channels = declare(app, settings, partitions)
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port, settings.bind_host)
+    agents.register(app, settings, channels, metrics)
+    logging.getLogger("recoloop").info("partitions=%d metrics=:%d", partitions,
+                                       settings.metrics_port)
+    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+    return 0

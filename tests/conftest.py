@@ -1,0 +1,42 @@
+"""Shared fixtures.
+
+``bootstrap_servers`` is the only one that needs Kafka: it uses ``RECOLOOP_BOOTSTRAP_SERVERS``
+when set, and otherwise starts a local broker (``app.local_kafka``, needs Java and Maven) on
+127.0.0.1:``RECOLOOP_TEST_KAFKA_PORT`` (default 19092) for the session. Tests that do not ask
+for it run without a broker or a JVM.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+
+    from app import local_kafka
+
+    port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092"))
+    # A broker someone already runs on that port is used as is, and left running.
+    started = not local_kafka.status(port)
+    data_dir = tmp_path_factory.mktemp("kafka")  # fresh storage every session
+    address = local_kafka.up(port=port, data_dir=data_dir)
+    try:
+        yield address
+    finally:
+        if started:
+            local_kafka.down(port=port, data_dir=data_dir)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix unique to the test, e.g. ``t1a2b3c4d-``, so tests never see each other's data."""
+    return f"t{uuid.uuid4().hex[:8]}-"

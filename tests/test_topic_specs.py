@@ -1,0 +1,136 @@
+"""The topic contract files: they load, their examples hold, and bad events are named."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+import pytest
+
+from app import settings
+from app.topic_specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
+
+CONTRACT_TOPICS = {settings.SERVED, *settings.REACTION_TOPICS, settings.CATALOG,
+                   settings.RANKINGS, settings.REWARDS, settings.DEAD_LETTER}
+INPUTS = (settings.SERVED, *settings.REACTION_TOPICS)
+DAY_MS = 86_400_000
+
+
+def example(topic: str) -> dict[str, Any]:
+    return copy.deepcopy(dict(load_specs()[topic].example))
+
+
+def test_every_contract_topic_has_exactly_one_spec() -> None:
+    assert set(load_specs()) == CONTRACT_TOPICS
+    assert load_specs() is load_specs()  # cached: parsed once per process
+    assert all(isinstance(spec, TopicSpec) for spec in load_specs().values())
+
+
+def test_topic_settings_follow_the_contract() -> None:
+    specs = load_specs()
+    assert specs[settings.CATALOG].cleanup_policy == "compact"
+    for topic in INPUTS:
+        assert (specs[topic].cleanup_policy, specs[topic].retention_ms) == ("delete", 7 * DAY_MS)
+    assert specs[settings.RANKINGS].retention_ms == DAY_MS
+    assert specs[settings.REWARDS].retention_ms == 30 * DAY_MS
+    assert specs[settings.DEAD_LETTER].retention_ms == 30 * DAY_MS
+    # The join inputs must agree on their partition count by construction.
+    assert len({specs[t].partition_count(8) for t in settings.JOIN_INPUT_TOPICS}) == 1
+
+
+@pytest.mark.parametrize("topic", sorted(CONTRACT_TOPICS))
+def test_schema_is_draft7_and_example_validates(topic: str) -> None:
+    spec = load_specs()[topic]
+    jsonschema.Draft7Validator.check_schema(spec.value_schema)
+    jsonschema.Draft7Validator(spec.value_schema).validate(spec.example)
+    assert validation_error(topic, example(topic)) is None
+
+
+@pytest.mark.parametrize("topic", sorted(CONTRACT_TOPICS))
+def test_schemas_allow_additional_fields(topic: str) -> None:
+    event = example(topic) | {"x_future_field": {"anything": [1, 2]}}
+    assert validation_error(topic, event) is None
+
+
+def test_optional_fields_may_be_left_out() -> None:
+    served = example(settings.SERVED)
+    for optional in ("ranking_id", "arm", "propensity", "context"):
+        del served[optional]
+    assert validation_error(settings.SERVED, served) is None
+    click = example(settings.CLICKS)
+    for optional in ("served_id", "category", "price", "context"):
+        del click[optional]
+    assert validation_error(settings.CLICKS, click) is None
+
+
+def _without(event: dict[str, Any], field: str) -> dict[str, Any]:
+    event.pop(field)
+    return event
+
+
+BAD_EVENTS = [
+    # (topic, how to break the example, a field the reason must mention)
+    (settings.SERVED, lambda e: _without(e, "session_id"), "session_id"),
+    (settings.SERVED, lambda e: e | {"ts": "1732170000000"}, "ts"),
+    (settings.SERVED, lambda e: e | {"ts": -1}, "ts"),
+    (settings.SERVED, lambda e: e | {"ts": True}, "ts"),
+    (settings.SERVED, lambda e: e | {"items": []}, "items"),
+    (settings.SERVED, lambda e: e | {"items": ["sku-1", 7]}, "items[1]"),
+    (settings.SERVED, lambda e: e | {"propensity": 0}, "propensity"),
+    (settings.SERVED, lambda e: e | {"propensity": 1.5}, "propensity"),
+    (settings.SERVED, lambda e: e | {"session_id": ""}, "session_id"),
+    (settings.SERVED, lambda e: e | {"context": {"device": 3}}, "context.device"),
+    (settings.CLICKS, lambda e: e | {"item_id": 42}, "item_id"),
+    (settings.DETAIL_VIEWS, lambda e: _without(e, "item_id"), "item_id"),
+    (settings.BASKET_ADDS, lambda e: e | {"price": -1}, "price"),
+    (settings.CATALOG, lambda e: e | {"available": "yes"}, "available"),
+    (settings.REWARDS, lambda e: e | {"closed_by": "timeout"}, "closed_by"),
+]
+
+
+@pytest.mark.parametrize(("topic", "breaks", "field"), BAD_EVENTS)
+def test_bad_events_name_the_field(topic: str, breaks: Any, field: str) -> None:
+    event = breaks(example(topic))
+    reason = validation_error(topic, event)
+    assert reason is not None and field in reason, reason
+    # The reference implementation agrees that the event is invalid.
+    assert not jsonschema.Draft7Validator(load_specs()[topic].value_schema).is_valid(event)
+
+
+@pytest.mark.parametrize("value", [[], "text", 3, None, ["a"]])
+def test_a_value_that_is_not_an_object_is_rejected(value: object) -> None:
+    reason = validation_error(settings.CLICKS, value)
+    assert reason is not None and "object" in reason
+
+
+def test_reason_is_short_and_lists_every_missing_field() -> None:
+    reason = validation_error(settings.SERVED, {"event_id": "e1", "ts": 1})
+    assert reason == "site_id, session_id, items: required fields missing"
+
+
+def test_validation_does_not_modify_the_event() -> None:
+    event = example(settings.SERVED)
+    before = copy.deepcopy(event)
+    validation_error(settings.SERVED, event)
+    assert event == before
+
+
+def test_unknown_topic_is_a_programming_error() -> None:
+    with pytest.raises(KeyError):
+        validation_error("reco.nope", {})
+
+
+def test_specs_are_loaded_from_the_repository_topics_dir() -> None:
+    assert TOPICS_DIR.is_dir()
+    assert sorted(p.stem for p in TOPICS_DIR.glob("*.json")) == sorted(CONTRACT_TOPICS)
+
+
+def test_a_malformed_spec_directory_is_reported_with_the_file(tmp_path: Any) -> None:
+    from app.topic_specs import TopicSpecError
+
+    with pytest.raises(TopicSpecError, match="no topic specs"):
+        load_specs(tmp_path)
+    (tmp_path / "reco.a.json").write_text('{"name": "reco.b"}')
+    with pytest.raises(TopicSpecError, match="reco.a.json"):
+        load_specs(tmp_path)  # failures are not cached
