@@ -30,16 +30,21 @@ class Channels:
         return topic[len(settings.topic_prefix):]
 
 
+def internal_topics(settings: Settings) -> dict[str, int]:
+    """The worker's own topics with their retention in ms; the worker creates them."""
+    return {f"{settings.app_id}-ticks": 3_600_000, f"{settings.app_id}-decisions": 86_400_000}
+
+
 def declare(app: faust.App, settings: Settings, partitions: int) -> Channels:
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    ticks = app.topic(f"{settings.app_id}-ticks", partitions=partitions, internal=True, **raw)
+    ticks_name, decisions_name = internal_topics(settings)
+    ticks = app.topic(ticks_name, partitions=partitions, internal=True, **raw)
     join_inputs = app.topic(*(settings.topic(t) for t in JOIN_INPUT_TOPICS), ticks.get_topic_name(),
                             **raw)
     return Channels(
         join_inputs=join_inputs,
         ticks=ticks,
-        decisions=app.topic(f"{settings.app_id}-decisions", partitions=partitions,
-                            internal=True, **raw),
+        decisions=app.topic(decisions_name, partitions=partitions, internal=True, **raw),
         rankings=app.topic(settings.topic(RANKINGS), **raw),
         rewards=app.topic(settings.topic(REWARDS), **raw),
         dead_letter=app.topic(settings.topic(DEAD_LETTER), **raw),

@@ -240,3 +240,27 @@ def _duration(ms: int) -> str:
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+def ensure_internal_topics(settings: Settings, retention_ms: Mapping[str, int],
+                           partitions: int, admin: AdminClient | None = None) -> None:
+    """Create the worker's own topics (not part of the contract) when missing.
+
+    Faust subscribes to a multi-topic channel only with the topics that exist when it starts,
+    so these must exist before the worker does.
+    """
+    admin = admin or admin_client(settings)
+    existing = _partition_counts(admin.list_topics(timeout=TIMEOUT_S))
+    missing = [name for name in retention_ms if name not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(name, partitions, 1, config={"retention.ms": str(retention_ms[name])})
+         for name in missing], operation_timeout=TIMEOUT_S, request_timeout=TIMEOUT_S)
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicLayoutError(f"could not create {name}: {exc.args[0]}") from exc
+    _wait_for_topics(admin, missing, METADATA_WAIT_S)

@@ -8,20 +8,21 @@ import sys
 import faust
 
 from app import agents
-from app.channels import declare
+from app.channels import declare, internal_topics
 from app.faust_app import create_app
 from app.metrics import Metrics
 from app.settings import Settings
-from app.topic_admin import TopicLayoutError, check_copartitioned
+from app.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
 
 
 def run(settings: Settings) -> int:
     try:
         counts = check_copartitioned(settings)
+        partitions = next(iter(counts.values()))
+        ensure_internal_topics(settings, internal_topics(settings), partitions)
     except TopicLayoutError as exc:
         print(f"recoloop worker: {exc}", file=sys.stderr)
         return 2
-    partitions = next(iter(counts.values()))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, partitions)
     channels = declare(app, settings, partitions)
