@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from app import topic_admin
+from app.settings import Settings
+from tests.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +45,22 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 def topic_prefix() -> str:
     """A prefix unique to the test, e.g. ``t1a2b3c4d-``, so tests never see each other's data."""
     return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def worker_settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
+    """Settings of the test's worker; its contract topics exist (4 partitions)."""
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
+                        partitions=4)
+    report = topic_admin.apply(settings)
+    assert report.ok, report.describe()
+    return settings
+
+
+@pytest.fixture
+def worker(worker_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A running ``recoloop worker`` on the test's topics, stopped with SIGTERM afterwards."""
+    process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
+                            tmp_path / "worker-data", tmp_path / "worker.log").start()
+    yield process
+    process.stop()

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine (Python 3.11+, Java 17+, Maven):
+#   make run    broker up, topics applied, worker running (Ctrl-C stops the worker)
+#   make test   lint, type-check and the whole test suite against a real local broker
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RECOLOOP_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+
+.PHONY: install run test kafka-down clean
+
+$(BIN)/recoloop: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/recoloop
+
+run: install
+	$(BIN)/recoloop kafka up
+	$(BIN)/recoloop topics apply
+	$(BIN)/recoloop worker
+
+test: install
+	$(BIN)/ruff check app tests
+	$(BIN)/mypy app
+	env -u RECOLOOP_BOOTSTRAP_SERVERS $(BIN)/pytest
+
+kafka-down: install
+	$(BIN)/recoloop kafka down
+
+clean:
+	rm -rf $(VENV) var

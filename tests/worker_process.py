@@ -1,0 +1,61 @@
+"""Runs ``recoloop worker`` as a real subprocess, the way users run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    def __init__(self, bootstrap: str, prefix: str, data_dir: Path, log_path: Path,
+                 **settings: str) -> None:
+        self.env = dict(os.environ)
+        self.env.update({
+            "RECOLOOP_BOOTSTRAP_SERVERS": bootstrap,
+            "RECOLOOP_TOPIC_PREFIX": prefix,
+            "RECOLOOP_DATA_DIR": str(data_dir),
+            "RECOLOOP_METRICS_PORT": str(free_port()),
+            "RECOLOOP_WEB_PORT": str(free_port()),
+            "RECOLOOP_PARTITIONS": "4",
+        })
+        self.env.update({f"RECOLOOP_{k.upper()}": v for k, v in settings.items()})
+        self.metrics_port = int(self.env["RECOLOOP_METRICS_PORT"])
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no final commit."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
