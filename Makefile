@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export RECOLOOP_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
 .PHONY: install run test kafka-down clean
 
@@ -24,7 +23,7 @@ run: install
 test: install
 	$(BIN)/ruff check app tests
 	$(BIN)/mypy app
-	env -u RECOLOOP_BOOTSTRAP_SERVERS $(BIN)/pytest
+	$(BIN)/pytest
 
 kafka-down: install
 	$(BIN)/recoloop kafka down
