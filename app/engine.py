@@ -48,6 +48,7 @@ class PartitionClock:
     stream_time: int | None = None
     swept_bucket: int = 0  # wake-up buckets below this one have been visited
     buckets: set[int] = field(default_factory=set)  # buckets with sessions registered
+    pending_displays: int = 0  # open displays on this partition
     # Idle detection (see Engine._on_tick).
     time_at_last_tick: int | None = None
     idle_base_time: int | None = None
@@ -64,6 +65,7 @@ class Effects:
     unattributed: list[Reaction] = field(default_factory=list)
     attributed: int = 0
     duplicate: bool = False
+    pending_displays: int = 0  # open displays on the event's partition after it
 
     def absorb(self, result: JoinResult) -> None:
         self.rewards += result.closed
@@ -102,6 +104,8 @@ class Engine:
         else:
             self._advance(store, clock, event.ts, "window", effects)
             self._on_session_event(store, clock, event, effects)
+        clock.pending_displays -= len(effects.rewards)
+        effects.pending_displays = clock.pending_displays
         store.set(CLOCK_KEY, clock)
         return effects
 
@@ -118,6 +122,7 @@ class Engine:
         now = clock.stream_time
         stats = SiteStats(event.site_id, store.get, store.set)
         if isinstance(event, Served):
+            clock.pending_displays += 1
             effects.absorb(join.add_display(session.join, self._display(session, event), now,
                                             self.rules))
         else:

@@ -88,8 +88,10 @@ def test_no_reaction_gives_reward_0_on_an_idle_partition_through_ticks(engine):
     assert engine.handle(store, Tick(wall)).rewards == []
     assert engine.handle(store, Tick(wall + 4_000)).rewards == []  # idle, not long enough
     assert engine.handle(store, Tick(wall + 20_000)).rewards == []  # stream time T0+20s
-    [decision] = engine.handle(store, Tick(wall + 27_000)).rewards
+    effects = engine.handle(store, Tick(wall + 27_000))
+    [decision] = effects.rewards
     assert (decision.reward, decision.closed_by) == (0.0, "idle")
+    assert effects.pending_displays == 0
 
 
 def test_a_repeated_event_id_is_applied_once(engine):
@@ -120,7 +122,7 @@ def test_reaction_after_its_display_closed_is_late_and_not_applied(engine):
 def test_the_latest_display_showing_the_item_wins(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0, items=("a",)))
-    engine.handle(store, served("d2", T0 + 1_000, items=("a",)))
+    assert engine.handle(store, served("d2", T0 + 1_000, items=("a",))).pending_displays == 2
     [decision] = engine.handle(store, reaction("r1", "basket_add", T0 + 2_000, item="a")).rewards
     assert decision.served_id == "d2"
 
