@@ -19,13 +19,14 @@ import faust
 import orjson
 from faust.types import TableT
 
+from app.catalog import StoreCatalog, apply_record
 from app.channels import Channels
-from app.contract import InvalidInput, Origin, dead_letter_value, decode
+from app.contract import InvalidInput, Origin, dead_letter_value, decode, decode_catalog
 from app.engine import Effects, Engine
 from app.events import Reaction, Served, Tick
 from app.metrics import Metrics
 from app.policy import ContextualEpsilonGreedy
-from app.settings import Settings
+from app.settings import CATALOG, Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class BanditModels:
 
 def register(app: faust.App, settings: Settings, channels: Channels, metrics: Metrics) -> None:
     models = BanditModels(channels.bandit_models, settings)
-    engine = Engine(settings, models)
+    catalog_store = TableStore(channels.catalog_items)
+    engine = Engine(settings, models, StoreCatalog(catalog_store))
     store = TableStore(channels.engine_state)
     ticks_topic = channels.ticks.get_topic_name()
     partitions = app.conf.topic_partitions
@@ -155,6 +157,19 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
             metrics.bandit_updates.labels(site(decision["site_id"])).inc()
             for arm, estimate in policy.estimates({}).items():
                 metrics.bandit_estimate.labels(site(decision["site_id"]), arm).set(estimate)
+
+    @app.agent(channels.catalog, name="catalog")
+    async def run_catalog(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                site_id, item_id, value = decode_catalog(message.key, message.value)
+            except InvalidInput as error:
+                await reject(Origin(message.topic, message.partition, message.offset,
+                                    message.key, message.value), CATALOG, error)
+                continue
+            apply_record(catalog_store, site_id, item_id, value)
+            metrics.events_consumed.labels(CATALOG, site(site_id), "accepted").inc()
 
     @app.timer(interval=settings.tick_interval_s)
     async def tick() -> None:

@@ -5,15 +5,17 @@ site never reads another's. Each partition keeps statistics of the sessions it o
 is a uniform sample of the site's traffic because sessions are spread by key.
 
 Every arm falls back, in this order, when its own list is short: the arm's own items,
-then ``bestsellers``, then the most engaged items of the site (long window). Basket items are
-never recommended.
+then the site's bestsellers, then its most engaged items (long window), then available items
+from the catalog. Items in the session's basket and items the catalog marks unavailable are
+never recommended; items the catalog does not know are assumed available.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from app.catalog import CatalogView
 from app.decay import DecayedScores
 from app.events import Reaction
 from app.session import ENGAGEMENT_WEIGHT, Session
@@ -79,6 +81,9 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> N
     stats.add("recent", "", item, weight, ts)
     if reaction.type == "basket_add":
         stats.add("sales", "", item, 1.0, ts)
+        region = session.context.get("region")
+        if region is not None:
+            stats.add("sales", f"region={region}", item, 1.0, ts)
     if reaction.category:
         stats.add("category", reaction.category, item, weight, ts)
     # Co-occurrence both ways with the session's latest item: "sessions like this one".
@@ -88,54 +93,68 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> N
         stats.add("cooc", previous, item, weight, ts)
 
 
-def arm_items(arm: str, session: Session, stats: SiteStats, ts: int,
+def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
               size: int) -> list[tuple[str, float]]:
     """The ranked items ``arm`` would show this session, filled up by the fallbacks."""
-    exclude = set(session.basket)
-    picked = _own_items(arm, session, stats, ts, size, exclude)
+    picked: list[tuple[str, float]] = []
+    seen: set[str] = set()
+
+    def take(candidates: Iterable[tuple[str, float]]) -> None:
+        for item, score in candidates:
+            if len(picked) >= size:
+                return
+            if item in seen or item in session.basket:
+                continue
+            seen.add(item)
+            known = catalog.item(session.site_id, item)
+            if known is None or known.available:
+                picked.append((item, score))
+
+    # Ask for more than needed: some candidates are in the basket or unavailable.
+    wanted = 2 * size + len(session.basket)
+    take(_own_items(arm, session, stats, ts, wanted))
     for fallback in ("sales", "popular"):
-        if len(picked) >= size:
-            break
-        seen = exclude | {item for item, _ in picked}
-        picked += [(item, 0.0) for item, _ in
-                   stats.scores(fallback).top(size - len(picked), ts, exclude=seen)]
+        if len(picked) < size:
+            take((item, 0.0) for item, _ in stats.scores(fallback).top(wanted, ts))
+    if len(picked) < size:
+        take((item, 0.0) for item in catalog.site_items(session.site_id))
     return picked
 
 
-def _own_items(arm: str, session: Session, stats: SiteStats, ts: int, size: int,
-               exclude: set[str]) -> list[tuple[str, float]]:
+def _own_items(arm: str, session: Session, stats: SiteStats, ts: int,
+               n: int) -> list[tuple[str, float]]:
     if arm in ("category1", "category2"):
         categories = session.top_categories(2)
         rank = 0 if arm == "category1" else 1
         if len(categories) <= rank:
             return []
-        return stats.scores("category", categories[rank]).top(size, ts, exclude=exclude)
+        return stats.scores("category", categories[rank]).top(n, ts)
     if arm == "bestsellers":
-        return stats.scores("sales").top(size, ts, exclude=exclude)
+        region = session.context.get("region")
+        regional = stats.scores("sales", f"region={region}").top(n, ts) if region else []
+        return regional + stats.scores("sales").top(n, ts)
     if arm == "trending":
-        return _trending(stats, ts, size, exclude)
+        return _trending(stats, ts, n)
     if arm == "similar":
-        return _similar(session, stats, ts, size, exclude)
+        return _similar(session, stats, ts, n)
     raise ValueError(f"unknown arm {arm!r}")
 
 
-def _trending(stats: SiteStats, ts: int, size: int,
-              exclude: set[str]) -> list[tuple[str, float]]:
+def _trending(stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:
     recent, popular = stats.scores("recent"), stats.scores("popular")
     lift = {
         item: recent.value(item, ts) / (popular.value(item, ts) + TRENDING_SMOOTHING)
-        for item in recent.raw if item not in exclude
+        for item in recent.raw
     }
     return sorted(lift.items(), key=lambda kv: kv[1], reverse=True)[:size]
 
 
-def _similar(session: Session, stats: SiteStats, ts: int, size: int,
-             exclude: set[str]) -> list[tuple[str, float]]:
+def _similar(session: Session, stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:
     """Weighted voting: each recent item's neighbours vote, newer items with more weight."""
     votes: dict[str, float] = {}
     recent = session.recent_items[-SIMILAR_NEIGHBOURS:]
     for age, item in enumerate(reversed(recent)):
         for neighbour, weight in stats.scores("cooc", item).top(20, ts):
-            if neighbour not in exclude and neighbour not in recent:
+            if neighbour not in recent:
                 votes[neighbour] = votes.get(neighbour, 0.0) + weight / (1 + age)
     return sorted(votes.items(), key=lambda kv: kv[1], reverse=True)[:size]

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 from faust.types import TableT, TopicT
 
-from app.settings import DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
+from app.settings import CATALOG, DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Channels:
     dead_letter: TopicT
     engine_state: TableT  # sessions, site statistics, stream time: per partition
     bandit_models: TableT  # one River bandit per site, on every worker
+    catalog: TopicT
+    catalog_items: TableT  # the catalog, on every worker
 
     def logical_name(self, settings: Settings, topic: str) -> str:
         return topic[len(settings.topic_prefix):]
@@ -50,9 +52,17 @@ def declare(app: faust.App, settings: Settings, partitions: int) -> Channels:
         dead_letter=app.topic(settings.topic(DEAD_LETTER), **raw),
         engine_state=app.Table("engine-state", default=None, partitions=partitions,
                                key_type=bytes, value_type=bytes),
-        # A global table with one partition: Faust's advice for global tables that are
-        # written by one worker and read by all (faust.tables.globaltable).
-        bandit_models=app.GlobalTable("bandit-models", default=None, partitions=1,
-                                      recovery_buffer_size=1, use_partitioner=True,
-                                      key_type=bytes, value_type=bytes),
+        bandit_models=_global_table(app, "bandit-models"),
+        catalog=app.topic(settings.topic(CATALOG), **raw),
+        catalog_items=_global_table(app, "catalog"),
     )
+
+
+def _global_table(app: faust.App, name: str) -> TableT:
+    """A table every worker holds whole, written by whichever worker owns the input.
+
+    One partition and recovery_buffer_size=1: Faust's advice against global tables stuck in
+    recovery when several workers run (faust.tables.globaltable).
+    """
+    return app.GlobalTable(name, default=None, partitions=1, recovery_buffer_size=1,
+                           use_partitioner=True, key_type=bytes, value_type=bytes)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
-from app.settings import SERVED
+from app.settings import CATALOG, SERVED
 from app.topic_specs import validation_error
 
 
@@ -40,6 +40,26 @@ def decode(logical_topic: str, key: bytes | None, raw: bytes | None) -> Served |
     if logical_topic == SERVED:
         return Served.from_value(value)
     return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value)
+
+
+def decode_catalog(key: bytes | None, raw: bytes | None
+                   ) -> tuple[str, str, dict[str, Any] | None]:
+    """``(site_id, item_id, value)`` of a ``reco.catalog`` record; value None is a tombstone."""
+    site_id, sep, item_id = (key or b"").decode("utf-8", "replace").partition(":")
+    if not sep or not site_id or not item_id:
+        raise InvalidInput("key_mismatch", "catalog keys are site_id:item_id")
+    if raw is None:
+        return site_id, item_id, None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("invalid_json", str(exc)) from None
+    problem = validation_error(CATALOG, value)
+    if problem is not None:
+        raise InvalidInput("schema", problem)
+    if (value["site_id"], value["item_id"]) != (site_id, item_id):
+        raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id")
+    return site_id, item_id, value
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,27 +14,23 @@ worker's tick events (closes labelled ``idle``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from app import join
 from app.candidates import SiteStats, arm_items, record_reaction
+from app.catalog import CatalogView
 from app.events import ClosedDecision, Ranking, Reaction, Served, Tick
 from app.join import JoinResult, JoinRules, PendingDisplay
 from app.policy import ContextualEpsilonGreedy
 from app.session import IssuedRanking, Session
 from app.settings import Settings
+from app.store import Store
 
 BUCKET_MS = 1_000
 # Session expiry is not urgent: coarser buckets keep the bucket index small.
 EXPIRY_BUCKET_MS = 60_000
 CLOCK_KEY = "clock"
-
-
-class Store(Protocol):
-    def get(self, key: str) -> Any: ...
-    def set(self, key: str, value: Any) -> None: ...
-    def delete(self, key: str) -> None: ...
 
 
 class Policies(Protocol):
@@ -85,9 +81,10 @@ def stable_uniform(seed: int, key: str) -> float:
 
 
 class Engine:
-    def __init__(self, settings: Settings, policies: Policies) -> None:
+    def __init__(self, settings: Settings, policies: Policies, catalog: CatalogView) -> None:
         self.settings = settings
         self.policies = policies
+        self.catalog = catalog
         self.rules = JoinRules(
             window_ms=int(settings.reward_window_s * 1000),
             grace_ms=int(settings.grace_s * 1000),
@@ -126,6 +123,7 @@ class Engine:
             effects.absorb(join.add_display(session.join, self._display(session, event), now,
                                             self.rules))
         else:
+            event = self._with_category(event)
             effects.absorb(join.add_reaction(session.join, event, now, self.rules))
             record_reaction(stats, session, event)
             session.engage(event)
@@ -134,6 +132,13 @@ class Engine:
         stats.flush()
         self._register(store, clock, key, session)
         store.set(key, session)
+
+    def _with_category(self, reaction: Reaction) -> Reaction:
+        """Sites may leave ``category`` out of reactions; the catalog knows it then."""
+        if reaction.category is not None:
+            return reaction
+        known = self.catalog.item(reaction.site_id, reaction.item_id)
+        return reaction if known is None else replace(reaction, category=known.category)
 
     def _display(self, session: Session, served: Served) -> PendingDisplay:
         issued = session.issued.get(served.ranking_id) if served.ranking_id else None
@@ -146,7 +151,7 @@ class Engine:
         context = dict(session.context)
         ranking_id = f"rk-{event_id}"
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
-        items = arm_items(arm, session, stats, ts, self.settings.ranking_size)
+        items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version))
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
                        tuple(items), version, context)

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import pickle
-from typing import Any
-
 import pytest
 
+from app.catalog import StoreCatalog, apply_record
 from app.engine import Engine, session_key
 from app.events import Reaction, Served, Tick
 from app.policy import ContextualEpsilonGreedy
 from app.settings import Settings
+from tests.stores import DictStore
 
 T0 = 1_700_000_000_000
-
-
-class DictStore:
-    """The engine's Store protocol over a dict, pickling values as the worker's table does."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> Any:
-        raw = self.data.get(key)
-        return None if raw is None else pickle.loads(raw)
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = pickle.dumps(value)
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class FixedPolicies:
@@ -46,8 +28,13 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings) -> Engine:
-    return Engine(settings, FixedPolicies(settings))
+def catalog_store() -> DictStore:
+    return DictStore()
+
+
+@pytest.fixture
+def engine(settings: Settings, catalog_store: DictStore) -> Engine:
+    return Engine(settings, FixedPolicies(settings), StoreCatalog(catalog_store))
 
 
 def served(event_id: str, ts: int, items=("i1", "i2"), session="s1", site="shop",
@@ -152,3 +139,10 @@ def test_inactive_sessions_expire(engine, settings):
     later = T0 + int(settings.session_timeout_s * 1000) + 120_000
     engine.handle(store, reaction("r2", "click", later, session="s2"))
     assert store.get(session_key("shop", "s1")) is None
+
+
+def test_reactions_without_a_category_take_it_from_the_catalog(engine, catalog_store):
+    apply_record(catalog_store, "shop", "x", {"category": "hats", "available": True, "ts": 1})
+    store = DictStore()
+    engine.handle(store, Reaction("r1", "click", "shop", "s1", T0, "x"))
+    assert store.get(session_key("shop", "s1")).top_categories(1) == ["hats"]

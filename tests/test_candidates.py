@@ -1,0 +1,142 @@
+"""Candidate arms and the catalog, driven directly with event time."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.candidates import SiteStats, arm_items, record_reaction
+from app.catalog import StoreCatalog, apply_record
+from app.events import Reaction
+from app.session import Session
+from tests.stores import DictStore
+
+T0 = 1_700_000_000_000
+ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
+
+
+def react(stats: SiteStats, session: Session, kind: str, item: str, category: str,
+          ts: int) -> None:
+    reaction = Reaction(f"{session.session_id}-{item}-{ts}", kind, session.site_id,
+                        session.session_id, ts, item, category=category)
+    record_reaction(stats, session, reaction)
+    session.engage(reaction)
+    session.touch(ts, {})
+
+
+@pytest.fixture
+def store() -> DictStore:
+    return DictStore()
+
+
+@pytest.fixture
+def site(store: DictStore) -> SiteStats:
+    """A site where other sessions engaged with shoes, hats and bags."""
+    stats = SiteStats("shop", store.get, store.set)
+    for n in range(30):
+        other = Session("shop", f"other{n}")
+        for i, (item, category) in enumerate([("shoe1", "shoes"), ("shoe2", "shoes"),
+                                              ("hat1", "hats"), ("bag1", "bags"),
+                                              (f"shoe{3 + n % 3}", "shoes")]):
+            react(stats, other, "detail_view", item, category, T0 + n * 1_000 + i)
+        react(stats, other, "basket_add", "bag1", "bags", T0 + n * 1_000 + 9)
+    stats.flush()
+    return SiteStats("shop", store.get, store.set)
+
+
+def items_of(ranked: list[tuple[str, float]]) -> list[str]:
+    return [item for item, _ in ranked]
+
+
+def test_category1_shows_the_most_engaged_category_and_category2_the_next(site, store):
+    session = Session("shop", "s1")
+    react(site, session, "detail_view", "shoe1", "shoes", T0 + 100_000)
+    react(site, session, "click", "shoe2", "shoes", T0 + 100_001)
+    react(site, session, "click", "hat1", "hats", T0 + 100_002)
+    catalog = StoreCatalog(DictStore())
+    first = items_of(arm_items("category1", session, site, catalog, T0 + 100_003, 3))
+    assert {"shoe1", "shoe2", "shoe3", "shoe4", "shoe5"} >= set(first) and len(first) == 3
+    assert items_of(arm_items("category2", session, site, catalog, T0 + 100_003, 1)) == ["hat1"]
+
+
+def test_every_arm_returns_a_full_list_even_for_a_new_session(site):
+    catalog = StoreCatalog(DictStore())
+    for arm in ARMS:
+        ranked = arm_items(arm, Session("shop", "new"), site, catalog, T0 + 100_000, 5)
+        assert len(ranked) == 5, arm
+
+
+def test_a_brand_new_site_falls_back_to_available_catalog_items(store):
+    catalog_store = DictStore()
+    for n in range(4):
+        apply_record(catalog_store, "fresh", f"i{n}",
+                     {"category": "c", "available": n != 2, "ts": 1})
+    stats = SiteStats("fresh", store.get, store.set)
+    for arm in ARMS:
+        ranked = arm_items(arm, Session("fresh", "s"), stats, StoreCatalog(catalog_store),
+                           T0, 10)
+        assert items_of(ranked) == ["i0", "i1", "i3"], arm
+
+
+def test_basket_items_and_unavailable_items_are_never_recommended(site):
+    catalog_store = DictStore()
+    apply_record(catalog_store, "shop", "shoe2", {"category": "shoes", "available": False,
+                                                  "ts": 1})
+    session = Session("shop", "s1")
+    react(site, session, "basket_add", "shoe1", "shoes", T0 + 100_000)
+    for arm in ARMS:
+        shown = items_of(arm_items(arm, session, site, StoreCatalog(catalog_store),
+                                   T0 + 100_001, 8))
+        assert "shoe1" not in shown and "shoe2" not in shown, arm
+        assert len(shown) == len(set(shown)), arm
+
+
+def test_bestsellers_prefer_the_sessions_region(store):
+    stats = SiteStats("shop", store.get, store.set)
+    for n in range(5):
+        buyer = Session("shop", f"eu{n}", context={"region": "eu"})
+        react(stats, buyer, "basket_add", "eu-item", "x", T0 + n)
+    for n in range(9):
+        buyer = Session("shop", f"us{n}", context={"region": "us"})
+        react(stats, buyer, "basket_add", "us-item", "x", T0 + n)
+    catalog = StoreCatalog(DictStore())
+    eu = Session("shop", "s", context={"region": "eu"})
+    assert items_of(arm_items("bestsellers", eu, stats, catalog, T0 + 10, 2)) == [
+        "eu-item", "us-item"]
+    anywhere = Session("shop", "t")
+    assert items_of(arm_items("bestsellers", anywhere, stats, catalog, T0 + 10, 2)) == [
+        "us-item", "eu-item"]
+
+
+def test_similar_votes_for_items_co_engaged_with_the_sessions_recent_items(site):
+    session = Session("shop", "s1")
+    react(site, session, "detail_view", "hat1", "hats", T0 + 100_000)
+    shown = items_of(arm_items("similar", session, site, StoreCatalog(DictStore()),
+                               T0 + 100_001, 2))
+    assert shown[0] in {"shoe2", "bag1"}  # hat1's neighbours in other sessions
+
+
+def test_trending_ranks_rising_items_above_steady_ones(store):
+    stats = SiteStats("shop", store.get, store.set)
+    hour = 3_600_000
+    for n in range(48):  # a steady seller over two days
+        react(stats, Session("shop", f"a{n}"), "detail_view", "steady", "x", T0 + n * hour)
+    for n in range(6):  # a burst in the last minutes
+        react(stats, Session("shop", f"b{n}"), "detail_view", "rising", "x",
+              T0 + 48 * hour + n * 10_000)
+    ranked = arm_items("trending", Session("shop", "s"), stats, StoreCatalog(DictStore()),
+                       T0 + 48 * hour + 60_000, 2)
+    assert items_of(ranked)[0] == "rising"
+
+
+def test_newer_catalog_records_win_and_tombstones_remove_items():
+    store = DictStore()
+    catalog = StoreCatalog(store)
+    assert apply_record(store, "shop", "a", {"category": "c", "available": False, "ts": 5})
+    assert not apply_record(store, "shop", "a", {"category": "c", "available": True, "ts": 4})
+    assert catalog.item("shop", "a").available is False
+    assert catalog.site_items("shop") == []
+    apply_record(store, "shop", "a", {"category": "c", "available": True, "ts": 6})
+    assert catalog.site_items("shop") == ["a"]
+    apply_record(store, "shop", "a", None)
+    assert catalog.item("shop", "a") is None and catalog.site_items("shop") == []
+    assert catalog.item("other-site", "a") is None
