@@ -14,13 +14,14 @@ worker's tick events (closes labelled ``idle``).
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app import join
 from app.candidates import SiteStats, arm_items, record_reaction
 from app.catalog import CatalogView
-from app.events import ClosedDecision, Ranking, Reaction, Served, Tick
+from app.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.join import JoinResult, JoinRules, PendingDisplay
 from app.policy import ContextualEpsilonGreedy
 from app.session import IssuedRanking, Session
@@ -28,6 +29,8 @@ from app.settings import Settings
 from app.store import Store
 
 BUCKET_MS = 1_000
+SEGMENTS_KEPT_PER_SITE = 20
+DEFAULT_SESSION_ID = "*"
 # Session expiry is not urgent: coarser buckets keep the bucket index small.
 EXPIRY_BUCKET_MS = 60_000
 CLOCK_KEY = "clock"
@@ -45,6 +48,12 @@ class PartitionClock:
     swept_bucket: int = 0  # wake-up buckets below this one have been visited
     buckets: set[int] = field(default_factory=set)  # buckets with sessions registered
     pending_displays: int = 0  # open displays on this partition
+    # Context segments seen per site (home partition only), and when each default ranking
+    # was last published: (wall ms, model version).
+    segments: dict[str, dict[str, Context]] = field(default_factory=dict)
+    partition: int = 0
+    partitions: int = 0  # 0 until the first tick says how many there are
+    defaults_published: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Idle detection (see Engine._on_tick).
     time_at_last_tick: int | None = None
     idle_base_time: int | None = None
@@ -72,6 +81,16 @@ class Effects:
 
 def session_key(site_id: str, session_id: str) -> str:
     return f"session:{site_id}:{session_id}"
+
+
+def segment_key(context: Context) -> str:
+    """``"device=mobile|region=eu"``: a context segment as sorted key=value pairs."""
+    return "|".join(f"{key}={value}" for key, value in sorted(context.items()))
+
+
+def home_partition(site_id: str, partitions: int) -> int:
+    """The one partition that publishes a site's default rankings."""
+    return zlib.crc32(site_id.encode()) % partitions
 
 
 def stable_uniform(seed: int, key: str) -> float:
@@ -128,7 +147,8 @@ class Engine:
             record_reaction(stats, session, event)
             session.engage(event)
         session.touch(event.ts, event.context)
-        effects.rankings.append(self._rank(session, stats, event.event_id, event.ts))
+        self._note_segment(clock, session)
+        effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts))
         stats.flush()
         self._register(store, clock, key, session)
         store.set(key, session)
@@ -146,15 +166,47 @@ class Engine:
             return PendingDisplay(served, issued.arm, issued.propensity, issued.context)
         return PendingDisplay(served, served.arm, served.propensity, served.context)
 
-    def _rank(self, session: Session, stats: SiteStats, event_id: str, ts: int) -> Ranking:
+    def _rank(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
+              segment: str | None = None) -> Ranking:
         policy, version = self.policies.current(session.site_id)
         context = dict(session.context)
-        ranking_id = f"rk-{event_id}"
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
         items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version))
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
-                       tuple(items), version, context)
+                       tuple(items), version, context, segment)
+
+    # -- default rankings -----------------------------------------------------------------
+
+    def _note_segment(self, clock: PartitionClock, session: Session) -> None:
+        """Remember the session's context segment for its site's default rankings."""
+        if clock.partitions and home_partition(session.site_id, clock.partitions) != \
+                clock.partition:
+            return
+        seen = clock.segments.setdefault(session.site_id, {})
+        key = segment_key(session.context)
+        seen.pop(key, None)
+        seen[key] = dict(session.context)
+        while len(seen) > SEGMENTS_KEPT_PER_SITE:
+            del seen[next(iter(seen))]
+
+    def _publish_defaults(self, store: Store, clock: PartitionClock, tick: Tick,
+                          effects: Effects) -> None:
+        """Rankings for sessions with no history, per site and segment, from its home."""
+        interval_ms = self.settings.default_ranking_interval_s * 1000
+        for site_id, segments in clock.segments.items():
+            stats = SiteStats(site_id, store.get, store.set)
+            for segment, context in [("", {}), *segments.items()]:
+                _, version = self.policies.current(site_id)
+                published = clock.defaults_published.get(f"{site_id}|{segment}")
+                if published is not None and published[1] == version \
+                        and tick.wall_ms - published[0] < interval_ms:
+                    continue
+                clock.defaults_published[f"{site_id}|{segment}"] = (tick.wall_ms, version)
+                blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
+                ranking_id = f"default:{site_id}:{segment}:{tick.wall_ms}"
+                effects.rankings.append(self._rank(blank, stats, ranking_id,
+                                                   clock.stream_time or 0, segment))
 
     # -- time -----------------------------------------------------------------------------
 
@@ -166,8 +218,10 @@ class Engine:
         of wall time without movement, stream time becomes the time it had when the
         partition went quiet plus the wall time elapsed since.
         """
+        clock.partition, clock.partitions = tick.partition, tick.partitions
         if clock.stream_time is None:
             return
+        self._publish_defaults(store, clock, tick, effects)
         if clock.stream_time != clock.time_at_last_tick or clock.idle_since_wall_ms is None:
             clock.time_at_last_tick = clock.idle_base_time = clock.stream_time
             clock.idle_since_wall_ms = tick.wall_ms

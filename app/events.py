@@ -77,9 +77,15 @@ class Reaction:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """The worker's wall clock, sent through the stream so idle partitions close decisions."""
+    """The worker's wall clock, sent through the stream so idle partitions close decisions.
+
+    ``partition`` of ``partitions`` is the partition it arrived on: each site's default
+    rankings are published from one partition only.
+    """
 
     wall_ms: int
+    partition: int = 0
+    partitions: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +146,17 @@ class Ranking:
     items: tuple[tuple[str, float], ...]
     model_version: int
     context: Context
+    segment: str | None = None  # set on default rankings, whose session_id is "*"
+
+    @property
+    def key(self) -> str:
+        """The Kafka key: the session, or ``site_id|*|segment`` for a default ranking."""
+        if self.segment is None:
+            return self.session_id
+        return f"{self.site_id}|*|{self.segment}"
 
     def to_value(self) -> dict[str, Any]:
-        return {
+        value = {
             "ranking_id": self.ranking_id,
             "site_id": self.site_id,
             "session_id": self.session_id,
@@ -153,3 +167,6 @@ class Ranking:
             "model_version": self.model_version,
             "context": self.context,
         }
+        if self.segment is not None:
+            value["segment"] = self.segment
+        return value

@@ -56,6 +56,8 @@ class Settings:
     arms: tuple[str, ...] = DEFAULT_ARMS
     exploration: float = 0.1
     ranking_size: int = 10
+    # Default rankings per site and context segment are republished at least this often.
+    default_ranking_interval_s: float = 10.0
     seed: int = 42
     log_level: str = "info"
     rewards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
@@ -66,7 +68,7 @@ class Settings:
             port = getattr(self, name)
             _check(0 <= port <= 65535, _env_name(name), "must be a port number 0..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
-                     "session_timeout_s"):
+                     "session_timeout_s", "default_ranking_interval_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
         _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")

@@ -146,3 +146,30 @@ def test_reactions_without_a_category_take_it_from_the_catalog(engine, catalog_s
     store = DictStore()
     engine.handle(store, Reaction("r1", "click", "shop", "s1", T0, "x"))
     assert store.get(session_key("shop", "s1")).top_categories(1) == ["hats"]
+
+
+def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine, settings):
+    from app.engine import home_partition
+
+    home = home_partition("shop", 4)
+    store = DictStore()
+    engine.handle(store, Tick(1_000, home, 4))
+    engine.handle(store, reaction("r1", "click", T0))  # no context: the site-wide segment
+    engine.handle(store, Reaction("r2", "click", "shop", "s2", T0, "a",
+                                  context={"region": "eu", "device": "mobile"}))
+    defaults = engine.handle(store, Tick(2_000, home, 4)).rankings
+    assert sorted(r.segment for r in defaults) == ["", "device=mobile|region=eu"]
+    for ranking in defaults:
+        assert ranking.session_id == "*" and ranking.key == f"shop|*|{ranking.segment}"
+        assert 0 < ranking.propensity <= 1
+    eu = next(r for r in defaults if r.segment)
+    assert eu.context == {"region": "eu", "device": "mobile"}
+    # Not again until the interval passes or the model changes.
+    assert engine.handle(store, Tick(3_000, home, 4)).rankings == []
+    interval_ms = int(settings.default_ranking_interval_s * 1000)
+    assert len(engine.handle(store, Tick(2_000 + interval_ms, home, 4)).rankings) == 2
+
+    elsewhere = DictStore()
+    engine.handle(elsewhere, Tick(1_000, (home + 1) % 4, 4))
+    engine.handle(elsewhere, reaction("r1", "click", T0))
+    assert engine.handle(elsewhere, Tick(2_000, (home + 1) % 4, 4)).rankings == []
