@@ -101,7 +101,7 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
             for outcome in decision.outcomes:
                 metrics.reward_delay.observe(outcome.delay_ms / 1000)
         for ranking in effects.rankings:
-            await channels.rankings.send(key=ranking.session_id.encode(),
+            await channels.rankings.send(key=ranking.key.encode(),
                                          value=orjson.dumps(ranking.to_value()))
             metrics.rankings_published.labels(site(ranking.site_id), ranking.arm).inc()
             if produced_at_s is not None:
@@ -119,8 +119,8 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
         async for event in stream.events():
             message = event.message
             if message.topic == ticks_topic:
-                await publish(engine.handle(store, Tick(orjson.loads(message.value)["wall_ms"])),
-                              None)
+                tick = Tick(orjson.loads(message.value)["wall_ms"], message.partition, partitions)
+                await publish(engine.handle(store, tick), None)
                 continue
             topic = channels.logical_name(settings, message.topic)
             origin = Origin(message.topic, message.partition, message.offset, message.key,
