@@ -64,14 +64,19 @@ class BanditModels:
             cached = self._cache.get(site_id)
             if cached is None:
                 cached = (0, ContextualEpsilonGreedy(
-                    self.settings.arms, self.settings.exploration, seed=self.settings.seed))
+                    self.settings.arms_for(site_id), self.settings.exploration,
+                    seed=self.settings.seed))
                 self._cache[site_id] = cached
             return cached[1], cached[0]
         header, _, body = raw.partition(b"\n")
         version = int(header)
         cached = self._cache.get(site_id)
         if cached is None or cached[0] != version:
-            cached = (version, pickle.loads(body))
+            policy: ContextualEpsilonGreedy = pickle.loads(body)
+            arms = self.settings.arms_for(site_id)
+            if policy.arms != arms:  # the site's arms were reconfigured
+                policy = policy.with_arms(arms)
+            cached = (version, policy)
             self._cache[site_id] = cached
         return cached[1], version
 
@@ -91,6 +96,10 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
     site = metrics.site
 
     async def publish(effects: Effects, produced_at_s: float | None) -> None:
+        current = faust.current_event()  # the event's partition is the state's partition
+        if current is not None:
+            metrics.join_pending_displays.labels(str(current.message.partition)).set(
+                effects.pending_displays)
         for decision in effects.rewards:
             value = orjson.dumps(decision.to_value())
             await channels.rewards.send(key=decision.session_id.encode(), value=value)

@@ -2,9 +2,12 @@
 
 River's ``LinUCBDisjoint`` documents itself as slow and River's other bandit policies
 ignore context, so the policy is built from River's online linear models: one
-``linear_model.LinearRegression`` per arm predicts the reward of that arm from the one-hot
-context, and an epsilon-greedy rule turns the estimates into choice probabilities. The
-probabilities are exact, so every published ranking carries the true propensity of its arm.
+``linear_model.BayesianLinearRegression`` per arm predicts the reward of that arm from the
+one-hot context, and an epsilon-greedy rule turns the estimates into choice probabilities.
+The probabilities are exact, so every published ranking carries the true propensity of its
+arm. (Plain SGD regression was tried first: with 0/3 rewards its estimates stay too noisy to
+tell arms apart after thousands of decisions; the Bayesian model's exact incremental
+posterior mean does, at about 5 µs per choice and 8 µs per update.)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from river import linear_model, optim
+from river import linear_model
 
 # Estimates this close are ties; ties share the greedy probability equally.
 TIE_TOLERANCE = 1e-9
@@ -30,8 +33,9 @@ class ContextualEpsilonGreedy:
         Exploration: the share of probability spread uniformly over all arms.
     seed
         Seed of the random draws, so a run can be replayed.
-    learning_rate
-        Step size of each arm's linear model.
+    alpha
+        Prior precision of each arm model's weights (River's ``alpha``): larger is more
+        cautious about weights seen in few decisions.
 
     Examples
     --------
@@ -46,24 +50,35 @@ class ContextualEpsilonGreedy:
     """
 
     def __init__(self, arms: Iterable[str], epsilon: float = 0.1, seed: int | None = None,
-                 learning_rate: float = 0.05) -> None:
+                 alpha: float = 1.0) -> None:
         self.arms = tuple(arms)
         if not self.arms:
             raise ValueError("a bandit needs at least one arm")
         self.epsilon = epsilon
         self.seed = seed
+        self.alpha = alpha
         self.n_updates = 0
         self._rng = random.Random(seed)
         self._models = {
-            arm: linear_model.LinearRegression(
-                optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
+            arm: linear_model.BayesianLinearRegression(alpha=alpha, beta=1.0)
             for arm in self.arms
         }
 
+    def with_arms(self, arms: Iterable[str]) -> ContextualEpsilonGreedy:
+        """A policy over ``arms`` that keeps what this one learned about the arms in common."""
+        policy = ContextualEpsilonGreedy(arms, self.epsilon, self.seed, self.alpha)
+        policy._models.update({a: m for a, m in self._models.items() if a in policy._models})
+        policy.n_updates = self.n_updates
+        return policy
+
     @staticmethod
     def features(context: Mapping[str, Any]) -> dict[str, float]:
-        """One-hot features of a context; an unseen value simply has no weight yet."""
-        return {f"{key}={value}": 1.0 for key, value in context.items() if value is not None}
+        """One-hot features of a context, plus a constant that learns the arm's overall
+        reward (River's Bayesian regression has no intercept); an unseen value has no weight
+        yet, so an unseen context falls back on what the arm earns overall."""
+        features = {f"{key}={value}": 1.0 for key, value in context.items() if value is not None}
+        features["bias"] = 1.0
+        return features
 
     def estimates(self, context: Mapping[str, Any]) -> dict[str, float]:
         """The expected reward of each arm in this context."""

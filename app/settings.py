@@ -54,6 +54,8 @@ class Settings:
     tick_interval_s: float = 1.0
     session_timeout_s: float = 1800.0
     arms: tuple[str, ...] = DEFAULT_ARMS
+    # Per-site arm sets: "shop-a=category1,bestsellers;shop-b=trending,similar".
+    site_arms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exploration: float = 0.1
     ranking_size: int = 10
     # Default rankings per site and context segment are republished at least this often.
@@ -74,6 +76,10 @@ class Settings:
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")
         unknown = sorted(set(self.arms) - set(DEFAULT_ARMS))
         _check(not unknown, "RECOLOOP_ARMS", f"unknown arms {unknown}; known: {DEFAULT_ARMS}")
+        for site, arms in self.site_arms.items():
+            unknown = sorted(set(arms) - set(DEFAULT_ARMS))
+            _check(bool(arms) and not unknown, "RECOLOOP_SITE_ARMS",
+                   f"site {site!r}: needs known arms, got {list(arms)}; known: {DEFAULT_ARMS}")
         _check(self.ranking_size >= 1, "RECOLOOP_RANKING_SIZE", "must be at least 1")
         _check(bool(self.bootstrap_servers.strip()), "RECOLOOP_BOOTSTRAP_SERVERS",
                "must not be empty")
@@ -90,6 +96,9 @@ class Settings:
     @property
     def max_reward(self) -> float:
         return max(self.rewards.values())
+
+    def arms_for(self, site_id: str) -> tuple[str, ...]:
+        return self.site_arms.get(site_id, self.arms)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +156,18 @@ def _parse_rewards(raw: str) -> dict[str, float]:
     return table
 
 
+def _parse_site_arms(raw: str) -> dict[str, tuple[str, ...]]:
+    table = {}
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        site, sep, arms = part.partition("=")
+        if not sep or not site.strip():
+            raise ValueError("expected site=arm,arm;site=arm,... pairs")
+        table[site.strip()] = _parse_arms(arms)
+    return table
+
+
 _PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
     "int": _parse_int,
     "float": _parse_float,
@@ -156,4 +177,5 @@ _PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "arms": _parse_arms,
     "rewards": _parse_rewards,
+    "site_arms": _parse_site_arms,
 }

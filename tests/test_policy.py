@@ -1,0 +1,79 @@
+"""The contextual bandit: exact propensities, learning per context, state that pickles."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections import Counter
+
+from app.engine import stable_uniform
+from app.policy import ContextualEpsilonGreedy
+
+ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
+# The hidden truth: trending pays in winter, bestsellers in summer.
+BEST = {"winter": "trending", "summer": "bestsellers"}
+
+
+def train(policy: ContextualEpsilonGreedy, decisions: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    for n in range(decisions):
+        season = rng.choice(sorted(BEST))
+        context = {"season": season, "region": rng.choice(["eu", "us"])}
+        arm, _ = policy.choose(context, stable_uniform(seed, str(n)))
+        paid = rng.random() < (0.6 if arm == BEST[season] else 0.15)
+        policy.update(arm, context, 3.0 if paid else 0.0)
+
+
+def test_propensities_are_a_distribution_with_epsilon_spread_evenly():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.2, seed=1)
+    train(policy, 500)
+    probabilities = policy.probabilities({"season": "winter"})
+    assert abs(sum(probabilities.values()) - 1.0) < 1e-12
+    assert min(probabilities.values()) >= 0.2 / len(ARMS) - 1e-12
+
+
+def test_choice_frequencies_match_the_published_propensities():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.3, seed=1)
+    train(policy, 300)
+    context = {"season": "summer", "region": "eu"}
+    draws = 20_000
+    counts = Counter(policy.choose(context)[0] for _ in range(draws))
+    for arm, probability in policy.probabilities(context).items():
+        assert abs(counts[arm] / draws - probability) < 0.015, arm
+    arm, propensity = policy.choose(context, draw=0.999999)
+    assert propensity == policy.probabilities(context)[arm]
+
+
+def test_after_a_few_thousand_decisions_it_picks_the_right_arm_per_context():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=3)
+    train(policy, 3_000)
+    for season, best in BEST.items():
+        for region in ("eu", "us"):
+            estimates = policy.estimates({"season": season, "region": region})
+            assert max(estimates, key=estimates.__getitem__) == best, (season, region)
+    # An unseen context value still gets sensible estimates from what is known.
+    assert policy.probabilities({"season": "winter", "region": "mars"})["trending"] > 0.5
+    # No context at all: the arm that pays best overall.
+    overall = policy.estimates({})
+    assert max(overall, key=overall.__getitem__) in BEST.values()
+
+
+def test_state_pickles_round_trip_and_keeps_deciding_the_same():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5)
+    train(policy, 400)
+    copy = pickle.loads(pickle.dumps(policy))
+    assert copy.n_updates == policy.n_updates == 400
+    for season in BEST:
+        assert copy.probabilities({"season": season}) == policy.probabilities({"season": season})
+    assert [copy.choose({"season": "winter"}) for _ in range(50)] == [
+        policy.choose({"season": "winter"}) for _ in range(50)]
+
+
+def test_with_arms_keeps_what_was_learned_about_the_arms_in_common():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5)
+    train(policy, 1_000)
+    narrowed = policy.with_arms(["trending", "category1"])
+    assert narrowed.arms == ("trending", "category1")
+    context = {"season": "winter"}
+    assert narrowed.estimates(context)["trending"] == policy.estimates(context)["trending"]
+    assert narrowed.n_updates == policy.n_updates

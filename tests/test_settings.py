@@ -1,0 +1,59 @@
+"""Settings from RECOLOOP_* variables: parsing, defaults, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import DEFAULT_ARMS, Settings, SettingsError
+
+
+def test_defaults_without_any_variable():
+    settings = Settings.from_env({})
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert (settings.topic_prefix, settings.partitions) == ("", 8)
+    assert (settings.reward_window_s, settings.grace_s) == (20.0, 5.0)
+    assert settings.rewards == {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
+    assert settings.topic("reco.served") == "reco.served"
+
+
+def test_variables_are_parsed_into_typed_fields():
+    settings = Settings.from_env({
+        "RECOLOOP_TOPIC_PREFIX": "staging.", "RECOLOOP_PARTITIONS": "4",
+        "RECOLOOP_DATA_DIR": "/tmp/x", "RECOLOOP_REWARD_WINDOW_S": "2.5",
+        "RECOLOOP_ARMS": "bestsellers, trending", "RECOLOOP_REWARDS": "click=0.5",
+        "RECOLOOP_SITE_ARMS": "a=category1,similar;b=trending",
+    })
+    assert settings.topic("reco.served") == "staging.reco.served"
+    assert settings.app_id == "staging.recoloop"
+    assert (settings.partitions, settings.data_dir) == (4, Path("/tmp/x"))
+    assert settings.reward_window_s == 2.5
+    assert settings.arms == ("bestsellers", "trending")
+    assert settings.rewards["click"] == 0.5 and settings.rewards["basket_add"] == 3.0
+    assert settings.arms_for("a") == ("category1", "similar")
+    assert settings.arms_for("unknown-site") == ("bestsellers", "trending")
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("RECOLOOP_PARTITIONS", "eight"),
+    ("RECOLOOP_PARTITIONS", "0"),
+    ("RECOLOOP_METRICS_PORT", "70000"),
+    ("RECOLOOP_GRACE_S", "-1"),
+    ("RECOLOOP_EXPLORATION", "1.5"),
+    ("RECOLOOP_ARMS", "bestsellers,astrology"),
+    ("RECOLOOP_REWARDS", "purchase=5"),
+    ("RECOLOOP_SITE_ARMS", "a=nothing"),
+])
+def test_a_bad_value_stops_start_up_with_a_message_naming_the_variable(variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().partitions = 3  # type: ignore[misc]
+
+
+def test_all_arms_by_default():
+    assert Settings().arms == DEFAULT_ARMS
