@@ -1,13 +1,28 @@
 """Every Prometheus metric recoloop exports, in one place.
 
 Naming follows Prometheus conventions: prefix ``recoloop_``, base units (``_seconds``),
-counters end in ``_total``. Label values are bounded: never a session or item id, and site
-ids beyond :data:`MAX_SITE_LABELS` distinct values fold into ``other``.
+counters end in ``_total``, build information is ``recoloop_build_info``. Label values are
+bounded: never a session or item id, partitions are the worker's partition numbers, arms
+and reasons come from code, and site ids beyond :data:`MAX_SITE_LABELS` distinct values
+fold into ``other``.
+
+Each worker process has its own registry and serves it on its own port
+(``RECOLOOP_METRICS_PORT``); Prometheus tells the workers apart by ``instance``.
+
+Derived in PromQL rather than exported (recording rules in ``deploy/prometheus/alerts.yml``):
+
+- reward per decision: ``recoloop_reward_total`` (reward sum) over
+  ``recoloop_decisions_closed_total`` (reward count), by site and arm;
+- the bandit's choice share per site and arm: ``recoloop_rankings_published_total{site,arm}``
+  over all rankings of the site. That is the share the bandit actually chose across every
+  worker, which a per-worker gauge could not give.
 """
 
 from __future__ import annotations
 
+import platform
 import threading
+from importlib import metadata
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,17 +30,37 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from app import __version__
 
 MAX_SITE_LABELS = 100
 OTHER_SITE = "other"
+# Reasons (InvalidInput.reason) a record goes to the dead-letter topic. Their series are
+# created at zero so "no dead letters" is a rate of 0, not a missing series.
+DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
+                       "processing_error")
+
+# The text format would carry a `*_created` series beside every counter and histogram:
+# twice the series for a timestamp nobody queries. Off for the whole worker process.
+disable_created_metrics()
+
+class MetricsPortInUse(OSError):
+    """Another process (often another worker) already serves on the metrics port."""
 
 
 class SiteLabels:
-    """Maps site ids to label values, folding sites past the cap into ``other``."""
+    """Maps site ids to label values, folding sites past the cap into ``other``.
+
+    >>> site = SiteLabels(cap=2)
+    >>> [site(s) for s in ("a", "b", "c", "a", None)]
+    ['a', 'b', 'other', 'a', 'other']
+    """
 
     def __init__(self, cap: int = MAX_SITE_LABELS) -> None:
         self.cap = cap
@@ -44,6 +79,13 @@ class SiteLabels:
         return OTHER_SITE
 
 
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
     """The worker's metrics, on a registry of its own so tests can build several."""
 
@@ -51,6 +93,12 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.site = SiteLabels()
+        # Standard process_* and python_* series (CPU, memory, open fds, GC) of this worker.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+        # -- input ------------------------------------------------------------------------
         self.events_consumed = Counter(
             "recoloop_events_consumed_total",
             "Input events consumed, by outcome (accepted, invalid, late, duplicate).",
@@ -58,11 +106,16 @@ class Metrics:
         self.dead_letters = Counter(
             "recoloop_dead_letters_total", "Records sent to the dead-letter topic.",
             ["reason"], registry=r)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+
+        # -- the reward join --------------------------------------------------------------
         self.displays_served = Counter(
             "recoloop_displays_served_total", "Displays (reco.served) accepted into the join.",
             ["site", "arm"], registry=r)
         self.decisions_closed = Counter(
-            "recoloop_decisions_closed_total", "Decisions whose reward window closed.",
+            "recoloop_decisions_closed_total",
+            "Decisions whose reward window closed (the reward count), by what closed them.",
             ["site", "arm", "closed_by"], registry=r)
         self.reward = Counter(
             "recoloop_reward_total", "Sum of rewards of closed decisions.",
@@ -71,27 +124,58 @@ class Metrics:
             "recoloop_reactions_unattributed_total",
             "Reactions that matched no display within the window and grace.",
             ["site"], registry=r)
+        self.join_pending_displays = Gauge(
+            "recoloop_join_pending_displays",
+            "Displays waiting in the reward join (window not closed yet), per partition this "
+            "worker owns.",
+            ["partition"], registry=r)
         self.reward_delay = Histogram(
             "recoloop_reward_delay_seconds", "Delay from a display to an attributed reaction.",
             buckets=(0.5, 1, 2, 5, 10, 15, 20), registry=r)
+
+        # -- rankings and the bandit ------------------------------------------------------
         self.event_to_ranking = Histogram(
             "recoloop_event_to_ranking_seconds",
             "From an input event's Kafka timestamp to its ranking being sent.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r)
         self.rankings_published = Counter(
-            "recoloop_rankings_published_total", "Rankings sent to reco.rankings.",
+            "recoloop_rankings_published_total",
+            "Rankings sent to reco.rankings, by the arm the bandit chose.",
             ["site", "arm"], registry=r)
         self.bandit_updates = Counter(
             "recoloop_bandit_updates_total", "Bandit updates from closed decisions.",
             ["site"], registry=r)
         self.bandit_estimate = Gauge(
             "recoloop_bandit_arm_estimate",
-            "The bandit's current reward estimate per arm in the empty context.",
+            "The bandit's current reward estimate per arm in the empty context (set by the "
+            "worker that learns the site).",
             ["site", "arm"], registry=r)
+
+        # -- the worker -------------------------------------------------------------------
+        self.worker_ready = Gauge(
+            "recoloop_worker_ready",
+            "1 when the worker has recovered the tables of its assigned partitions (/ready).",
+            registry=r)
         self.build = Info("recoloop_build", "recoloop build information.", registry=r)
-        self.build.info({"version": __version__})
+        self.build.info({"version": __version__,
+                         "python_version": platform.python_version(),
+                         "faust_version": _version("faust-streaming")})
+
+    def forget_assignment(self) -> None:
+        """Drop series that describe partitions this worker may no longer own.
+
+        Called when partitions are revoked; the new owner (maybe this worker again) sets them
+        afresh on its next event or tick, so a sum over workers never counts a partition twice.
+        """
+        self.join_pending_displays.clear()
+        self.bandit_estimate.clear()
 
     def serve(self, port: int, host: str) -> None:
         """Serve ``/metrics`` over HTTP from a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise MetricsPortInUse(
+                exc.errno, f"cannot serve metrics on {host}:{port} ({exc.strerror}); every "
+                "worker on a host needs its own RECOLOOP_METRICS_PORT") from exc
