@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,9 +58,24 @@ def worker_settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
 
 
 @pytest.fixture
-def worker(worker_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+def start_worker(worker_settings: Settings, tmp_path: Path
+                 ) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts ``recoloop worker`` processes on the test's topics with extra ``RECOLOOP_*``
+    settings (``start_worker(arms="category1")``); all are stopped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(data_dir: str = "worker-data", **settings: str) -> WorkerProcess:
+        process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
+                                tmp_path / data_dir, tmp_path / "worker.log", **settings)
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """A running ``recoloop worker`` on the test's topics, stopped with SIGTERM afterwards."""
-    process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
-                            tmp_path / "worker-data", tmp_path / "worker.log").start()
-    yield process
-    process.stop()
+    return start_worker()

@@ -24,25 +24,41 @@ def event(topic: str, value: dict[str, Any]) -> tuple[str, bytes, bytes]:
     return topic, value["session_id"].encode(), orjson.dumps(value)
 
 
+class TopicReader:
+    """Reads topics from the start and keeps what it read, for tests that wait repeatedly."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        })
+        self.consumer.subscribe(topics)
+        self.messages: list[Message] = []
+        self.parsed = 0  # for callers that decode incrementally
+
+    def read_until(self, done: Callable[[list[Message]], bool],
+                   timeout_s: float = 90.0) -> list[Message]:
+        """Read on until ``done(all messages so far)`` holds or the time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.messages) and time.monotonic() < deadline:
+            for message in self.consumer.consume(500, timeout=0.5):
+                if message.error() is None:
+                    self.messages.append(message)
+        return self.messages
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 def collect(bootstrap: str, topics: list[str], done: Callable[[list[Message]], bool],
             timeout_s: float = 90.0) -> list[Message]:
     """Read ``topics`` from the start until ``done(messages)`` holds or the time runs out."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })
-    consumer.subscribe(topics)
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout_s
+    reader = TopicReader(bootstrap, topics)
     try:
-        while not done(messages) and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
-                messages.append(message)
+        return reader.read_until(done, timeout_s)
     finally:
-        consumer.close()
-    return messages
+        reader.close()
 
 
 def values(messages: list[Message], topic: str) -> list[dict[str, Any]]:
