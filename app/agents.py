@@ -51,7 +51,8 @@ class TableStore:
 
 class BanditModels:
     """Site bandits in the global table as ``b"<version>\\n" + pickle``, unpickled once per
-    version; the version is the bandit's update count (``model_version`` in rankings)."""
+    version; the version is the bandit's update count (``model_version`` in rankings), and
+    the newest version this worker has seen always wins."""
 
     def __init__(self, table: TableT, settings: Settings) -> None:
         self.table = table
@@ -71,7 +72,9 @@ class BanditModels:
         header, _, body = raw.partition(b"\n")
         version = int(header)
         cached = self._cache.get(site_id)
-        if cached is None or cached[0] != version:
+        # Versions only grow. The global table also replays its own changelog, so right
+        # after a save it can briefly hold an older model than the one this worker has.
+        if cached is None or cached[0] < version:
             policy: ContextualEpsilonGreedy = pickle.loads(body)
             arms = self.settings.arms_for(site_id)
             if policy.arms != arms:  # the site's arms were reconfigured
