@@ -21,6 +21,7 @@ run: install
 	$(BIN)/recoloop worker
 
 test: install
+	deploy/prometheus/ensure-prometheus.sh
 	$(BIN)/ruff check app tests
 	$(BIN)/mypy app
 	$(BIN)/pytest

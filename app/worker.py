@@ -7,7 +7,7 @@ import sys
 
 import faust
 
-from app import agents
+from app import agents, health
 from app.channels import declare, internal_topics
 from app.faust_app import create_app
 from app.metrics import Metrics
@@ -29,6 +29,7 @@ def run(settings: Settings) -> int:
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
     agents.register(app, settings, channels, metrics)
+    health.register(app, metrics)
     logging.getLogger("recoloop").info("partitions=%d metrics=:%d", partitions,
                                        settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level)
