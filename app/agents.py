@@ -22,11 +22,12 @@ from faust.types import TableT
 from app.catalog import StoreCatalog, apply_record
 from app.channels import Channels
 from app.contract import InvalidInput, Origin, dead_letter_value, decode, decode_catalog
-from app.engine import Effects, Engine
+from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Effects, Engine
 from app.events import Reaction, Served, Tick
 from app.metrics import Metrics
 from app.policy import ContextualEpsilonGreedy
 from app.settings import CATALOG, Settings
+from app.store import CachedStore
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,18 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
     models = BanditModels(channels.bandit_models, settings)
     catalog_store = TableStore(channels.catalog_items)
     engine = Engine(settings, models, StoreCatalog(catalog_store))
-    store = TableStore(channels.engine_state)
+    state = TableStore(channels.engine_state)
+    stores: dict[int, CachedStore] = {}  # one per partition: each has its own clock
+
+    def store_for(partition: int) -> CachedStore:
+        if partition not in stores:
+            stores[partition] = CachedStore(state, HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES)
+        return stores[partition]
+
+    def forget_partitions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        stores.clear()  # another worker may change them now: read them afresh if they return
+
+    app.on_partitions_revoked.connect(forget_partitions)
     ticks_topic = channels.ticks.get_topic_name()
     partitions = app.conf.topic_partitions
     site = metrics.site
@@ -132,7 +144,10 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
             message = event.message
             if message.topic == ticks_topic:
                 tick = Tick(orjson.loads(message.value)["wall_ms"], message.partition, partitions)
-                await publish(engine.handle(store, tick), None)
+                store = store_for(message.partition)
+                effects = engine.handle(store, tick)
+                store.flush()
+                await publish(effects, None)
                 continue
             topic = channels.logical_name(settings, message.topic)
             origin = Origin(message.topic, message.partition, message.offset, message.key,
@@ -143,7 +158,7 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
                 await reject(origin, topic, error)
                 continue
             try:
-                effects = engine.handle(store, decoded)
+                effects = engine.handle(store_for(message.partition), decoded)
             except Exception as exc:  # a bug must not block the partition: keep the input
                 log.exception("engine failed on %s[%s]@%s", message.topic, message.partition,
                               message.offset)

@@ -12,6 +12,7 @@ never recommended; items the catalog does not know are assumed available.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ STAT_SHAPES = {
 # Trending compares the short window with the long one; smoothing keeps one click on a
 # brand-new item from topping the list.
 TRENDING_SMOOTHING = 1.0
+TRENDING_POOL = 64
 SIMILAR_NEIGHBOURS = 5
 
 Getter = Callable[[str], Any]
@@ -141,12 +143,12 @@ def _own_items(arm: str, session: Session, stats: SiteStats, ts: int,
 
 
 def _trending(stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:
+    """Lift of the short window over the item's own long-window baseline, among the items
+    with the most recent engagement (an item cannot trend without any)."""
     recent, popular = stats.scores("recent"), stats.scores("popular")
-    lift = {
-        item: recent.value(item, ts) / (popular.value(item, ts) + TRENDING_SMOOTHING)
-        for item in recent.raw
-    }
-    return sorted(lift.items(), key=lambda kv: kv[1], reverse=True)[:size]
+    lift = {item: value / (popular.value(item, ts) + TRENDING_SMOOTHING)
+            for item, value in recent.top(TRENDING_POOL, ts)}
+    return heapq.nlargest(size, lift.items(), key=lambda kv: kv[1])
 
 
 def _similar(session: Session, stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:

@@ -15,7 +15,7 @@ from app.store import Store
 SITE_ITEMS_KEPT = 200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CatalogItem:
     category: str
     available: bool

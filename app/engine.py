@@ -34,6 +34,10 @@ DEFAULT_SESSION_ID = "*"
 # Session expiry is not urgent: coarser buckets keep the bucket index small.
 EXPIRY_BUCKET_MS = 60_000
 CLOCK_KEY = "clock"
+# For app.store.CachedStore: the partition clock is read and written on every event; site
+# statistics are large, approximate and may lose their last second of updates in a crash.
+HOT_KEY_PREFIXES = (CLOCK_KEY,)
+WRITE_BEHIND_PREFIXES = ("stat:",)
 
 
 class Policies(Protocol):
@@ -42,7 +46,7 @@ class Policies(Protocol):
         ...
 
 
-@dataclass(slots=True)
+@dataclass
 class PartitionClock:
     stream_time: int | None = None
     swept_bucket: int = 0  # wake-up buckets below this one have been visited
@@ -60,7 +64,7 @@ class PartitionClock:
     idle_since_wall_ms: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class Effects:
     """What handling one event produced, for the agent to send and count."""
 

@@ -17,7 +17,7 @@ REACTION_TYPE_BY_TOPIC = {CLICKS: "click", DETAIL_VIEWS: "detail_view", BASKET_A
 Context = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Served:
     """A recommendation that was actually displayed to a session."""
 
@@ -46,7 +46,7 @@ class Served:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Reaction:
     """One visitor action on an item: a click, a detail view or a basket add."""
 
@@ -75,7 +75,7 @@ class Reaction:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Tick:
     """The worker's wall clock, sent through the stream so idle partitions close decisions.
 
@@ -88,7 +88,7 @@ class Tick:
     partitions: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Outcome:
     type: str
     item_id: str
@@ -96,7 +96,7 @@ class Outcome:
     delay_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ClosedDecision:
     """A served decision whose reward window has closed: one ``reco.rewards`` record."""
 
@@ -133,7 +133,7 @@ class ClosedDecision:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ranking:
     """What a session should see next: one ``reco.rankings`` record."""
 

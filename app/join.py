@@ -27,7 +27,7 @@ from app.events import ClosedDecision, Context, Outcome, Reaction, Served
 RECENTLY_CLOSED_KEPT = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class JoinRules:
     window_ms: int
     grace_ms: int
@@ -38,7 +38,7 @@ class JoinRules:
         return max(self.rewards.values())
 
 
-@dataclass(slots=True)
+@dataclass
 class PendingDisplay:
     served: Served
     arm: str | None
@@ -57,7 +57,7 @@ class PendingDisplay:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class SessionJoin:
     """Join state of one session: open displays, early reactions, recently closed displays."""
 
@@ -72,7 +72,7 @@ class SessionJoin:
         return min(times) if times else None
 
 
-@dataclass(slots=True)
+@dataclass
 class JoinResult:
     closed: list[ClosedDecision] = field(default_factory=list)
     late: list[Reaction] = field(default_factory=list)

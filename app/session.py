@@ -16,7 +16,7 @@ ISSUED_RANKINGS_KEPT = 16
 SEEN_EVENT_IDS_KEPT = 2048
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IssuedRanking:
     """The engine's own record of a ranking it published; authoritative when it is served."""
 
@@ -26,7 +26,7 @@ class IssuedRanking:
     model_version: int
 
 
-@dataclass(slots=True)
+@dataclass
 class Session:
     site_id: str
     session_id: str

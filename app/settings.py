@@ -68,7 +68,7 @@ class Settings:
         _check(self.partitions >= 1, "RECOLOOP_PARTITIONS", "must be at least 1")
         for name in ("metrics_port", "web_port"):
             port = getattr(self, name)
-            _check(0 <= port <= 65535, _env_name(name), "must be a port number 0..65535")
+            _check(1 <= port <= 65535, _env_name(name), "must be a port number 1..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
                      "session_timeout_s", "default_ranking_interval_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")

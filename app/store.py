@@ -9,3 +9,51 @@ class Store(Protocol):
     def get(self, key: str) -> Any: ...
     def set(self, key: str, value: Any) -> None: ...
     def delete(self, key: str) -> None: ...
+
+
+class CachedStore:
+    """A Store that keeps decoded objects of hot keys, and writes some of them behind.
+
+    Keys starting with a ``cached_prefixes`` entry are decoded once and then served from
+    memory; keys starting with a ``deferred_prefixes`` entry are also only written to the
+    underlying store by :meth:`flush` (the worker flushes each partition on its ticks), for
+    state where losing the last second of updates in a crash is harmless.
+    One instance per partition: the underlying table routes by the current partition.
+    """
+
+    def __init__(self, inner: Store, cached_prefixes: tuple[str, ...],
+                 deferred_prefixes: tuple[str, ...] = ()) -> None:
+        self.inner = inner
+        self.cached_prefixes = cached_prefixes + deferred_prefixes
+        self.deferred_prefixes = deferred_prefixes
+        self._objects: dict[str, Any] = {}
+        self._dirty: set[str] = set()
+
+    def get(self, key: str) -> Any:
+        if key in self._objects:
+            return self._objects[key]
+        value = self.inner.get(key)
+        if value is not None and key.startswith(self.cached_prefixes):
+            self._objects[key] = value
+        return value
+
+    def set(self, key: str, value: Any) -> None:
+        if key.startswith(self.cached_prefixes):
+            self._objects[key] = value
+            if key.startswith(self.deferred_prefixes):
+                self._dirty.add(key)
+                return
+        self.inner.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self._objects.pop(key, None)
+        self._dirty.discard(key)
+        self.inner.delete(key)
+
+    def flush(self) -> int:
+        """Write the deferred keys; returns how many were written."""
+        for key in self._dirty:
+            self.inner.set(key, self._objects[key])
+        written = len(self._dirty)
+        self._dirty.clear()
+        return written

@@ -140,3 +140,18 @@ def test_newer_catalog_records_win_and_tombstones_remove_items():
     apply_record(store, "shop", "a", None)
     assert catalog.item("shop", "a") is None and catalog.site_items("shop") == []
     assert catalog.item("other-site", "a") is None
+
+
+def test_decayed_scores_leaders_match_a_full_sort_through_evictions_and_rebases():
+    import random
+
+    from app.decay import DecayedScores
+
+    rng = random.Random(3)
+    scores = DecayedScores(half_life_ms=1_000, capacity=40)
+    for n in range(5_000):
+        ts = n * 50  # 250 s: several rebases of a 1 s half-life
+        scores.add(f"k{rng.randrange(120)}", rng.random(), ts)
+        if n % 97 == 0:
+            expected = sorted(scores.raw.items(), key=lambda kv: kv[1], reverse=True)[:10]
+            assert [k for k, _ in scores.top(10, ts)] == [k for k, _ in expected]
