@@ -46,8 +46,10 @@ class TableStore:
         self.table[key.encode()] = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
     def delete(self, key: str) -> None:
-        if key.encode() in self.table:
+        try:
             del self.table[key.encode()]
+        except KeyError:
+            pass
 
 
 class BanditModels:

@@ -34,9 +34,10 @@ DEFAULT_SESSION_ID = "*"
 # Session expiry is not urgent: coarser buckets keep the bucket index small.
 EXPIRY_BUCKET_MS = 60_000
 CLOCK_KEY = "clock"
-# For app.store.CachedStore: the partition clock is read and written on every event; site
-# statistics are large, approximate and may lose their last second of updates in a crash.
-HOT_KEY_PREFIXES = (CLOCK_KEY,)
+# For app.store.CachedStore: the clock, sessions and wake-up buckets are read and written on
+# nearly every event; site statistics are large, approximate and may lose their last second
+# of updates in a crash.
+HOT_KEY_PREFIXES = (CLOCK_KEY, "session:", "wake:")
 WRITE_BEHIND_PREFIXES = ("stat:",)
 
 

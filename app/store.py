@@ -22,8 +22,9 @@ class CachedStore:
     """
 
     def __init__(self, inner: Store, cached_prefixes: tuple[str, ...],
-                 deferred_prefixes: tuple[str, ...] = ()) -> None:
+                 deferred_prefixes: tuple[str, ...] = (), max_objects: int = 100_000) -> None:
         self.inner = inner
+        self.max_objects = max_objects
         self.cached_prefixes = cached_prefixes + deferred_prefixes
         self.deferred_prefixes = deferred_prefixes
         self._objects: dict[str, Any] = {}
@@ -34,12 +35,12 @@ class CachedStore:
             return self._objects[key]
         value = self.inner.get(key)
         if value is not None and key.startswith(self.cached_prefixes):
-            self._objects[key] = value
+            self._remember(key, value)
         return value
 
     def set(self, key: str, value: Any) -> None:
         if key.startswith(self.cached_prefixes):
-            self._objects[key] = value
+            self._remember(key, value)
             if key.startswith(self.deferred_prefixes):
                 self._dirty.add(key)
                 return
@@ -49,6 +50,14 @@ class CachedStore:
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self.inner.delete(key)
+
+    def _remember(self, key: str, value: Any) -> None:
+        if len(self._objects) >= self.max_objects:
+            # Forget the oldest half that has nothing waiting to be written.
+            for old in list(self._objects)[: self.max_objects // 2]:
+                if old not in self._dirty:
+                    del self._objects[old]
+        self._objects[key] = value
 
     def flush(self) -> int:
         """Write the deferred keys; returns how many were written."""

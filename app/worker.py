@@ -33,5 +33,8 @@ def run(settings: Settings) -> int:
     logging.getLogger("recoloop").info("partitions=%d metrics=:%d", partitions,
                                        settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level)
+    # Faust's terminal spinner lowers the root logger to DEBUG to spin on every record, which
+    # formats a debug record for every message sent: a large share of CPU under load.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
