@@ -33,6 +33,9 @@ SEGMENTS_KEPT_PER_SITE = 20
 DEFAULT_SESSION_ID = "*"
 # Session expiry is not urgent: coarser buckets keep the bucket index small.
 EXPIRY_BUCKET_MS = 60_000
+# Each bucket's sessions are spread over this many keys, so registering one session
+# rewrites a small record, not the list of every session due in the same minute.
+WAKE_SHARDS = 32
 CLOCK_KEY = "clock"
 # For app.store.CachedStore: the clock, sessions and wake-up buckets are read and written on
 # nearly every event; site statistics are large, approximate and may lose their last second
@@ -254,8 +257,10 @@ class Engine:
     def _sweep(self, store: Store, clock: PartitionClock, bucket: int, closed_by: str,
                effects: Effects) -> None:
         assert clock.stream_time is not None
-        keys: dict[str, None] = store.get(f"wake:{bucket}") or {}
-        store.delete(f"wake:{bucket}")
+        keys: dict[str, None] = {}
+        for shard in range(WAKE_SHARDS):
+            keys.update(store.get(f"wake:{bucket}:{shard}") or {})
+            store.delete(f"wake:{bucket}:{shard}")
         clock.buckets.discard(bucket)
         for key in keys:
             session: Session | None = store.get(key)
@@ -285,7 +290,7 @@ class Engine:
         bucket = max(bucket, clock.swept_bucket)
         if session.wake_bucket is not None and session.wake_bucket <= bucket:
             return
-        wake_key = f"wake:{bucket}"
+        wake_key = f"wake:{bucket}:{zlib.crc32(key.encode()) % WAKE_SHARDS}"
         keys = store.get(wake_key) or {}
         keys[key] = None
         store.set(wake_key, keys)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from app.events import ClosedDecision, Context, Outcome, Reaction, Served
 
 # Closed displays remembered per session, so a reaction after the close is recognised as late.
-RECENTLY_CLOSED_KEPT = 32
+RECENTLY_CLOSED_KEPT = 16
 
 
 @dataclass(frozen=True)

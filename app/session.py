@@ -12,8 +12,8 @@ from app.join import SessionJoin
 ENGAGEMENT_WEIGHT = {"click": 1.0, "detail_view": 2.0, "basket_add": 4.0}
 CATEGORY_HALF_LIFE_MS = 10 * 60_000
 RECENT_ITEMS_KEPT = 10
-ISSUED_RANKINGS_KEPT = 16
-SEEN_EVENT_IDS_KEPT = 2048
+ISSUED_RANKINGS_KEPT = 8
+SEEN_EVENT_IDS_KEPT = 512
 
 
 @dataclass(frozen=True)

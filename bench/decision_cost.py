@@ -1,0 +1,88 @@
+"""CPU cost of the engine alone, in microseconds, without Kafka or Faust.
+
+    .venv/bin/python -m bench.decision_cost
+
+- one ranking decision: the bandit's choice with its propensity plus the chosen arm's items,
+  for a session with history, on a site with statistics;
+- one whole input event through ``Engine.handle`` (join, session, statistics, ranking) on
+  the mixed stream of ``bench/shoppers.py``, with the worker's caching store over a dict.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.candidates import SiteStats
+from app.catalog import StoreCatalog
+from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Engine, session_key
+from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
+from app.policy import ContextualEpsilonGreedy
+from app.settings import SERVED, Settings
+from app.store import CachedStore
+from bench.shoppers import mixed_events
+from tests.stores import DictStore
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class Policies:
+    def __init__(self, settings: Settings) -> None:
+        self.policy = ContextualEpsilonGreedy(settings.arms, settings.exploration, seed=1)
+
+    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+        return self.policy, self.policy.n_updates
+
+
+def main() -> int:
+    settings = Settings()
+    policies = Policies(settings)
+    engine = Engine(settings, policies, StoreCatalog(DictStore()))
+    store = CachedStore(DictStore(), HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES)
+    t0 = 1_700_000_000_000
+    events: list[Any] = []
+    for n, (topic, value) in enumerate(itertools.islice(mixed_events(1, 5_000, 2_000), 60_000)):
+        value["ts"] = t0 + n * 2
+        events.append(Served.from_value(value) if topic == SERVED else
+                      Reaction.from_value(REACTION_TYPE_BY_TOPIC[topic], value))
+    for event in events[:30_000]:  # warm up: sessions and statistics exist
+        engine.handle(store, event)
+    for n in range(2_000):  # and the bandit has learned something
+        policies.policy.update(settings.arms[n % 5], {"season": "winter"}, float(n % 3))
+
+    start = time.perf_counter()
+    for event in events[30_000:]:
+        engine.handle(store, event)
+    per_event_us = (time.perf_counter() - start) / 30_000 * 1e6
+
+    session = store.get(session_key("site1", "s1"))
+    stats = SiteStats("site1", store.get, store.set)
+    rounds = 20_000
+    start = time.perf_counter()
+    for n in range(rounds):
+        engine._rank(session, stats, f"bench-{n}", session.last_ts)
+    per_decision_us = (time.perf_counter() - start) / rounds * 1e6
+
+    result = {
+        "benchmark": "decision_cost",
+        "command": "python -m bench.decision_cost",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "ranking_decision_us": round(per_decision_us, 1),
+        "engine_event_us": round(per_event_us, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "decision-cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
