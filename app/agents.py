@@ -135,10 +135,13 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
         for reaction in effects.unattributed:
             metrics.reactions_unattributed.labels(site(reaction.site_id)).inc()
 
-    async def reject(origin: Origin, topic: str, error: InvalidInput) -> None:
+    async def reject(origin: Origin, topic: str, error: InvalidInput,
+                     site_id: str | None = None) -> None:
+        """Keep an input the engine did not use, with why, on the dead-letter topic."""
         await channels.dead_letter.send(key=origin.key, value=dead_letter_value(origin, error))
         metrics.dead_letters.labels(error.reason).inc()
-        metrics.events_consumed.labels(topic, site(None), "invalid").inc()
+        outcome = "late" if error.reason == "late" else "invalid"
+        metrics.events_consumed.labels(topic, site(site_id), outcome).inc()
 
     @app.agent(channels.join_inputs, name="engine")
     async def run_engine(stream: faust.StreamT) -> None:
@@ -167,8 +170,12 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
                 await reject(origin, topic, InvalidInput("processing_error", repr(exc)))
                 continue
             await publish(effects, message.timestamp)
-            outcome = "duplicate" if effects.duplicate else (
-                "late" if effects.late and decoded in effects.late else "accepted")
+            if any(r.event_id == decoded.event_id for r in effects.late):
+                # The side output of reactions that came after their display had closed.
+                await reject(origin, topic, InvalidInput(
+                    "late", "the display it answers had already closed"), decoded.site_id)
+                continue
+            outcome = "duplicate" if effects.duplicate else "accepted"
             metrics.events_consumed.labels(topic, site(decoded.site_id), outcome).inc()
             if isinstance(decoded, Served) and not effects.duplicate:
                 metrics.displays_served.labels(site(decoded.site_id),
