@@ -4,11 +4,16 @@ Pure and synchronous: state comes in through a :class:`Store` (a Faust table in 
 a dict in unit tests), the bandits through :class:`Policies`, and time only from the events
 themselves. The agents in :mod:`app.agents` decode, call :meth:`Engine.handle`, and send.
 
-Stream time is kept per partition (the largest event time seen there). Sessions with
-something to close register in one-second *wake-up buckets*, so advancing stream time
-visits only the sessions that are due, never the whole partition. A partition that sees no
-input for ``idle_close_s`` lets stream time follow the wall clock, carried in by the
-worker's tick events (closes labelled ``idle``).
+Stream time is a per-partition *watermark*: the largest event time read on each input topic
+of the partition (displays, clicks, detail views, basket adds), and the smallest of those.
+Up to the watermark every topic has been read, so a join decided behind it does not depend
+on how fast each topic happened to be read (a worker catching up on a backlog reads them at
+different paces). A topic that has not moved for ``idle_close_s`` worth of ticks while others
+did is left out (a site may send no basket adds at all); when none moves, stream time
+follows the wall clock carried in by the worker's tick events (closes labelled ``idle``).
+
+Sessions with something due register in one-second *wake-up buckets*, so advancing stream
+time visits only the sessions that are due, never the whole partition.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ EXPIRY_BUCKET_MS = 60_000
 # rewrites a small record, not the list of every session due in the same minute.
 WAKE_SHARDS = 32
 CLOCK_KEY = "clock"
+# The watermark's inputs: one per join input topic.
+INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
 # For app.store.CachedStore: the clock, sessions and wake-up buckets are read and written on
 # nearly every event; site statistics are large, approximate and may lose their last second
 # of updates in a crash.
@@ -62,8 +69,12 @@ class PartitionClock:
     partition: int = 0
     partitions: int = 0  # 0 until the first tick says how many there are
     defaults_published: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # Idle detection (see Engine._on_tick).
-    time_at_last_tick: int | None = None
+    # The watermark's inputs: per input kind, its largest event time, that time at the last
+    # tick, and for how many ticks it has not moved (see Engine._on_tick).
+    kind_times: dict[str, int] = field(default_factory=dict)
+    kind_times_at_tick: dict[str, int] = field(default_factory=dict)
+    kind_quiet_ticks: dict[str, int] = field(default_factory=dict)
+    # Wall-clock fallback once every kind is quiet.
     idle_base_time: int | None = None
     idle_since_wall_ms: int | None = None
 
@@ -118,6 +129,7 @@ class Engine:
             rewards=settings.rewards,
         )
         self._idle_ms = int(settings.idle_close_s * 1000)
+        self._quiet_ticks = max(1, round(settings.idle_close_s / settings.tick_interval_s))
         self._session_timeout_ms = int(settings.session_timeout_s * 1000)
 
     def handle(self, store: Store, event: Served | Reaction | Tick) -> Effects:
@@ -126,7 +138,11 @@ class Engine:
         if isinstance(event, Tick):
             self._on_tick(store, clock, event, effects)
         else:
-            self._advance(store, clock, event.ts, "window", effects)
+            kind = "served" if isinstance(event, Served) else event.type
+            if event.ts > clock.kind_times.get(kind, -1):
+                clock.kind_times[kind] = event.ts
+                clock.kind_quiet_ticks[kind] = 0
+            self._advance(store, clock, self._watermark(clock), "window", effects)
             self._on_session_event(store, clock, event, effects)
         clock.pending_displays -= len(effects.rewards)
         effects.pending_displays = clock.pending_displays
@@ -142,18 +158,17 @@ class Engine:
         if not session.first_sight(event.event_id):
             effects.duplicate = True
             return
-        assert clock.stream_time is not None
-        now = clock.stream_time
         stats = SiteStats(event.site_id, store.get, store.set)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            effects.absorb(join.add_display(session.join, self._display(session, event), now,
-                                            self.rules))
+            join.add_display(session.join, self._display(session, event))
         else:
             event = self._with_category(event)
-            effects.absorb(join.add_reaction(session.join, event, now, self.rules))
+            join.add_reaction(session.join, event)
             record_reaction(stats, session, event)
             session.engage(event)
+        if clock.stream_time is not None:
+            effects.absorb(join.advance(session.join, clock.stream_time, self.rules))
         session.touch(event.ts, event.context)
         self._note_segment(clock, session)
         effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts))
@@ -213,40 +228,53 @@ class Engine:
                 clock.defaults_published[f"{site_id}|{segment}"] = (tick.wall_ms, version)
                 blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
                 ranking_id = f"default:{site_id}:{segment}:{tick.wall_ms}"
-                effects.rankings.append(self._rank(blank, stats, ranking_id,
-                                                   clock.stream_time or 0, segment))
+                now = max(clock.kind_times.values())  # the latest event time read here
+                effects.rankings.append(self._rank(blank, stats, ranking_id, now, segment))
 
     # -- time -----------------------------------------------------------------------------
 
+    def _watermark(self, clock: PartitionClock) -> int | None:
+        """The smallest latest-event-time over the input kinds still moving; None while a
+        moving kind has not been read at all yet (it may hold anything)."""
+        moving = [kind for kind in INPUT_KINDS
+                  if clock.kind_quiet_ticks.get(kind, 0) < self._quiet_ticks]
+        if not moving or any(kind not in clock.kind_times for kind in moving):
+            return None
+        return min(clock.kind_times[kind] for kind in moving)
+
     def _on_tick(self, store: Store, clock: PartitionClock, tick: Tick,
                  effects: Effects) -> None:
-        """Processing-time fallback: an idle partition's stream time follows the wall clock.
+        """Count how long each input kind has been quiet, and fall back on the wall clock.
 
-        Idle means stream time has not moved since the previous tick. After ``idle_close_s``
-        of wall time without movement, stream time becomes the time it had when the
-        partition went quiet plus the wall time elapsed since.
+        A kind that has not moved for ``idle_close_s`` worth of ticks leaves the watermark.
+        When every kind is quiet, stream time becomes the time it had when the partition
+        went quiet plus the wall time elapsed since.
         """
         clock.partition, clock.partitions = tick.partition, tick.partitions
-        if clock.stream_time is None:
+        if not clock.kind_times:
             return
         self._publish_defaults(store, clock, tick, effects)
-        if clock.stream_time != clock.time_at_last_tick or clock.idle_since_wall_ms is None:
-            clock.time_at_last_tick = clock.idle_base_time = clock.stream_time
+        for kind in INPUT_KINDS:
+            moved = clock.kind_times.get(kind) != clock.kind_times_at_tick.get(kind)
+            clock.kind_quiet_ticks[kind] = 0 if moved else clock.kind_quiet_ticks.get(kind, 0) + 1
+        clock.kind_times_at_tick = dict(clock.kind_times)
+        if any(quiet < self._quiet_ticks for quiet in clock.kind_quiet_ticks.values()):
+            clock.idle_since_wall_ms = None
+            self._advance(store, clock, self._watermark(clock), "window", effects)
+            return
+        if clock.idle_since_wall_ms is None:
+            clock.idle_base_time = clock.stream_time or max(clock.kind_times.values())
             clock.idle_since_wall_ms = tick.wall_ms
             return
+        assert clock.idle_base_time is not None
         idle_for = tick.wall_ms - clock.idle_since_wall_ms
-        if idle_for >= self._idle_ms:
-            assert clock.idle_base_time is not None
-            self._advance(store, clock, clock.idle_base_time + idle_for, "idle", effects)
-            clock.time_at_last_tick = clock.stream_time
+        self._advance(store, clock, clock.idle_base_time + self._idle_ms + idle_for, "idle",
+                      effects)
 
-    def _advance(self, store: Store, clock: PartitionClock, ts: int, closed_by: str,
+    def _advance(self, store: Store, clock: PartitionClock, ts: int | None, closed_by: str,
                  effects: Effects) -> None:
-        if clock.stream_time is None:
-            clock.stream_time = ts
-            clock.swept_bucket = ts // BUCKET_MS
-            return
-        if ts <= clock.stream_time:
+        """Move stream time forward to ``ts`` and settle the sessions due before it."""
+        if ts is None or (clock.stream_time is not None and ts <= clock.stream_time):
             return
         clock.stream_time = ts
         due = sorted(b for b in clock.buckets if b < ts // BUCKET_MS)
@@ -267,7 +295,7 @@ class Engine:
             if session is None or session.wake_bucket != bucket:
                 continue  # deleted, or registered for an earlier wake-up since
             session.wake_bucket = None
-            effects.absorb(join.expire(session.join, clock.stream_time, self.rules, closed_by))
+            effects.absorb(join.advance(session.join, clock.stream_time, self.rules, closed_by))
             if self._expired(session, clock.stream_time):
                 store.delete(key)
             else:
@@ -277,16 +305,17 @@ class Engine:
     def _expired(self, session: Session, stream_time: int) -> bool:
         idle_for = stream_time - session.last_ts
         return idle_for > self._session_timeout_ms and not session.join.pending \
-            and not session.join.held
+            and not session.join.waiting
 
     def _register(self, store: Store, clock: PartitionClock, key: str,
                   session: Session) -> None:
         """Make sure the session is visited when its next deadline passes."""
         expiry = session.last_ts + self._session_timeout_ms
         bucket = (expiry // EXPIRY_BUCKET_MS + 1) * EXPIRY_BUCKET_MS // BUCKET_MS
-        deadline = session.join.next_deadline(self.rules)
-        if deadline is not None:
-            bucket = min(bucket, deadline // BUCKET_MS)
+        stream_time = -1 if clock.stream_time is None else clock.stream_time
+        due = session.join.next_due(self.rules, stream_time)
+        if due is not None:
+            bucket = min(bucket, due // BUCKET_MS)
         bucket = max(bucket, clock.swept_bucket)
         if session.wake_bucket is not None and session.wake_bucket <= bucket:
             return

@@ -1,23 +1,28 @@
 """The reward join of one session: reactions attributed to the displays they answer.
 
-Pure and synchronous. The caller owns stream time (the largest event time seen on the
-partition) and passes it in; nothing here reads a clock.
+Pure and synchronous. The caller owns stream time and passes it in as ``watermark``: the
+event time up to which every input topic of the partition has been read (see app.engine).
+Decisions are taken only behind the watermark, so their outcome does not depend on how fast
+each topic happened to be read, only on what each topic holds.
 
 Rules (README, "The reward join"):
 
 - a reaction counts for a display of the same session when
   ``served.ts <= reaction.ts <= served.ts + window``, and its ``served_id`` names the
-  display, or it has none and its item is among the served items (the latest such
-  display wins);
-- the decision's reward is the maximum reward of its reactions; it closes when stream time
-  passes ``served.ts + window + grace``, or at once when the maximum reward is reached;
-- a reaction that finds no display yet is held until stream time passes
-  ``reaction.ts + grace`` (its display may still be on its way), then dropped as unattributed;
-- a reaction whose display has already closed is late and never applied.
+  display, or it has none and its item is among the served items; the latest such display
+  wins;
+- a reaction is attributed once the watermark reaches its time (every display it could
+  answer has been read by then); one that finds no display waits until the watermark passes
+  ``reaction.ts + grace`` (a display produced late may still come), then counts as
+  unattributed; one whose display has already closed is late and never applied;
+- the decision's reward is the maximum reward of its reactions; it closes when the
+  watermark passes ``served.ts + window + grace``, or at once when the maximum reward is
+  reached.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -59,16 +64,21 @@ class PendingDisplay:
 
 @dataclass
 class SessionJoin:
-    """Join state of one session: open displays, early reactions, recently closed displays."""
+    """Join state of one session: open displays, waiting reactions, recently closed ones."""
 
     pending: dict[str, PendingDisplay] = field(default_factory=dict)
-    held: list[Reaction] = field(default_factory=list)
+    waiting: list[Reaction] = field(default_factory=list)  # ordered by (ts, event_id)
     recently_closed: dict[str, Served] = field(default_factory=dict)
 
-    def next_deadline(self, rules: JoinRules) -> int | None:
-        """The earliest stream time at which this session has something to close or drop."""
-        times = [p.served.ts + rules.window_ms + rules.grace_ms for p in self.pending.values()]
-        times += [r.ts + rules.grace_ms for r in self.held]
+    def next_due(self, rules: JoinRules, watermark: int) -> int | None:
+        """The earliest watermark at which :func:`advance` has something to do here."""
+        times = [p.served.ts + rules.window_ms + rules.grace_ms + 1
+                 for p in self.pending.values()]
+        for reaction in self.waiting:  # the first not yet ready, and every ready one
+            if reaction.ts > watermark:
+                times.append(reaction.ts)
+                break
+            times.append(reaction.ts + rules.grace_ms + 1)
         return min(times) if times else None
 
 
@@ -80,60 +90,29 @@ class JoinResult:
     attributed: int = 0
 
 
-def add_display(state: SessionJoin, display: PendingDisplay, stream_time: int,
-                rules: JoinRules, closed_by: str = "window") -> JoinResult:
-    """Open a display, then give it the held reactions that were waiting for it."""
-    result = expire(state, stream_time, rules, closed_by)
-    served = display.served
-    state.pending[served.event_id] = display
-    waiting, state.held = state.held, []
-    for reaction in waiting:
-        _attribute(state, reaction, stream_time, rules, result, hold_if_unmatched=True)
-    return result
+def add_display(state: SessionJoin, display: PendingDisplay) -> None:
+    state.pending[display.served.event_id] = display
 
 
-def add_reaction(state: SessionJoin, reaction: Reaction, stream_time: int,
-                 rules: JoinRules, closed_by: str = "window") -> JoinResult:
-    result = expire(state, stream_time, rules, closed_by)
-    _attribute(state, reaction, stream_time, rules, result, hold_if_unmatched=True)
-    return result
+def add_reaction(state: SessionJoin, reaction: Reaction) -> None:
+    keys = [(r.ts, r.event_id) for r in state.waiting]
+    state.waiting.insert(bisect.bisect(keys, (reaction.ts, reaction.event_id)), reaction)
 
 
-def expire(state: SessionJoin, stream_time: int, rules: JoinRules,
-           closed_by: str = "window") -> JoinResult:
-    """Close displays whose window plus grace has passed; drop held reactions past grace."""
+def advance(state: SessionJoin, watermark: int, rules: JoinRules,
+            closed_by: str = "window") -> JoinResult:
+    """Attribute the reactions the watermark has reached, in time order, then close the
+    displays whose window and grace it has passed."""
     result = JoinResult()
+    still_waiting = []
+    for reaction in state.waiting:
+        if reaction.ts > watermark or not _attribute(state, reaction, watermark, rules, result):
+            still_waiting.append(reaction)
+    state.waiting = still_waiting
     for served_id, display in list(state.pending.items()):
-        if stream_time > display.served.ts + rules.window_ms + rules.grace_ms:
+        if watermark > display.served.ts + rules.window_ms + rules.grace_ms:
             _close(state, served_id, closed_by, result)
-    keep = []
-    for reaction in state.held:
-        if stream_time > reaction.ts + rules.grace_ms:
-            result.unattributed.append(reaction)
-        else:
-            keep.append(reaction)
-    state.held = keep
     return result
-
-
-def _attribute(state: SessionJoin, reaction: Reaction, stream_time: int, rules: JoinRules,
-               result: JoinResult, hold_if_unmatched: bool) -> None:
-    matches = [p for p in state.pending.values() if covers(p.served, reaction, rules.window_ms)]
-    if matches:
-        display = max(matches, key=lambda p: p.served.ts)
-        display.reward = max(display.reward, rules.rewards.get(reaction.type, 0.0))
-        display.outcomes.append(Outcome(reaction.type, reaction.item_id, reaction.ts,
-                                        reaction.ts - display.served.ts))
-        result.attributed += 1
-        if display.reward >= rules.max_reward:
-            _close(state, display.served.event_id, "max_reward", result)
-        return
-    if any(covers(s, reaction, rules.window_ms) for s in state.recently_closed.values()):
-        result.late.append(reaction)
-    elif stream_time > reaction.ts + rules.grace_ms or not hold_if_unmatched:
-        result.unattributed.append(reaction)
-    else:
-        state.held.append(reaction)
 
 
 def covers(served: Served, reaction: Reaction, window_ms: int) -> bool:
@@ -145,9 +124,34 @@ def covers(served: Served, reaction: Reaction, window_ms: int) -> bool:
     return reaction.item_id in served.items
 
 
+def _attribute(state: SessionJoin, reaction: Reaction, watermark: int, rules: JoinRules,
+               result: JoinResult) -> bool:
+    """Settle one ready reaction; False when it must keep waiting for its display."""
+    candidates = [p.served for p in state.pending.values()]
+    candidates += state.recently_closed.values()
+    matches = [s for s in candidates if covers(s, reaction, rules.window_ms)]
+    if not matches:
+        if watermark > reaction.ts + rules.grace_ms:
+            result.unattributed.append(reaction)
+            return True
+        return False
+    best = max(matches, key=lambda s: (s.ts, s.event_id))
+    display = state.pending.get(best.event_id)
+    if display is None:
+        result.late.append(reaction)
+        return True
+    display.reward = max(display.reward, rules.rewards.get(reaction.type, 0.0))
+    display.outcomes.append(Outcome(reaction.type, reaction.item_id, reaction.ts,
+                                    reaction.ts - best.ts))
+    result.attributed += 1
+    if display.reward >= rules.max_reward:
+        _close(state, best.event_id, "max_reward", result)
+    return True
+
+
 def _close(state: SessionJoin, served_id: str, closed_by: str, result: JoinResult) -> None:
     display = state.pending.pop(served_id)
     result.closed.append(display.close(closed_by))
     state.recently_closed[served_id] = display.served
     while len(state.recently_closed) > RECENTLY_CLOSED_KEPT:
-        state.recently_closed.pop(next(iter(state.recently_closed)))
+        del state.recently_closed[next(iter(state.recently_closed))]

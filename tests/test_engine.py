@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.catalog import StoreCatalog, apply_record
-from app.engine import Engine, session_key
+from app.engine import Effects, Engine, session_key
 from app.events import Reaction, Served, Tick
 from app.policy import ContextualEpsilonGreedy
 from app.settings import Settings
@@ -49,11 +49,35 @@ def reaction(event_id: str, kind: str, ts: int, item="i1", session="s1", site="s
                     category="shoes")
 
 
+KINDS = ("served", "click", "detail_view", "basket_add")
+
+
+def read_all_kinds_up_to(engine: Engine, store: DictStore, ts: int) -> Effects:
+    """One event of every input kind at ``ts`` from an unrelated session: the watermark
+    (the smallest of the kinds' latest times) reaches ``ts``, and sessions due before the
+    second it is in are settled. Returns what that settled, for other sessions."""
+    effects = Effects()
+    events = [served(f"clock-d{ts}", ts, items=("z",), session="clock")]
+    events += [reaction(f"clock-{kind}{ts}", kind, ts, item="none", session="clock")
+               for kind in KINDS[1:]]
+    for event in events:
+        more = engine.handle(store, event)
+        effects.rewards += [r for r in more.rewards if r.session_id != "clock"]
+        effects.unattributed += [r for r in more.unattributed if r.session_id != "clock"]
+        effects.late += more.late
+    return effects
+
+
+def everything_read_up_to(engine: Engine, store: DictStore, ts: int) -> list:
+    return read_all_kinds_up_to(engine, store, ts).rewards
+
+
 def test_basket_add_two_seconds_after_display_closes_at_once_with_reward_3(engine):
     store = DictStore()
-    assert engine.handle(store, served("d1", T0)).rewards == []
-    effects = engine.handle(store, reaction("r1", "basket_add", T0 + 2_000))
-    [decision] = effects.rewards
+    engine.handle(store, served("d1", T0))
+    # Not decided while a topic may still hold an earlier display for this session.
+    assert engine.handle(store, reaction("r1", "basket_add", T0 + 2_000)).rewards == []
+    [decision] = everything_read_up_to(engine, store, T0 + 3_000)
     assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 3.0, "max_reward")
     assert [(o.type, o.delay_ms) for o in decision.outcomes] == [("basket_add", 2_000)]
 
@@ -61,10 +85,9 @@ def test_basket_add_two_seconds_after_display_closes_at_once_with_reward_3(engin
 def test_detail_view_gives_reward_1_when_stream_time_passes_window_and_grace(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0))
-    assert engine.handle(store, reaction("r1", "detail_view", T0 + 3_000)).rewards == []
-    # Another session's event moves the partition's stream time past the deadline.
-    assert engine.handle(store, served("d2", T0 + 25_000, session="s2")).rewards == []
-    [decision] = engine.handle(store, served("d3", T0 + 26_001, session="s2")).rewards
+    engine.handle(store, reaction("r1", "detail_view", T0 + 3_000))
+    assert everything_read_up_to(engine, store, T0 + 25_000) == []  # not past window + grace
+    [decision] = everything_read_up_to(engine, store, T0 + 26_001)
     assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 1.0, "window")
 
 
@@ -72,13 +95,27 @@ def test_no_reaction_gives_reward_0_on_an_idle_partition_through_ticks(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0))
     wall = 5_000_000
-    assert engine.handle(store, Tick(wall)).rewards == []
-    assert engine.handle(store, Tick(wall + 4_000)).rewards == []  # idle, not long enough
-    assert engine.handle(store, Tick(wall + 20_000)).rewards == []  # stream time T0+20s
-    effects = engine.handle(store, Tick(wall + 27_000))
-    [decision] = effects.rewards
+    for second in range(25):  # quiet: the first 5 ticks count it in, then the wall clock runs
+        assert engine.handle(store, Tick(wall + second * 1_000)).rewards == [], second
+    closed = []
+    for second in range(25, 40):
+        closed += engine.handle(store, Tick(wall + second * 1_000)).rewards
+    [decision] = closed
     assert (decision.reward, decision.closed_by) == (0.0, "idle")
-    assert effects.pending_displays == 0
+
+
+def test_a_topic_that_went_quiet_does_not_hold_the_others_back(engine):
+    store = DictStore()
+    engine.handle(store, served("d1", T0))
+    engine.handle(store, reaction("r1", "basket_add", T0 + 2_000))
+    wall = 5_000_000
+    closed = []
+    for second in range(7):  # displays stop; basket adds do not (its time is ahead)
+        closed += engine.handle(store, Tick(wall + second * 1_000)).rewards
+        engine.handle(store, reaction(f"more{second}", "basket_add", T0 + 3_000 + second,
+                                      session="other", item="q"))
+    [decision] = closed
+    assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 3.0, "max_reward")
 
 
 def test_a_repeated_event_id_is_applied_once(engine):
@@ -86,31 +123,43 @@ def test_a_repeated_event_id_is_applied_once(engine):
     engine.handle(store, served("d1", T0))
     assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is False
     assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is True
-    [decision] = engine.handle(store, served("x", T0 + 30_000, session="s2")).rewards
+    [decision] = everything_read_up_to(engine, store, T0 + 30_000)
     assert len(decision.outcomes) == 1
 
 
-def test_reaction_before_its_display_is_held_for_the_grace_period(engine):
+def test_reaction_read_before_its_display_is_attributed_once_the_display_is_read(engine):
     store = DictStore()
     engine.handle(store, reaction("r1", "basket_add", T0 + 1_000, served_id="d1"))
-    [decision] = engine.handle(store, served("d1", T0)).rewards
+    engine.handle(store, served("d1", T0))
+    [decision] = everything_read_up_to(engine, store, T0 + 2_000)
     assert (decision.served_id, decision.reward) == ("d1", 3.0)
 
 
 def test_reaction_after_its_display_closed_is_late_and_not_applied(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0))
-    [closed] = engine.handle(store, served("d2", T0 + 26_000, session="s2")).rewards
+    [closed] = everything_read_up_to(engine, store, T0 + 26_000)
     assert closed.reward == 0.0
     effects = engine.handle(store, reaction("r1", "basket_add", T0 + 10_000))
     assert [r.event_id for r in effects.late] == ["r1"] and effects.rewards == []
+
+
+def test_a_reaction_without_a_display_is_unattributed_after_the_grace_period(engine):
+    store = DictStore()
+    engine.handle(store, reaction("r1", "click", T0, item="nowhere"))
+    # A display produced late may still come within the grace period...
+    assert read_all_kinds_up_to(engine, store, T0 + 4_000).unattributed == []
+    # ...after it, the reaction is counted as unattributed.
+    settled = read_all_kinds_up_to(engine, store, T0 + 7_000).unattributed
+    assert [r.event_id for r in settled] == ["r1"]
 
 
 def test_the_latest_display_showing_the_item_wins(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0, items=("a",)))
     assert engine.handle(store, served("d2", T0 + 1_000, items=("a",))).pending_displays == 2
-    [decision] = engine.handle(store, reaction("r1", "basket_add", T0 + 2_000, item="a")).rewards
+    engine.handle(store, reaction("r1", "basket_add", T0 + 2_000, item="a"))
+    [decision] = everything_read_up_to(engine, store, T0 + 3_000)
     assert decision.served_id == "d2"
 
 
@@ -120,15 +169,16 @@ def test_every_event_publishes_a_ranking_and_served_ranking_ids_are_authoritativ
     assert ranking.ranking_id == "rk-r0" and ranking.session_id == "s1"
     assert 0 < ranking.propensity <= 1
     engine.handle(store, served("d1", T0 + 1, items=("a",), ranking_id=ranking.ranking_id))
-    [decision] = engine.handle(store, reaction("r1", "basket_add", T0 + 5, item="a")).rewards
+    engine.handle(store, reaction("r1", "basket_add", T0 + 5, item="a"))
+    [decision] = everything_read_up_to(engine, store, T0 + 1_005)
     assert (decision.arm, decision.propensity) == (ranking.arm, ranking.propensity)
 
 
 def test_sites_do_not_share_sessions(engine):
     store = DictStore()
     engine.handle(store, served("d1", T0, site="a"))
-    effects = engine.handle(store, reaction("r1", "basket_add", T0 + 1, site="b"))
-    assert effects.rewards == []
+    engine.handle(store, reaction("r1", "basket_add", T0 + 1, site="b"))
+    assert everything_read_up_to(engine, store, T0 + 1) == []
     assert store.get(session_key("a", "s1")) is not None
     assert store.get(session_key("b", "s1")) is not None
 
@@ -136,8 +186,10 @@ def test_sites_do_not_share_sessions(engine):
 def test_inactive_sessions_expire(engine, settings):
     store = DictStore()
     engine.handle(store, reaction("r1", "click", T0))
+    read_all_kinds_up_to(engine, store, T0 + 1_000)
+    assert store.get(session_key("shop", "s1")) is not None
     later = T0 + int(settings.session_timeout_s * 1000) + 120_000
-    engine.handle(store, reaction("r2", "click", later, session="s2"))
+    read_all_kinds_up_to(engine, store, later)
     assert store.get(session_key("shop", "s1")) is None
 
 
