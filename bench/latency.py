@@ -12,13 +12,8 @@ moment its ranking was read from ``reco.rankings``. Results go to ``bench/result
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,12 +23,16 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from app import local_kafka, topic_admin
-from app.settings import RANKINGS, Settings
+from app.settings import RANKINGS
+from bench.common import (
+    RESULTS,
+    bootstrap_servers,
+    fresh_topics,
+    machine,
+    start_worker,
+    write_result,
+)
 from bench.shoppers import mixed_events
-from tests.worker_process import free_port
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -51,21 +50,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    bootstrap = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS") or local_kafka.up(
-        port=9092, data_dir=Path("var/kafka"))
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
-                        partitions=8)
-    report = topic_admin.apply(settings)
-    assert report.ok, report.describe()
-
-    data_dir = Path(tempfile.mkdtemp(prefix="recoloop-bench-"))
-    env = {**os.environ, "RECOLOOP_BOOTSTRAP_SERVERS": bootstrap,
-           "RECOLOOP_TOPIC_PREFIX": settings.topic_prefix, "RECOLOOP_DATA_DIR": str(data_dir),
-           "RECOLOOP_METRICS_PORT": str(free_port()), "RECOLOOP_WEB_PORT": str(free_port()),
-           "RECOLOOP_LOG_LEVEL": "warn"}
-    log = open(data_dir / "worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    bootstrap = bootstrap_servers()
+    settings = fresh_topics(bootstrap, partitions=8)
+    worker = start_worker(settings)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     done = threading.Event()
@@ -98,8 +85,7 @@ def main() -> int:
         producer.flush(30)
         ready_by = time.monotonic() + 120
         while "rk-ready" in sent_at and time.monotonic() < ready_by:
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited; see {data_dir / 'worker.log'}")
+            worker.check_alive()
             time.sleep(0.1)
         latencies.clear()
         events = mixed_events(seed=1, sessions=args.sessions, items=args.items)
@@ -129,15 +115,14 @@ def main() -> int:
         missing = len(sent_at)
     finally:
         done.set()
-        worker.terminate()
-        worker.wait(60)
+        worker.stop()
 
     ordered = sorted(latencies)
     result = {
         "benchmark": "event_to_ranking_latency",
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, broker co-located",
+        "machine": machine(),
         "target_rate_events_per_s": args.rate,
         "achieved_rate_events_per_s": round(achieved_rate, 1),
         "measured_events": len(measured_ids),
@@ -147,10 +132,7 @@ def main() -> int:
         "p999_ms": round(quantile(ordered, 0.999) * 1000, 2) if ordered else None,
         "mean_ms": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
     }
-    out = args.out or RESULTS / f"latency-{args.rate}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out or RESULTS / f"latency-{args.rate}.json")
     return 0 if missing == 0 else 1
 
 
