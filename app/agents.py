@@ -210,5 +210,6 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
     @app.timer(interval=settings.tick_interval_s)
     async def tick() -> None:
         value = orjson.dumps({"wall_ms": int(time.time() * 1000)})
-        for partition in range(partitions):
-            await channels.ticks.send(value=value, partition=partition)
+        for tp in app.assignor.assigned_actives():  # each worker ticks its own partitions
+            if tp.topic == ticks_topic:
+                await channels.ticks.send(value=value, partition=tp.partition)

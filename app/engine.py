@@ -218,6 +218,8 @@ class Engine:
         """Rankings for sessions with no history, per site and segment, from its home."""
         interval_ms = self.settings.default_ranking_interval_s * 1000
         for site_id, segments in clock.segments.items():
+            if home_partition(site_id, clock.partitions) != clock.partition:
+                continue  # noted before the first tick told this partition who it is
             stats = SiteStats(site_id, store.get, store.set)
             for segment, context in [("", {}), *segments.items()]:
                 _, version = self.policies.current(site_id)
