@@ -21,13 +21,15 @@ from faust.types import TableT
 
 from app.catalog import StoreCatalog, apply_record
 from app.channels import Channels
-from app.contract import InvalidInput, Origin, dead_letter_value, decode, decode_catalog
+from app.contract import InvalidInput, dead_letter_value, decode, decode_catalog
 from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Effects, Engine
-from app.events import Reaction, Served, Tick
+from app.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served, Tick
 from app.metrics import Metrics
 from app.policy import ContextualEpsilonGreedy
 from app.settings import CATALOG, Settings
 from app.store import CachedStore
+
+REACTION_TOPIC_BY_TYPE = {kind: topic for topic, kind in REACTION_TYPE_BY_TOPIC.items()}
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,10 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
                 metrics.event_to_ranking.observe(max(0.0, time.time() - produced_at_s))
         for reaction in effects.unattributed:
             metrics.reactions_unattributed.labels(site(reaction.site_id)).inc()
+        for reaction in effects.late:  # the side output of reactions after their display closed
+            if reaction.origin is not None:
+                await reject(reaction.origin, REACTION_TOPIC_BY_TYPE[reaction.type], InvalidInput(
+                    "late", "the display it answers had already closed"), reaction.site_id)
 
     async def reject(origin: Origin, topic: str, error: InvalidInput,
                      site_id: str | None = None) -> None:
@@ -158,7 +164,7 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
             origin = Origin(message.topic, message.partition, message.offset, message.key,
                             message.value)
             try:
-                decoded: Served | Reaction = decode(topic, message.key, message.value)
+                decoded: Served | Reaction = decode(topic, origin)
             except InvalidInput as error:
                 await reject(origin, topic, error)
                 continue
@@ -170,11 +176,6 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
                 await reject(origin, topic, InvalidInput("processing_error", repr(exc)))
                 continue
             await publish(effects, message.timestamp)
-            if any(r.event_id == decoded.event_id for r in effects.late):
-                # The side output of reactions that came after their display had closed.
-                await reject(origin, topic, InvalidInput(
-                    "late", "the display it answers had already closed"), decoded.site_id)
-                continue
             outcome = "duplicate" if effects.duplicate else "accepted"
             metrics.events_consumed.labels(topic, site(decoded.site_id), outcome).inc()
             if isinstance(decoded, Served) and not effects.duplicate:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
+from app.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served
 from app.settings import CATALOG, SERVED
 from app.topic_specs import validation_error
 
@@ -23,8 +22,9 @@ class InvalidInput(ValueError):
         self.detail = detail
 
 
-def decode(logical_topic: str, key: bytes | None, raw: bytes | None) -> Served | Reaction:
-    """Parse and validate one input value of ``reco.served`` or a reaction topic."""
+def decode(logical_topic: str, origin: Origin) -> Served | Reaction:
+    """Parse and validate one input message of ``reco.served`` or a reaction topic."""
+    key, raw = origin.key, origin.value
     if raw is None:
         raise InvalidInput("empty_value", "the message has no value")
     try:
@@ -39,7 +39,7 @@ def decode(logical_topic: str, key: bytes | None, raw: bytes | None) -> Served |
                            "(inputs are co-partitioned by session)")
     if logical_topic == SERVED:
         return Served.from_value(value)
-    return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value)
+    return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value, origin)
 
 
 def decode_catalog(key: bytes | None, raw: bytes | None
@@ -60,17 +60,6 @@ def decode_catalog(key: bytes | None, raw: bytes | None
     if (value["site_id"], value["item_id"]) != (site_id, item_id):
         raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id")
     return site_id, item_id, value
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a message came from, for the dead-letter record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:

@@ -47,8 +47,23 @@ class Served:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where an input message came from, with its exact bytes (for the dead-letter topic)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
 class Reaction:
-    """One visitor action on an item: a click, a detail view or a basket add."""
+    """One visitor action on an item: a click, a detail view or a basket add.
+
+    ``origin`` is kept while the reaction waits in the join: if it turns out late, its exact
+    bytes go to the dead-letter topic.
+    """
 
     event_id: str
     type: str
@@ -59,9 +74,11 @@ class Reaction:
     served_id: str | None = None
     category: str | None = None
     context: Context = field(default_factory=dict)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_value(cls, reaction_type: str, value: dict[str, Any]) -> Reaction:
+    def from_value(cls, reaction_type: str, value: dict[str, Any],
+                   origin: Origin | None = None) -> Reaction:
         return cls(
             event_id=value["event_id"],
             type=reaction_type,
@@ -72,6 +89,7 @@ class Reaction:
             served_id=value.get("served_id"),
             category=value.get("category"),
             context=dict(value.get("context") or {}),
+            origin=origin,
         )
 
 

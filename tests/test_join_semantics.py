@@ -317,10 +317,6 @@ def test_a_reaction_settled_after_its_display_closed_is_not_applied(join_run):
         {"type": "basket_add", "item_id": "a", "ts": join_run.t + 500, "delay_ms": 500}]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/agents.py dead-letters a late reaction only when it is found late while handling "
-    "that very reaction; one found late in a sweep (a tick, another event) is dropped "
-    "without a dead letter or the late count, contrary to README 'The reward join'"))
 def test_a_reaction_settled_after_its_display_closed_is_dead_lettered_as_late(join_run):
     join_run.one_reward("ls-d")  # the late verdict comes with (or before) the close
     [late] = [r for topic, r in join_run.produced["late_in_same_sweep"] if r["event_id"] ==
