@@ -101,7 +101,8 @@ class Metrics:
         # -- input ------------------------------------------------------------------------
         self.events_consumed = Counter(
             "recoloop_events_consumed_total",
-            "Input events consumed, by outcome (accepted, invalid, late, duplicate).",
+            "Input events consumed, by outcome: accepted, invalid or duplicate when read; "
+            "late when an accepted reaction is later found to answer a closed display.",
             ["topic", "site", "outcome"], registry=r)
         self.dead_letters = Counter(
             "recoloop_dead_letters_total", "Records sent to the dead-letter topic.",
