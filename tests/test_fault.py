@@ -22,9 +22,10 @@ from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, S
 from tests.kafka_io import TopicReader, event, produce
 from tests.test_join_order import KINDS, reference_join, seeded_stream
 
-# Not part of the default run: it fails today. The worker is at-least-once, so a SIGKILL
-# replays up to a second of input and repeats its reward records and bandit updates; making
-# it pass is issue 3's exactly-once work. Run it with `pytest -m fault`.
+# Not part of the default run: it fails today. The worker is at-least-once and its local
+# state can run ahead of what it sent, so input replayed after a SIGKILL is skipped as already
+# seen and some reward records are never sent (2026-11-21: 1,178 of 8,893 displays had none).
+# Making it pass is issue 3's exactly-once work. Run it with `pytest -m fault`.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault,
               pytest.mark.xfail(reason="exactly-once under SIGKILL is not built yet (issue 3)",
                                 strict=False)]
