@@ -22,7 +22,7 @@ run: install
 
 test: install
 	deploy/prometheus/ensure-prometheus.sh
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
 	$(BIN)/pytest
 
