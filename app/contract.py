@@ -27,13 +27,7 @@ def decode(logical_topic: str, origin: Origin) -> Served | Reaction:
     key, raw = origin.key, origin.value
     if raw is None:
         raise InvalidInput("empty_value", "the message has no value")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput("invalid_json", str(exc)) from None
-    problem = validation_error(logical_topic, value)
-    if problem is not None:
-        raise InvalidInput("schema", problem)
+    value = _validated(logical_topic, raw)
     if key is None or key.decode("utf-8", "replace") != value["session_id"]:
         raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
                            "(inputs are co-partitioned by session)")
@@ -50,16 +44,23 @@ def decode_catalog(key: bytes | None, raw: bytes | None
         raise InvalidInput("key_mismatch", "catalog keys are site_id:item_id")
     if raw is None:
         return site_id, item_id, None
+    value = _validated(CATALOG, raw)
+    if (value["site_id"], value["item_id"]) != (site_id, item_id):
+        raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id")
+    return site_id, item_id, value
+
+
+def _validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
+    """The JSON value of ``raw`` if it meets the topic's schema."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("invalid_json", str(exc)) from None
-    problem = validation_error(CATALOG, value)
+    problem = validation_error(logical_topic, value)
     if problem is not None:
         raise InvalidInput("schema", problem)
-    if (value["site_id"], value["item_id"]) != (site_id, item_id):
-        raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id")
-    return site_id, item_id, value
+    result: dict[str, Any] = value
+    return result
 
 
 def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:
