@@ -289,8 +289,10 @@ class Engine:
         assert clock.stream_time is not None
         keys: dict[str, None] = {}
         for shard in range(WAKE_SHARDS):
-            keys.update(store.get(f"wake:{bucket}:{shard}") or {})
-            store.delete(f"wake:{bucket}:{shard}")
+            registered = store.get(f"wake:{bucket}:{shard}")
+            if registered:  # deleting absent keys would still write changelog tombstones
+                keys.update(registered)
+                store.delete(f"wake:{bucket}:{shard}")
         clock.buckets.discard(bucket)
         for key in keys:
             session: Session | None = store.get(key)
