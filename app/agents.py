@@ -86,7 +86,7 @@ class BanditModels:
                 policy = policy.with_arms(arms)
             cached = (version, policy)
             self._cache[site_id] = cached
-        return cached[1], version
+        return cached[1], cached[0]
 
     def save(self, site_id: str, policy: ContextualEpsilonGreedy) -> None:
         version = policy.n_updates
@@ -149,33 +149,45 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
         outcome = "late" if error.reason == "late" else "invalid"
         metrics.events_consumed.labels(topic, site(site_id), outcome).inc()
 
+    async def failed(origin: Origin, topic: str, exc: Exception) -> None:
+        """A bug must not stop the agent or block the partition: keep the input, say why, and
+        forget the partition's cached objects, which may be half-changed."""
+        log.exception("processing failed on %s[%s]@%s", origin.topic, origin.partition,
+                      origin.offset)
+        stores.pop(origin.partition, None)
+        await reject(origin, topic, InvalidInput("processing_error", repr(exc)))
+
+    def origin_of(message: Any) -> Origin:
+        return Origin(message.topic, message.partition, message.offset, message.key,
+                      message.value)
+
     @app.agent(channels.join_inputs, name="engine")
     async def run_engine(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
-            if message.topic == ticks_topic:
-                tick = Tick(orjson.loads(message.value)["wall_ms"], message.partition, partitions)
-                store = store_for(message.partition)
-                effects = engine.handle(store, tick)
-                store.flush()
-                await publish(effects, None)
-                continue
+            origin = origin_of(message)
             topic = channels.logical_name(settings, message.topic)
-            origin = Origin(message.topic, message.partition, message.offset, message.key,
-                            message.value)
             try:
-                decoded: Served | Reaction = decode(topic, origin)
-            except InvalidInput as error:
-                await reject(origin, topic, error)
-                continue
-            try:
+                if message.topic == ticks_topic:
+                    tick = Tick(orjson.loads(message.value)["wall_ms"], message.partition,
+                                partitions)
+                    store = store_for(message.partition)
+                    effects = engine.handle(store, tick)
+                    store.flush()
+                    await publish(effects, None)
+                    continue
+                # Event times may run ahead of the message's own timestamp only so far.
+                latest_ts = int(message.timestamp * 1000 + settings.max_clock_skew_s * 1000)
+                try:
+                    decoded: Served | Reaction = decode(topic, origin, latest_ts)
+                except InvalidInput as error:
+                    await reject(origin, topic, error)
+                    continue
                 effects = engine.handle(store_for(message.partition), decoded)
-            except Exception as exc:  # a bug must not block the partition: keep the input
-                log.exception("engine failed on %s[%s]@%s", message.topic, message.partition,
-                              message.offset)
-                await reject(origin, topic, InvalidInput("processing_error", repr(exc)))
+                await publish(effects, message.timestamp)
+            except Exception as exc:
+                await failed(origin, topic, exc)
                 continue
-            await publish(effects, message.timestamp)
             outcome = "duplicate" if effects.duplicate else "accepted"
             metrics.events_consumed.labels(topic, site(decoded.site_id), outcome).inc()
             if isinstance(decoded, Served) and not effects.duplicate:
@@ -184,13 +196,17 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
 
     @app.agent(channels.decisions, name="learner")
     async def run_learner(stream: faust.StreamT) -> None:
-        async for value in stream:
-            decision = orjson.loads(value)
-            policy, _ = models.current(decision["site_id"])
-            if decision["arm"] not in policy.arms:
-                continue  # displays without a known arm are joined and logged, not learned
-            policy.update(decision["arm"], decision["context"], decision["reward"])
-            models.save(decision["site_id"], policy)
+        async for event in stream.events():
+            try:
+                decision = orjson.loads(event.message.value)
+                policy, _ = models.current(decision["site_id"])
+                if decision["arm"] not in policy.arms:
+                    continue  # displays without a known arm are joined and logged, not learned
+                policy.update(decision["arm"], decision["context"], decision["reward"])
+                models.save(decision["site_id"], policy)
+            except Exception as exc:
+                await failed(origin_of(event.message), "decisions", exc)
+                continue
             metrics.bandit_updates.labels(site(decision["site_id"])).inc()
             for arm, estimate in policy.estimates({}).items():
                 metrics.bandit_estimate.labels(site(decision["site_id"]), arm).set(estimate)
@@ -198,14 +214,16 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
     @app.agent(channels.catalog, name="catalog")
     async def run_catalog(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            message = event.message
+            origin = origin_of(event.message)
             try:
-                site_id, item_id, value = decode_catalog(message.key, message.value)
+                site_id, item_id, value = decode_catalog(origin.key, origin.value)
+                apply_record(catalog_store, site_id, item_id, value)
             except InvalidInput as error:
-                await reject(Origin(message.topic, message.partition, message.offset,
-                                    message.key, message.value), CATALOG, error)
+                await reject(origin, CATALOG, error)
                 continue
-            apply_record(catalog_store, site_id, item_id, value)
+            except Exception as exc:
+                await failed(origin, CATALOG, exc)
+                continue
             metrics.events_consumed.labels(CATALOG, site(site_id), "accepted").inc()
 
     @app.timer(interval=settings.tick_interval_s)

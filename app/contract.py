@@ -22,12 +22,20 @@ class InvalidInput(ValueError):
         self.detail = detail
 
 
-def decode(logical_topic: str, origin: Origin) -> Served | Reaction:
-    """Parse and validate one input message of ``reco.served`` or a reaction topic."""
+def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
+           ) -> Served | Reaction:
+    """Parse and validate one input message of ``reco.served`` or a reaction topic.
+
+    ``latest_ts`` bounds event times: one from a wrong clock far in the future would push
+    the partition's stream time ahead and close every open display at once.
+    """
     key, raw = origin.key, origin.value
     if raw is None:
         raise InvalidInput("empty_value", "the message has no value")
     value = _validated(logical_topic, raw)
+    if latest_ts is not None and value["ts"] > latest_ts:
+        raise InvalidInput("future_timestamp", f"ts {value['ts']} is later than {latest_ts}, "
+                           "the message's Kafka timestamp plus RECOLOOP_MAX_CLOCK_SKEW_S")
     if key is None or key.decode("utf-8", "replace") != value["session_id"]:
         raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
                            "(inputs are co-partitioned by session)")

@@ -11,8 +11,10 @@ import heapq
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-# Rescale before the forward-decay weights get anywhere near float overflow (2**1023).
+# Rescale before the forward-decay weights get anywhere near float overflow (2**1023), and
+# never raise 2 to more than this when reading at a time far from the reference.
 _MAX_EXPONENT = 200.0
+_MAX_READ_EXPONENT = 900.0
 # The highest keys are kept in order as they change: stored values only grow by their own
 # additions, so a key can only enter the leaders when it is added to.
 LEADERS_KEPT = 64
@@ -49,10 +51,6 @@ class DecayedScores:
             self._rebase(ts)
             exponent = 0.0
         value = self.raw[key] = self.raw.get(key, 0.0) + weight * 2.0 ** exponent
-        if len(self.raw) > self.capacity + self.capacity // 4:
-            # Evict in batches: one O(n log k) trim per capacity/4 new keys, not a scan per add.
-            self.raw = dict(heapq.nlargest(self.capacity, self.raw.items(), key=_second))
-            self.leaders = [kv for kv in self.leaders if kv[0] in self.raw]
         leaders = self.leaders
         if len(leaders) < LEADERS_KEPT or value > leaders[-1][1] \
                 or any(k == key for k, _ in leaders):
@@ -60,12 +58,16 @@ class DecayedScores:
             leaders.append((key, value))
             leaders.sort(key=_second, reverse=True)
             self.leaders = leaders[:LEADERS_KEPT]
+        if len(self.raw) > self.capacity + self.capacity // 4:
+            # Evict in batches: one O(n log k) trim per capacity/4 new keys, not a scan per add.
+            self.raw = dict(heapq.nlargest(self.capacity, self.raw.items(), key=_second))
+            self.leaders = [kv for kv in self.leaders if kv[0] in self.raw]
 
     def value(self, key: str, ts: int) -> float:
         """The decayed sum of ``key`` as seen at time ``ts``."""
         if self.ref_ts is None or key not in self.raw:
             return 0.0
-        return self.raw[key] * 2.0 ** ((self.ref_ts - ts) / self.half_life_ms)
+        return self.raw[key] * self._factor(ts)
 
     def top(self, n: int, ts: int, exclude: Container[str] = ()) -> list[tuple[str, float]]:
         """The ``n`` highest keys with their decayed sums at time ``ts``, highest first."""
@@ -77,8 +79,14 @@ class DecayedScores:
             best = heapq.nlargest(n, candidates, key=_second)
         if self.ref_ts is None:
             return best
-        factor = 2.0 ** ((self.ref_ts - ts) / self.half_life_ms)
+        factor = self._factor(ts)
         return [(k, v * factor) for k, v in best]
+
+    def _factor(self, ts: int) -> float:
+        """What stored values are multiplied by to read them as decayed sums at ``ts``."""
+        assert self.ref_ts is not None
+        exponent = (self.ref_ts - ts) / self.half_life_ms
+        return 2.0 ** max(-_MAX_READ_EXPONENT, min(_MAX_READ_EXPONENT, exponent))
 
     def _rebase(self, ts: int) -> None:
         assert self.ref_ts is not None

@@ -287,13 +287,9 @@ class Engine:
     def _sweep(self, store: Store, clock: PartitionClock, bucket: int, closed_by: str,
                effects: Effects) -> None:
         assert clock.stream_time is not None
-        keys: dict[str, None] = {}
-        for shard in range(WAKE_SHARDS):
-            registered = store.get(f"wake:{bucket}:{shard}")
-            if registered:  # deleting absent keys would still write changelog tombstones
-                keys.update(registered)
-                store.delete(f"wake:{bucket}:{shard}")
-        clock.buckets.discard(bucket)
+        shards = {f"wake:{bucket}:{shard}": store.get(f"wake:{bucket}:{shard}")
+                  for shard in range(WAKE_SHARDS)}
+        keys = {key: None for registered in shards.values() if registered for key in registered}
         for key in keys:
             session: Session | None = store.get(key)
             if session is None or session.wake_bucket != bucket:
@@ -305,6 +301,11 @@ class Engine:
             else:
                 self._register(store, clock, key, session)
                 store.set(key, session)
+        # Only now: had a session above failed, the bucket would still hold them all.
+        for shard_key, registered in shards.items():
+            if registered:  # deleting absent keys would still write changelog tombstones
+                store.delete(shard_key)
+        clock.buckets.discard(bucket)
 
     def _expired(self, session: Session, stream_time: int) -> bool:
         idle_for = stream_time - session.last_ts
@@ -321,8 +322,8 @@ class Engine:
         if due is not None:
             bucket = min(bucket, due // BUCKET_MS)
         bucket = max(bucket, clock.swept_bucket)
-        if session.wake_bucket is not None and session.wake_bucket <= bucket:
-            return
+        if session.wake_bucket is not None and clock.swept_bucket <= session.wake_bucket <= bucket:
+            return  # registered in a bucket still to come that is early enough
         wake_key = f"wake:{bucket}:{zlib.crc32(key.encode()) % WAKE_SHARDS}"
         keys = store.get(wake_key) or {}
         keys[key] = None

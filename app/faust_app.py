@@ -28,6 +28,5 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         web_host=settings.bind_host,
         broker_commit_interval=1.0,
         producer_linger_ms=1,
-        stream_wait_empty=False,
         table_cleanup_interval=60.0,
     )

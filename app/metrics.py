@@ -44,7 +44,7 @@ OTHER_SITE = "other"
 # Reasons (InvalidInput.reason) a record goes to the dead-letter topic. Their series are
 # created at zero so "no dead letters" is a rate of 0, not a missing series.
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
-                       "processing_error", "late")
+                       "processing_error", "late", "future_timestamp")
 
 # The text format would carry a `*_created` series beside every counter and histogram:
 # twice the series for a timestamp nobody queries. Off for the whole worker process.

@@ -53,6 +53,9 @@ class Settings:
     # How often the worker ticks each partition so idle partitions still close decisions.
     tick_interval_s: float = 1.0
     session_timeout_s: float = 1800.0
+    # Event times may be this far ahead of their message's Kafka timestamp; later ones are
+    # dead-lettered (a wrong clock must not close every open display at once).
+    max_clock_skew_s: float = 300.0
     arms: tuple[str, ...] = DEFAULT_ARMS
     # Per-site arm sets: "shop-a=category1,bestsellers;shop-b=trending,similar".
     site_arms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -70,7 +73,7 @@ class Settings:
             port = getattr(self, name)
             _check(1 <= port <= 65535, _env_name(name), "must be a port number 1..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
-                     "session_timeout_s", "default_ranking_interval_s"):
+                     "session_timeout_s", "default_ranking_interval_s", "max_clock_skew_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
         _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")

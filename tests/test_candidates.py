@@ -175,3 +175,21 @@ def test_cached_store_serves_objects_writes_through_and_defers_what_it_is_told()
     assert len(store._objects) <= 4 and store.get("hot:0") == 0
     store.delete("hot:a")
     assert store.get("hot:a") is None and inner.get("hot:a") is None
+
+
+def test_decayed_scores_read_far_from_their_reference_without_overflow():
+    from app.decay import DecayedScores
+
+    scores = DecayedScores(half_life_ms=1_000, capacity=10)
+    scores.add("a", 1.0, ts=10**13)  # a timestamp far in the future
+    assert scores.value("a", ts=0) > 0 and scores.top(1, ts=0)[0][0] == "a"
+    assert scores.value("a", ts=10**15) >= 0.0
+
+
+def test_decayed_scores_with_a_small_capacity_never_lead_with_an_evicted_key():
+    from app.decay import DecayedScores
+
+    scores = DecayedScores(half_life_ms=10**9, capacity=4)
+    for n in range(50):
+        scores.add(f"k{n}", float(n % 7), ts=n)
+        assert all(key in scores.raw for key, _ in scores.top(10, ts=n)), n

@@ -134,3 +134,18 @@ def test_a_malformed_spec_directory_is_reported_with_the_file(tmp_path: Any) -> 
     (tmp_path / "reco.a.json").write_text('{"name": "reco.b"}')
     with pytest.raises(TopicSpecError, match="reco.a.json"):
         load_specs(tmp_path)  # failures are not cached
+
+
+def test_event_times_far_ahead_of_their_message_are_rejected():
+    import orjson
+    import pytest
+
+    from app.contract import InvalidInput, decode
+    from app.events import Origin
+
+    value = {"event_id": "e", "site_id": "s", "session_id": "k", "ts": 5_000, "item_id": "i"}
+    origin = Origin("reco.clicks", 0, 0, b"k", orjson.dumps(value))
+    assert decode("reco.clicks", origin, latest_ts=5_000).ts == 5_000
+    with pytest.raises(InvalidInput) as error:
+        decode("reco.clicks", origin, latest_ts=4_999)
+    assert error.value.reason == "future_timestamp"
