@@ -211,7 +211,9 @@ class Engine:
         seen.pop(key, None)
         seen[key] = dict(session.context)
         while len(seen) > SEGMENTS_KEPT_PER_SITE:
-            del seen[next(iter(seen))]
+            dropped = next(iter(seen))
+            del seen[dropped]
+            clock.defaults_published.pop(f"{session.site_id}|{dropped}", None)
 
     def _publish_defaults(self, store: Store, clock: PartitionClock, tick: Tick,
                           effects: Effects) -> None:

@@ -84,6 +84,15 @@ class Settings:
             _check(bool(arms) and not unknown, "RECOLOOP_SITE_ARMS",
                    f"site {site!r}: needs known arms, got {list(arms)}; known: {DEFAULT_ARMS}")
         _check(self.ranking_size >= 1, "RECOLOOP_RANKING_SIZE", "must be at least 1")
+        _check(all(0 <= r < float("inf") for r in self.rewards.values())
+               and max(self.rewards.values()) > 0, "RECOLOOP_REWARDS",
+               "must be finite, not negative, and some reward above 0")
+        for name in ("reward_window_s", "grace_s", "session_timeout_s"):
+            _check(getattr(self, name) < 10**9, _env_name(name), "must be finite")
+        _check(self.session_timeout_s > self.reward_window_s + self.grace_s,
+               "RECOLOOP_SESSION_TIMEOUT_S", "must be longer than the reward window plus grace")
+        _check(self.metrics_port != self.web_port, "RECOLOOP_METRICS_PORT",
+               "must differ from RECOLOOP_WEB_PORT")
         _check(bool(self.bootstrap_servers.strip()), "RECOLOOP_BOOTSTRAP_SERVERS",
                "must not be empty")
 

@@ -44,6 +44,12 @@ def test_variables_are_parsed_into_typed_fields():
     ("RECOLOOP_ARMS", "bestsellers,astrology"),
     ("RECOLOOP_REWARDS", "purchase=5"),
     ("RECOLOOP_SITE_ARMS", "a=nothing"),
+    ("RECOLOOP_REWARDS", "click=-1"),
+    ("RECOLOOP_REWARDS", "click=0,detail_view=0,basket_add=0"),
+    ("RECOLOOP_REWARDS", "click=nan"),
+    ("RECOLOOP_SESSION_TIMEOUT_S", "10"),
+    ("RECOLOOP_REWARD_WINDOW_S", "inf"),
+    ("RECOLOOP_WEB_PORT", "9464"),
 ])
 def test_a_bad_value_stops_start_up_with_a_message_naming_the_variable(variable, value):
     with pytest.raises(SettingsError, match=variable):
