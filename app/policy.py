@@ -36,6 +36,10 @@ class ContextualEpsilonGreedy:
     alpha
         Prior precision of each arm model's weights (River's ``alpha``): larger is more
         cautious about weights seen in few decisions.
+    max_features
+        Distinct context features (``key=value``) the policy learns weights for; later ones
+        are ignored, so a site sending unbounded context values cannot grow the model (which
+        is saved after every decision) without bound.
 
     Examples
     --------
@@ -50,13 +54,15 @@ class ContextualEpsilonGreedy:
     """
 
     def __init__(self, arms: Iterable[str], epsilon: float = 0.1, seed: int | None = None,
-                 alpha: float = 1.0) -> None:
+                 alpha: float = 1.0, max_features: int = 256) -> None:
         self.arms = tuple(arms)
         if not self.arms:
             raise ValueError("a bandit needs at least one arm")
         self.epsilon = epsilon
         self.seed = seed
         self.alpha = alpha
+        self.max_features = max_features
+        self._known_features: set[str] = {"bias"}
         self.n_updates = 0
         self._rng = random.Random(seed)
         self._models = {
@@ -66,7 +72,9 @@ class ContextualEpsilonGreedy:
 
     def with_arms(self, arms: Iterable[str]) -> ContextualEpsilonGreedy:
         """A policy over ``arms`` that keeps what this one learned about the arms in common."""
-        policy = ContextualEpsilonGreedy(arms, self.epsilon, self.seed, self.alpha)
+        policy = ContextualEpsilonGreedy(arms, self.epsilon, self.seed, self.alpha,
+                                         self.max_features)
+        policy._known_features = set(self._known_features)
         policy._models.update({a: m for a, m in self._models.items() if a in policy._models})
         policy.n_updates = self.n_updates
         return policy
@@ -116,5 +124,9 @@ class ContextualEpsilonGreedy:
         model = self._models.get(arm)
         if model is None:
             return
-        model.learn_one(self.features(context), reward)
+        x = self.features(context)
+        for name in x:
+            if name not in self._known_features and len(self._known_features) < self.max_features:
+                self._known_features.add(name)
+        model.learn_one({k: v for k, v in x.items() if k in self._known_features}, reward)
         self.n_updates += 1

@@ -251,6 +251,12 @@ def ensure_internal_topics(settings: Settings, retention_ms: Mapping[str, int],
     """
     admin = admin or admin_client(settings)
     existing = _partition_counts(admin.list_topics(timeout=TIMEOUT_S))
+    wrong = {name: existing[name] for name in retention_ms
+             if name in existing and existing[name] != partitions}
+    if wrong:
+        raise TopicLayoutError(
+            f"internal topics {wrong} must have {partitions} partitions like the join inputs; "
+            "stop every worker, delete them (the worker recreates them) and start again")
     missing = [name for name in retention_ms if name not in existing]
     if not missing:
         return

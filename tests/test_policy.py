@@ -80,3 +80,14 @@ def test_with_arms_keeps_what_was_learned_about_the_arms_in_common():
     assert estimates["trending"] > 1.0  # learned: trending pays in winter
     assert estimates["fresh"] == 0.0  # a new arm starts from nothing
     assert narrowed.n_updates == policy.n_updates
+
+
+def test_unbounded_context_values_do_not_grow_the_model_without_bound():
+    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5, max_features=20)
+    for n in range(500):
+        policy.update("trending", {"visitor": f"v{n}", "season": "winter"}, 1.0)
+    small = len(pickle.dumps(policy))
+    for n in range(500, 2_000):
+        policy.update("trending", {"visitor": f"v{n}", "season": "winter"}, 1.0)
+    assert len(pickle.dumps(policy)) <= small * 1.05
+    assert policy.estimates({"season": "winter"})["trending"] > 0.5  # still learning

@@ -158,3 +158,15 @@ def test_unreachable_broker_is_a_problem_not_a_crash(topic_prefix: str,
     assert not report.ok and "Kafka at 127.0.0.1:1" in report.describe()
     with pytest.raises(TopicLayoutError, match="cannot reach Kafka"):
         check_copartitioned(dead, admin)
+
+
+def test_internal_topics_are_created_once_and_must_match_the_inputs(
+        settings: Settings, admin: AdminClient) -> None:
+    names = {f"{settings.app_id}-ticks": 3_600_000, f"{settings.app_id}-decisions": 86_400_000}
+    topic_admin.ensure_internal_topics(settings, names, 4, admin)
+    topic_admin.ensure_internal_topics(settings, names, 4, admin)  # a no-op the second time
+    counts = {name: len(admin.list_topics(timeout=10).topics[name].partitions)
+              for name in names}
+    assert counts == dict.fromkeys(names, 4)
+    with pytest.raises(TopicLayoutError, match="must have 6 partitions"):
+        topic_admin.ensure_internal_topics(settings, names, 6, admin)
