@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, Protocol
 
 
@@ -32,7 +33,9 @@ class CachedStore:
 
     def get(self, key: str) -> Any:
         if key in self._objects:
-            return self._objects[key]
+            value = self._objects.pop(key)  # to the end: the least recently used go first
+            self._objects[key] = value
+            return value
         value = self.inner.get(key)
         if value is not None and key.startswith(self.cached_prefixes):
             self._remember(key, value)
@@ -53,7 +56,7 @@ class CachedStore:
 
     def _remember(self, key: str, value: Any) -> None:
         if len(self._objects) >= self.max_objects:
-            # Forget the oldest half that has nothing waiting to be written.
+            # Forget the least recently used half that has nothing waiting to be written.
             for old in list(self._objects)[: self.max_objects // 2]:
                 if old not in self._dirty:
                     del self._objects[old]
@@ -66,3 +69,21 @@ class CachedStore:
         written = len(self._dirty)
         self._dirty.clear()
         return written
+
+
+class DictStore:
+    """A Store over a dict, for tools and tests: values are pickled as the worker's tables
+    pickle them, so state that would not survive the table fails here too."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> Any:
+        raw = self.data.get(key)
+        return None if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = pickle.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)

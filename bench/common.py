@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,10 +18,15 @@ from typing import Any
 
 from app import local_kafka, topic_admin
 from app.settings import Settings
-from tests.worker_process import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 def bootstrap_servers() -> str:
     """RECOLOOP_BOOTSTRAP_SERVERS, or the local broker on 9092 (started when needed)."""

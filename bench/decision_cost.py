@@ -26,9 +26,8 @@ from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Engine, session_
 from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
 from app.policy import ContextualEpsilonGreedy
 from app.settings import SERVED, Settings
-from app.store import CachedStore
+from app.store import CachedStore, DictStore
 from bench.shoppers import mixed_events
-from tests.stores import DictStore
 
 RESULTS = Path(__file__).parent / "results"
 

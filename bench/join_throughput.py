@@ -46,7 +46,7 @@ from app.catalog import StoreCatalog
 from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Engine
 from app.events import Served
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
-from app.store import CachedStore
+from app.store import CachedStore, DictStore
 from bench.common import (
     RESULTS,
     BenchWorker,
@@ -58,7 +58,6 @@ from bench.common import (
 )
 from bench.decision_cost import Policies
 from bench.shoppers import CATEGORIES, CONTEXTS
-from tests.stores import DictStore
 
 PENDING_GAUGE = "recoloop_join_pending_displays"
 ITEMS = 2_000

@@ -8,7 +8,7 @@ from app.candidates import SiteStats, arm_items, record_reaction
 from app.catalog import StoreCatalog, apply_record
 from app.events import Reaction
 from app.session import Session
-from tests.stores import DictStore
+from app.store import DictStore
 
 T0 = 1_700_000_000_000
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")

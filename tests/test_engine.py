@@ -9,7 +9,7 @@ from app.engine import Effects, Engine, session_key
 from app.events import Reaction, Served, Tick
 from app.policy import ContextualEpsilonGreedy
 from app.settings import Settings
-from tests.stores import DictStore
+from app.store import DictStore
 
 T0 = 1_700_000_000_000
 

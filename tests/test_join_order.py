@@ -18,7 +18,7 @@ from app.engine import Engine
 from app.events import Reaction, Served
 from app.policy import ContextualEpsilonGreedy
 from app.settings import Settings
-from tests.stores import DictStore
+from app.store import DictStore
 
 T0 = 1_700_000_000_000
 WINDOW_MS, GRACE_MS = 20_000, 5_000
