@@ -267,7 +267,8 @@ class Engine:
             self._advance(store, clock, self._watermark(clock), "window", effects)
             return
         if clock.idle_since_wall_ms is None:
-            clock.idle_base_time = clock.stream_time or max(clock.kind_times.values())
+            clock.idle_base_time = (clock.stream_time if clock.stream_time is not None
+                                    else max(clock.kind_times.values()))
             clock.idle_since_wall_ms = tick.wall_ms
             return
         assert clock.idle_base_time is not None
