@@ -123,14 +123,19 @@ class Engine:
         self.settings = settings
         self.policies = policies
         self.catalog = catalog
-        self.rules = JoinRules(
-            window_ms=int(settings.reward_window_s * 1000),
-            grace_ms=int(settings.grace_s * 1000),
-            rewards=settings.rewards,
-        )
+        self._rules: dict[str, JoinRules] = {}
         self._idle_ms = int(settings.idle_close_s * 1000)
         self._quiet_ticks = max(1, round(settings.idle_close_s / settings.tick_interval_s))
         self._session_timeout_ms = int(settings.session_timeout_s * 1000)
+
+    def rules_for(self, site_id: str) -> JoinRules:
+        """The site's join rules: the settings, with the site's overrides."""
+        rules = self._rules.get(site_id)
+        if rules is None:
+            window_s, grace_s, rewards = self.settings.join_for(site_id)
+            rules = self._rules[site_id] = JoinRules(
+                int(window_s * 1000), int(grace_s * 1000), rewards)
+        return rules
 
     def handle(self, store: Store, event: Served | Reaction | Tick) -> Effects:
         effects = Effects()
@@ -168,7 +173,8 @@ class Engine:
             record_reaction(stats, session, event)
             session.engage(event)
         if clock.stream_time is not None:
-            effects.absorb(join.advance(session.join, clock.stream_time, self.rules))
+            effects.absorb(join.advance(session.join, clock.stream_time,
+                                        self.rules_for(session.site_id)))
         session.touch(event.ts, event.context)
         self._note_segment(clock, session)
         effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts))
@@ -298,7 +304,8 @@ class Engine:
             if session is None or session.wake_bucket != bucket:
                 continue  # deleted, or registered for an earlier wake-up since
             session.wake_bucket = None
-            effects.absorb(join.advance(session.join, clock.stream_time, self.rules, closed_by))
+            effects.absorb(join.advance(session.join, clock.stream_time,
+                                        self.rules_for(session.site_id), closed_by))
             if self._expired(session, clock.stream_time):
                 store.delete(key)
             else:
@@ -321,7 +328,7 @@ class Engine:
         expiry = session.last_ts + self._session_timeout_ms
         bucket = (expiry // EXPIRY_BUCKET_MS + 1) * EXPIRY_BUCKET_MS // BUCKET_MS
         stream_time = -1 if clock.stream_time is None else clock.stream_time
-        due = session.join.next_due(self.rules, stream_time)
+        due = session.join.next_due(self.rules_for(session.site_id), stream_time)
         if due is not None:
             bucket = min(bucket, due // BUCKET_MS)
         bucket = max(bucket, clock.swept_bucket)

@@ -66,6 +66,8 @@ class Settings:
     seed: int = 42
     log_level: str = "info"
     rewards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
+    # Per-site join overrides: "shop-a=reward_window_s:30,grace_s:2,basket_add:5;shop-b=click:0"
+    site_join: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.partitions >= 1, "RECOLOOP_PARTITIONS", "must be at least 1")
@@ -89,7 +91,16 @@ class Settings:
                "must be finite, not negative, and some reward above 0")
         for name in ("reward_window_s", "grace_s", "session_timeout_s"):
             _check(getattr(self, name) < 10**9, _env_name(name), "must be finite")
-        _check(self.session_timeout_s > self.reward_window_s + self.grace_s,
+        for site in self.site_join:
+            window_s, grace_s, rewards = self.join_for(site)
+            _check(0 < window_s < 10**9 and 0 < grace_s < 10**9, "RECOLOOP_SITE_JOIN",
+                   f"site {site!r}: window and grace must be positive and finite")
+            _check(all(0 <= r < float("inf") for r in rewards.values())
+                   and max(rewards.values()) > 0, "RECOLOOP_SITE_JOIN",
+                   f"site {site!r}: rewards must be finite, not negative, some above 0")
+        longest = max([self.reward_window_s + self.grace_s] + [
+            w + g for w, g, _ in map(self.join_for, self.site_join)])
+        _check(self.session_timeout_s > longest,
                "RECOLOOP_SESSION_TIMEOUT_S", "must be longer than the reward window plus grace")
         _check(self.metrics_port != self.web_port, "RECOLOOP_METRICS_PORT",
                "must differ from RECOLOOP_WEB_PORT")
@@ -111,6 +122,13 @@ class Settings:
 
     def arms_for(self, site_id: str) -> tuple[str, ...]:
         return self.site_arms.get(site_id, self.arms)
+
+    def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
+        """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
+        overrides = self.site_join.get(site_id, {})
+        rewards = {kind: overrides.get(kind, value) for kind, value in self.rewards.items()}
+        return (overrides.get("reward_window_s", self.reward_window_s),
+                overrides.get("grace_s", self.grace_s), rewards)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +198,26 @@ def _parse_site_arms(raw: str) -> dict[str, tuple[str, ...]]:
     return table
 
 
+SITE_JOIN_KEYS = ("reward_window_s", "grace_s", *DEFAULT_REWARDS)
+
+
+def _parse_site_join(raw: str) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        site, sep, pairs = part.partition("=")
+        if not sep or not site.strip():
+            raise ValueError("expected site=key:value,key:value;site=... entries")
+        overrides = table.setdefault(site.strip(), {})
+        for pair in pairs.split(","):
+            name, sep, value = pair.partition(":")
+            if not sep or name.strip() not in SITE_JOIN_KEYS:
+                raise ValueError(f"site {site.strip()!r}: keys are {list(SITE_JOIN_KEYS)}")
+            overrides[name.strip()] = _parse_float(value)
+    return table
+
+
 _PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
     "int": _parse_int,
     "float": _parse_float,
@@ -190,4 +228,5 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "arms": _parse_arms,
     "rewards": _parse_rewards,
     "site_arms": _parse_site_arms,
+    "site_join": _parse_site_join,
 }

@@ -225,3 +225,23 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
     engine.handle(elsewhere, Tick(1_000, (home + 1) % 4, 4))
     engine.handle(elsewhere, reaction("r1", "click", T0))
     assert engine.handle(elsewhere, Tick(2_000, (home + 1) % 4, 4)).rankings == []
+
+
+def test_a_site_can_override_the_window_and_the_rewards():
+    settings = Settings(site_join={"quick": {"reward_window_s": 2, "grace_s": 1,
+                                             "basket_add": 5}})
+    engine = Engine(settings, FixedPolicies(settings), StoreCatalog(DictStore()))
+    store = DictStore()
+    engine.handle(store, served("q1", T0, site="quick", session="a"))
+    engine.handle(store, served("s1", T0, site="shop", session="b"))
+    engine.handle(store, reaction("qr", "basket_add", T0 + 1_500, site="quick", session="a",
+                                  item="i1"))
+    engine.handle(store, reaction("late-for-quick", "click", T0 + 2_500, site="quick",
+                                  session="a", item="i2"))
+    closed = everything_read_up_to(engine, store, T0 + 5_000)
+    assert [(d.served_id, d.reward, d.closed_by) for d in closed] == [
+        ("q1", 5.0, "max_reward")]  # the site's own reward table and a 2 s window
+    # The default site still has its 20 s window and 5 s grace.
+    assert everything_read_up_to(engine, store, T0 + 25_000) == []
+    [default] = everything_read_up_to(engine, store, T0 + 26_001)
+    assert default.served_id == "s1"

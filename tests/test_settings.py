@@ -63,3 +63,16 @@ def test_settings_are_frozen():
 
 def test_all_arms_by_default():
     assert Settings().arms == DEFAULT_ARMS
+
+
+def test_site_join_overrides_are_parsed_and_validated():
+    settings = Settings.from_env({
+        "RECOLOOP_SITE_JOIN": "a=reward_window_s:30,grace_s:2,basket_add:5;b=click:0"})
+    assert settings.join_for("a") == (30.0, 2.0, {"basket_add": 5.0, "detail_view": 1.0,
+                                                   "click": 1.0})
+    assert settings.join_for("b")[2]["click"] == 0.0
+    assert settings.join_for("other") == (20.0, 5.0, dict(settings.rewards))
+    for bad in ("a=window:3", "a=grace_s:-1", "a=basket_add:0,click:0,detail_view:0",
+                "a=reward_window_s:1800"):
+        with pytest.raises(SettingsError, match="RECOLOOP_SITE_JOIN|RECOLOOP_SESSION_TIMEOUT_S"):
+            Settings.from_env({"RECOLOOP_SITE_JOIN": bad})
