@@ -208,8 +208,11 @@ def register(app: faust.App, settings: Settings, channels: Channels, metrics: Me
                 await failed(origin_of(event.message), "decisions", exc)
                 continue
             metrics.bandit_updates.labels(site(decision["site_id"])).inc()
+            site_label = site(decision["site_id"])
             for arm, estimate in policy.estimates({}).items():
-                metrics.bandit_estimate.labels(site(decision["site_id"]), arm).set(estimate)
+                metrics.bandit_estimate.labels(site_label, arm).set(estimate)
+            for arm, share in policy.probabilities({}).items():
+                metrics.bandit_choice_share.labels(site_label, arm).set(share)
 
     @app.agent(channels.catalog, name="catalog")
     async def run_catalog(stream: faust.StreamT) -> None:

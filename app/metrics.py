@@ -152,6 +152,13 @@ class Metrics:
             "The bandit's current reward estimate per arm in the empty context (set by the "
             "worker that learns the site).",
             ["site", "arm"], registry=r)
+        self.bandit_choice_share = Gauge(
+            "recoloop_bandit_arm_choice_share",
+            "The share of decisions the bandit currently gives each arm in the empty context "
+            "(its choice probability; set by the worker that learns the site). The share it "
+            "actually chose across contexts is the recording rule "
+            "site_arm:recoloop_rankings_published:share_rate5m.",
+            ["site", "arm"], registry=r)
 
         # -- the worker -------------------------------------------------------------------
         self.worker_ready = Gauge(
@@ -171,6 +178,7 @@ class Metrics:
         """
         self.join_pending_displays.clear()
         self.bandit_estimate.clear()
+        self.bandit_choice_share.clear()
 
     def serve(self, port: int, host: str) -> None:
         """Serve ``/metrics`` over HTTP from a daemon thread."""

@@ -60,6 +60,7 @@ def exercised() -> Metrics:
     m.rankings_published.labels(site, "trending").inc()
     m.bandit_updates.labels(site).inc()
     m.bandit_estimate.labels(site, "trending").set(0.7)
+    m.bandit_choice_share.labels(site, "trending").set(0.92)
     m.worker_ready.set(1)
     return m
 
@@ -81,6 +82,7 @@ def test_names_follow_prometheus_conventions():
         "recoloop_reward": "counter", "recoloop_reactions_unattributed": "counter",
         "recoloop_rankings_published": "counter", "recoloop_bandit_updates": "counter",
         "recoloop_join_pending_displays": "gauge", "recoloop_bandit_arm_estimate": "gauge",
+        "recoloop_bandit_arm_choice_share": "gauge",
         "recoloop_worker_ready": "gauge", "recoloop_reward_delay_seconds": "histogram",
         "recoloop_event_to_ranking_seconds": "histogram", "recoloop_build": "info",
     }
@@ -108,6 +110,7 @@ def test_forget_assignment_drops_partition_and_site_model_gauges():
     text = generate_latest(m.registry).decode()
     assert "recoloop_join_pending_displays{" not in text
     assert "recoloop_bandit_arm_estimate{" not in text
+    assert "recoloop_bandit_arm_choice_share{" not in text
     assert "recoloop_events_consumed_total{" in text  # counters stay
 
 
