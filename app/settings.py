@@ -186,36 +186,39 @@ def _parse_rewards(raw: str) -> dict[str, float]:
     return table
 
 
-def _parse_site_arms(raw: str) -> dict[str, tuple[str, ...]]:
+def _per_site(raw: str, parse: Callable[[str, str], Any]) -> dict[str, Any]:
+    """``site=...;site=...``: each site's part parsed by ``parse(site, text)``."""
     table = {}
     for part in raw.split(";"):
         if not part.strip():
             continue
-        site, sep, arms = part.partition("=")
+        site, sep, text = part.partition("=")
         if not sep or not site.strip():
-            raise ValueError("expected site=arm,arm;site=arm,... pairs")
-        table[site.strip()] = _parse_arms(arms)
+            raise ValueError("expected site=...;site=... entries")
+        table[site.strip()] = parse(site.strip(), text)
     return table
+
+
+def _parse_site_arms(raw: str) -> dict[str, tuple[str, ...]]:
+    return _per_site(raw, lambda site, arms: _parse_arms(arms))
 
 
 SITE_JOIN_KEYS = ("reward_window_s", "grace_s", *DEFAULT_REWARDS)
 
 
+def _parse_join_overrides(site: str, pairs: str) -> dict[str, float]:
+    """``reward_window_s:30,basket_add:5``: one site's join overrides."""
+    overrides = {}
+    for pair in pairs.split(","):
+        name, sep, value = pair.partition(":")
+        if not sep or name.strip() not in SITE_JOIN_KEYS:
+            raise ValueError(f"site {site!r}: keys are {list(SITE_JOIN_KEYS)}")
+        overrides[name.strip()] = _parse_float(value)
+    return overrides
+
+
 def _parse_site_join(raw: str) -> dict[str, dict[str, float]]:
-    table: dict[str, dict[str, float]] = {}
-    for part in raw.split(";"):
-        if not part.strip():
-            continue
-        site, sep, pairs = part.partition("=")
-        if not sep or not site.strip():
-            raise ValueError("expected site=key:value,key:value;site=... entries")
-        overrides = table.setdefault(site.strip(), {})
-        for pair in pairs.split(","):
-            name, sep, value = pair.partition(":")
-            if not sep or name.strip() not in SITE_JOIN_KEYS:
-                raise ValueError(f"site {site.strip()!r}: keys are {list(SITE_JOIN_KEYS)}")
-            overrides[name.strip()] = _parse_float(value)
-    return table
+    return _per_site(raw, _parse_join_overrides)
 
 
 _PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
