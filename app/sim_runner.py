@@ -1,0 +1,233 @@
+"""``recoloop simulate``: plays :mod:`app.simulator`'s shops against a running engine.
+
+The thin Kafka side of the simulator: it produces the catalog, then, in real time, the
+displays and reactions the model emits (keyed by session, in event-time order), and feeds
+every ``reco.rankings`` record back into the model. It never waits for a ranking: the model
+shows what the engine has published so far, or a default, or a random fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from app.settings import RANKINGS, Settings
+from app.simulator import GROUPS, Outgoing, SimConfig, Simulator
+
+log = logging.getLogger(__name__)
+
+# Default rankings republished this long ago still count: they may be all there is at first.
+RANKINGS_LOOKBACK_MS = 60_000
+POLL_S = 0.1
+FLUSH_TIMEOUT_S = 30.0
+
+
+class SimulatorError(RuntimeError):
+    """The simulator cannot run against these topics; the message says why."""
+
+
+@dataclass
+class SimOptions:
+    rate: float = 50.0
+    duration_s: float = 60.0
+    sites: int = 1
+    seed: int = 1
+    control_share: float = 0.2
+    summary: Path | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser, duration_s: float, sites: int) -> None:
+    """The simulator's options, shared by ``simulate`` and ``demo``."""
+    parser.add_argument("--rate", type=float, default=50.0,
+                        help="target events per second over all sites (default 50)")
+    parser.add_argument("--duration-s", type=float, default=duration_s,
+                        help=f"how long to run (default {duration_s:g})")
+    parser.add_argument("--sites", type=int, default=sites,
+                        help=f"client sites to simulate (default {sites})")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the simulation")
+    parser.add_argument("--control-share", type=float, default=0.2,
+                        help="share of sessions shown a uniformly random arm (default 0.2)")
+
+
+def options_from(args: argparse.Namespace, summary: Path | None = None) -> SimOptions:
+    return SimOptions(args.rate, args.duration_s, args.sites, args.seed, args.control_share,
+                      summary)
+
+
+def site_ids(count: int) -> tuple[str, ...]:
+    return tuple(f"shop-{n}" for n in range(1, count + 1))
+
+
+def run(settings: Settings, options: SimOptions,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        progress_every_s: float = 2.0) -> dict[str, Any]:
+    """Run the simulation for ``options.duration_s`` (or until Ctrl-C) and return its
+    summary, also written to ``options.summary`` when set."""
+    if options.sites < 1 or options.duration_s <= 0:
+        raise SimulatorError("--sites must be at least 1 and --duration-s positive")
+    sites = site_ids(options.sites)
+    config = SimConfig(sites=sites, rate=options.rate, control_share=options.control_share,
+                       window_ms=int(settings.reward_window_s * 1000),
+                       rewards=dict(settings.rewards),
+                       arms={site: settings.arms_for(site) for site in sites},
+                       run_tag=f"sim{uuid.uuid4().hex[:6]}")
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
+                         "enable.idempotence": True, "logger": log})
+    consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
+    sim = Simulator(config, random.Random(options.seed), _now_ms)
+    interrupted = False
+    try:
+        _send(producer, settings, sim.catalog_records(), delivered)
+        if producer.flush(FLUSH_TIMEOUT_S) or failures:
+            raise SimulatorError(f"could not produce to Kafka at {settings.bootstrap_servers}: "
+                                 f"{failures[:1] or 'timed out'}")
+        deadline = sim.start_ms + options.duration_s * 1000
+        next_progress = time.monotonic() + progress_every_s
+        while _now_ms() < deadline:
+            due = sim.next_due_ms()
+            wait_s = POLL_S if due is None else min(POLL_S, max(0.0, (due - _now_ms()) / 1000))
+            for message in consumer.consume(500, timeout=wait_s):
+                value = message.value() if message.error() is None else None
+                if value:
+                    sim.on_ranking(orjson.loads(value))
+            _send(producer, settings, sim.advance(), delivered)
+            producer.poll(0)
+            if on_progress is not None and time.monotonic() >= next_progress:
+                next_progress += progress_every_s
+                on_progress(sim.progress())
+    except KeyboardInterrupt:
+        interrupted = True  # stop here; the summary covers what ran
+    finally:
+        undelivered = producer.flush(FLUSH_TIMEOUT_S)
+        consumer.close()
+    summary = sim.summary()
+    summary["run"].update(seed=options.seed, duration_s=options.duration_s,
+                          topic_prefix=settings.topic_prefix, interrupted=interrupted,
+                          delivery_failures=len(failures) + undelivered)
+    if options.summary is not None:
+        write_json(options.summary, summary)
+    return summary
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _send(producer: Producer, settings: Settings, records: list[Outgoing],
+          delivered: Callable[[KafkaError | None, Any], None]) -> None:
+    for record in records:
+        while True:
+            try:
+                producer.produce(settings.topic(record.topic), key=record.key.encode(),
+                                 value=orjson.dumps(record.value), on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full: let it drain
+                producer.poll(0.1)
+
+
+def _rankings_consumer(settings: Settings, since_ms: int) -> Consumer:
+    """A consumer of every ``reco.rankings`` partition from ``since_ms`` on (no group
+    membership: assigned directly, so it reads at once, without a rebalance)."""
+    topic = settings.topic(RANKINGS)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": f"{settings.app_id}-simulator-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "latest",
+                         "logger": log})
+    metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        consumer.close()
+        raise SimulatorError(f"topic {topic} is missing on {settings.bootstrap_servers}: "
+                             "run `recoloop topics apply` with the same RECOLOOP_TOPIC_PREFIX")
+    wanted = [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
+    consumer.assign(consumer.offsets_for_times(wanted, timeout=15))
+    return consumer
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so a stopped run still writes what it measured."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+class ProgressPrinter:
+    """Prints one progress line per call: events/s since the previous line, decisions, and
+    reward per decision and the engine's arm shares over the last minute."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self._last: tuple[float, int] | None = None
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        elapsed, events = progress["elapsed_s"], progress["events"]
+        last_elapsed, last_events = self._last or (0.0, 0)
+        self._last = (elapsed, events)
+        rate = (events - last_events) / max(elapsed - last_elapsed, 1e-9)
+        arms = " ".join(f"{arm} {share:.0%}" for arm, share in progress["arm_share"].items())
+        print(f"{elapsed:5.0f} s | {rate:5.1f} events/s | {progress['decisions']:6d} decisions"
+              f" | reward/decision (last min) engine {_fmt(progress['engine'])}"
+              f" random {_fmt(progress['control'])} oracle {_fmt(progress['oracle'])}"
+              f" | engine arms: {arms or '-'}", file=self.out, flush=True)
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The headline figures of a summary, for the terminal."""
+    rewards, decisions = summary["reward_per_decision"], summary["decisions"]
+    uplift = summary["uplift_vs_control"]
+    lines = [
+        f"{summary['events']['total']} events in {summary['run']['elapsed_s']:g} s "
+        f"({summary['events']['per_s']} events/s); {decisions['total']} decisions settled: "
+        + ", ".join(f"{g} {decisions[g]}" for g in GROUPS)
+        + f" ({decisions['unsettled']} still in their window)",
+        f"reward per decision: engine {_fmt(rewards['engine'])}, "
+        f"random control {_fmt(rewards['control'])}, oracle {_fmt(rewards['oracle'])}"
+        + ("" if uplift is None else f"; engine vs random {uplift:+.0%}"),
+        f"regret per engine decision {_fmt(summary['regret']['per_decision'])} "
+        f"(oracle minus the expected reward of the engine's choices)",
+    ]
+    if summary["run"].get("interrupted"):
+        lines.append("(interrupted: figures cover the run so far)")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """``recoloop simulate``: against the engine on ``settings``' broker and topics."""
+    interrupt_on_sigterm()
+    try:
+        summary = run(settings, options_from(args, args.summary), ProgressPrinter())
+    except SimulatorError as exc:
+        print(f"recoloop simulate: {exc}", file=sys.stderr)
+        return 1
+    print(describe(summary))
+    if args.summary is not None:
+        print(f"summary: {args.summary}")
+    return 130 if summary["run"]["interrupted"] else 0
