@@ -1,8 +1,9 @@
-"""The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``."""
+"""The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     topics_cmds.add_parser("apply", help="create missing topics and report drift")
 
     commands.add_parser("worker", help="run a stream-processing worker")
+    # Everything after ``bench`` goes to the suite, --help included.
+    commands.add_parser("bench", add_help=False,
+                        help="the benchmark suite (python -m bench.suite; needs a checkout)")
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return run_bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -59,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     from app.worker import run as run_worker
 
     return run_worker(settings)
+
+
+def run_bench(suite_args: list[str]) -> int:
+    """``python -m bench.suite`` from the checkout this package lives in."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "suite.py").exists():
+        print(f"recoloop bench: no bench/ beside {checkout / 'app'}; run it from a checkout",
+              file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "bench.suite", *suite_args], cwd=checkout)
 
 
 if __name__ == "__main__":

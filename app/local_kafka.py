@@ -153,10 +153,15 @@ def _require(tool: str, what: str) -> str:
     return path
 
 
+def kafka_version() -> str | None:
+    """The Kafka version the local broker runs, from ``deploy/kafka/pom.xml``."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    return ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+
+
 def _lib_dir() -> Path:
     """The broker's jars, resolved with Maven from the pom on first use and then reused."""
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    version = ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+    version = kafka_version()
     override = os.environ.get("RECOLOOP_KAFKA_LIB_DIR")
     lib = Path(override) if override else (
         Path.home() / ".cache" / "recoloop" / f"kafka-{version}" / "lib"

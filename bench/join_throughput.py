@@ -37,7 +37,6 @@ import tracemalloc
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer
@@ -50,9 +49,11 @@ from app.store import CachedStore, DictStore
 from bench.common import (
     RESULTS,
     BenchWorker,
+    Record,
     bootstrap_servers,
     fresh_topics,
     machine,
+    send_all,
     start_worker,
     write_result,
 )
@@ -62,8 +63,6 @@ from bench.shoppers import CATEGORIES, CONTEXTS
 PENDING_GAUGE = "recoloop_join_pending_displays"
 ITEMS = 2_000
 SITES = 2
-
-Record = tuple[str, dict[str, Any]]  # (logical topic, value)
 
 
 def preload_displays(t0: int, pending: int, sessions: int, rng: random.Random) -> list[Record]:
@@ -137,19 +136,6 @@ class Rankings:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def send_all(producer: Producer, settings: Settings, records: list[Record]) -> None:
-    for topic, value in records:
-        while True:
-            try:
-                producer.produce(settings.topic(topic), key=value["session_id"].encode(),
-                                 value=orjson.dumps(value))
-                break
-            except BufferError:  # the local queue is full: let it drain
-                producer.poll(0.05)
-        producer.poll(0)
-    assert producer.flush(60) == 0, "records were not delivered"
 
 
 def wait_for_gauge(worker: BenchWorker, name: str, value: float, timeout_s: float) -> float:

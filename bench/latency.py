@@ -7,59 +7,56 @@ fresh prefix, runs one ``recoloop worker`` process, produces the mixed stream of
 ``bench/shoppers.py`` at ``--rate`` events/s with every session event expecting its ranking
 ``rk-<event_id>``, and measures from the moment each event was handed to the producer to the
 moment its ranking was read from ``reco.rankings``. Results go to ``bench/results/``.
+``bench.suite`` calls :func:`run` for a list of rates.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer
 
 from app.settings import RANKINGS
 from bench.common import (
+    REPO,
     RESULTS,
     bootstrap_servers,
+    delete_topics,
     fresh_topics,
+    latency_summary,
     machine,
     start_worker,
     write_result,
 )
 from bench.shoppers import mixed_events
 
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+MISSING_WAIT_S = 60.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=int, default=2000, help="input events per second")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--warmup-seconds", type=float, default=5.0)
-    parser.add_argument("--sessions", type=int, default=5_000)
-    parser.add_argument("--items", type=int, default=2_000)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-
-    bootstrap = bootstrap_servers()
+def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
+        sessions: int = 5_000, items: int = 2_000, worker_checkout: Path = REPO
+        ) -> dict[str, Any]:
+    """One worker (run from ``worker_checkout``) on fresh topics, fed at ``rate`` events/s
+    for ``warmup_seconds`` (not measured) plus ``seconds``; the latency figures of the
+    measured events."""
     settings = fresh_topics(bootstrap, partitions=8)
-    worker = start_worker(settings)
+    worker = start_worker(settings, cwd=worker_checkout)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     done = threading.Event()
 
     def read_rankings() -> None:
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
+                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+                             "isolation.level": "read_committed"})
         consumer.subscribe([settings.topic(RANKINGS)])
         while not done.is_set():
             for message in consumer.consume(1000, timeout=0.1):
@@ -88,52 +85,67 @@ def main() -> int:
             worker.check_alive()
             time.sleep(0.1)
         latencies.clear()
-        events = mixed_events(seed=1, sessions=args.sessions, items=args.items)
-        total = int(args.rate * (args.seconds + args.warmup_seconds))
-        warmup = int(args.rate * args.warmup_seconds)
-        measured_ids: set[str] = set()
+        events = mixed_events(seed=1, sessions=sessions, items=items)
+        total = int(rate * (seconds + warmup_seconds))
+        warmup = int(rate * warmup_seconds)
+        measured = 0
         start = time.monotonic()
         for n in range(total):
-            due = start + n / args.rate
+            due = start + n / rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             topic, value = next(events)
             value["ts"] = int(time.time() * 1000)
-            ranking_id = f"rk-{value['event_id']}"
             if n >= warmup:
-                measured_ids.add(ranking_id)
-                sent_at[ranking_id] = time.monotonic()
+                measured += 1
+                sent_at[f"rk-{value['event_id']}"] = time.monotonic()
             producer.produce(settings.topic(topic), key=value["session_id"].encode(),
                              value=orjson.dumps(value))
             producer.poll(0)
         producer.flush(30)
         achieved_rate = total / (time.monotonic() - start)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + MISSING_WAIT_S
         while sent_at and time.monotonic() < deadline:
             time.sleep(0.2)
         missing = len(sent_at)
     finally:
         done.set()
         worker.stop()
+    reader.join(10)
+    delete_topics(settings)
 
-    ordered = sorted(latencies)
+    return {
+        "target_rate_events_per_s": rate,
+        "achieved_rate_events_per_s": round(achieved_rate, 1),
+        "measured_events": measured,
+        "rankings_missing_after_60s": missing,
+        **latency_summary(latencies),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=2000, help="input events per second")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--sessions", type=int, default=5_000)
+    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    figures = run(bootstrap_servers(), args.rate, args.seconds, args.warmup_seconds,
+                  args.sessions, args.items)
     result = {
         "benchmark": "event_to_ranking_latency",
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "target_rate_events_per_s": args.rate,
-        "achieved_rate_events_per_s": round(achieved_rate, 1),
-        "measured_events": len(measured_ids),
-        "rankings_missing_after_60s": missing,
-        "p50_ms": round(quantile(ordered, 0.50) * 1000, 2) if ordered else None,
-        "p99_ms": round(quantile(ordered, 0.99) * 1000, 2) if ordered else None,
-        "p999_ms": round(quantile(ordered, 0.999) * 1000, 2) if ordered else None,
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        **figures,
     }
     write_result(result, args.out or RESULTS / f"latency-{args.rate}.json")
-    return 0 if missing == 0 else 1
+    return 0 if figures["rankings_missing_after_60s"] == 0 else 1
 
 
 if __name__ == "__main__":

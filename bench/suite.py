@@ -1,0 +1,456 @@
+"""The benchmark suite of issue #6: one command, every figure, one results file.
+
+    .venv/bin/python -m bench.suite              # everything (tens of minutes)
+    .venv/bin/python -m bench.suite --quick      # a smoke run with tiny sizes (about 2 min)
+    .venv/bin/python -m bench.suite --only latency --latency-rates 500,2000
+
+Starts the local broker unless RECOLOOP_BOOTSTRAP_SERVERS is set. Steps (``--only`` picks
+some; the others keep their figures from the existing results file):
+
+- ``throughput``: ``--events`` events of the mixed stream (``bench/shoppers.py``) are
+  produced into fresh topics (8 partitions) first, their event times spread at
+  ``--event-time-rate`` events/s and ending now. Then one ``recoloop worker`` starts and is
+  timed as a black box, by the committed offsets of its consumer group (``settings.app_id``)
+  against the end offsets of the four input topics (read_committed). Rate = events
+  committed between the first sample with anything committed and the first with everything
+  committed, over the time between them (so neither start-up nor the events of the first
+  commit, whose processing time is unknown, count). Then, on the same topics and measured
+  the same way, the ceiling: ``bench.bare_loop``, a bare confluent-kafka loop that consumes
+  the four topics, produces one small record per input and commits after every batch
+  (plain, and with one transaction per batch). Also counted: rankings and rewards the
+  worker published (read_committed, after it stopped).
+- ``latency``: ``bench.latency`` at each of ``--latency-rates`` in ascending order, until one
+  saturates (rankings missing 60 s after the last event, less than 95 % of the target rate
+  produced, or p50 above 1 s); higher rates are then skipped.
+- ``growth``: the throughput measurement of the worker (with its memory: RSS when done and
+  peak, VmHWM) at the baseline, at ``--growth`` times more sessions and at ``--growth``
+  times more items. The baseline is the throughput step's run when both ran together.
+- ``learning``: reward per decision of the engine, a random policy and an oracle over a
+  simulated run, from ``app.sim_runner`` (``recoloop simulate``) if it exists; otherwise
+  recorded as not available.
+
+Writes ``bench/results/suite.json`` (machine, every figure, the exact command) and
+``bench/results/suite.md`` (a table for the README); ``--quick`` writes ``suite-quick.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.settings import JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
+from bench import latency
+from bench.common import (
+    REPO,
+    RESULTS,
+    WORKER_COMMAND,
+    CommittedOffsets,
+    committed_rate,
+    count_records,
+    delete_topics,
+    fresh_topics,
+    machine_info,
+    send_all,
+    start_worker,
+)
+from bench.common import bootstrap_servers as default_bootstrap
+from bench.shoppers import mixed_events
+
+STEPS = ("throughput", "latency", "growth", "learning")
+PARTITIONS = 8
+SAMPLE_INTERVAL_S = 0.1
+SATURATED_P50_MS = 1_000.0
+SATURATED_RATE_SHARE = 0.95
+RATE_DEFINITION = ("events committed between the first sample with any committed offset and "
+                   "the first with all committed, over the time between them (sampled every "
+                   f"{SAMPLE_INTERVAL_S} s)")
+
+
+@dataclass(frozen=True)
+class Options:
+    events: int = 100_000
+    sessions: int = 5_000
+    items: int = 2_000
+    seed: int = 1
+    event_time_rate: int = 1_000
+    latency_rates: tuple[int, ...] = (500, 2_000, 5_000)
+    latency_seconds: float = 20.0
+    latency_warmup_seconds: float = 5.0
+    growth: int = 10
+    bare_transactional: bool = True
+    worker_checkout: str = str(REPO)
+
+
+QUICK = Options(events=3_000, latency_rates=(300,), latency_seconds=3.0,
+                latency_warmup_seconds=1.0, bare_transactional=False)
+
+
+# --- measuring --------------------------------------------------------------------------
+
+
+def prepare_inputs(bootstrap: str, options: Options, sessions: int, items: int) -> Settings:
+    """Fresh topics holding ``options.events`` mixed events, produced and delivered."""
+    settings = fresh_topics(bootstrap, partitions=PARTITIONS)
+    step_ms = 1_000 / options.event_time_rate
+    first_ts = int(time.time() * 1000 - options.events * step_ms)
+    records = itertools.islice(mixed_events(options.seed, sessions, items), options.events)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "queue.buffering.max.messages": 200_000})
+    send_all(producer, settings, (
+        (topic, {**value, "ts": first_ts + int(n * step_ms)})
+        for n, (topic, value) in enumerate(records)))
+    return settings
+
+
+def measure_group(settings: Settings, command: Sequence[str], group: str,
+                  expected_events: int, cwd: Path = REPO) -> dict[str, Any]:
+    """Start ``python command`` in ``cwd`` and time it by the committed offsets of ``group``
+    on the join's input topics until they reach the end offsets; its memory on the way."""
+    offsets = CommittedOffsets(settings.bootstrap_servers, group,
+                               [settings.topic(t) for t in JOIN_INPUT_TOPICS])
+    total = offsets.total
+    if total != expected_events:
+        raise RuntimeError(f"the input topics hold {total} records, not {expected_events}")
+    timeout_s = 120 + total / 50
+    process = start_worker(settings, command, cwd)
+    finished = False
+    started = time.monotonic()
+    samples: list[tuple[float, int]] = []
+    try:
+        while not samples or samples[-1][1] < total:
+            process.check_alive()
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
+                raise SystemExit(f"{' '.join(command)}: {samples[-1][1]} of {total} events "
+                                 f"committed after {timeout_s:.0f} s; see {process.data_dir}")
+            samples.append((elapsed, offsets.committed()))
+            time.sleep(SAMPLE_INTERVAL_S)
+        rss, peak = process.rss_bytes(), process.peak_rss_bytes()
+        finished = True
+    finally:
+        process.stop(remove_data=finished)  # a failed run keeps its log
+        offsets.close()
+    return {"events": total, **committed_rate(samples, total),
+            "rss_mb_when_done": round(rss / 2**20, 1), "rss_mb_peak": round(peak / 2**20, 1)}
+
+
+def measure_worker(bootstrap: str, options: Options, sessions: int, items: int
+                   ) -> tuple[Settings, dict[str, Any]]:
+    settings = prepare_inputs(bootstrap, options, sessions, items)
+    figures = measure_group(settings, WORKER_COMMAND, settings.app_id, options.events,
+                            Path(options.worker_checkout))
+    return settings, {"topic_prefix": settings.topic_prefix, "sessions": sessions, "items": items,
+                      **figures}
+
+
+def step_growth_run(bootstrap: str, options: Options, sessions: int, items: int
+                    ) -> dict[str, Any]:
+    settings, figures = measure_worker(bootstrap, options, sessions, items)
+    delete_topics(settings)
+    return figures
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(30)
+
+
+def step_throughput(bootstrap: str, options: Options) -> dict[str, Any]:
+    settings, worker = measure_worker(bootstrap, options, options.sessions, options.items)
+    rankings, default_rankings = count_records(bootstrap, settings.topic(RANKINGS))
+    rewards, _ = count_records(bootstrap, settings.topic(REWARDS))
+    output = settings.topic("bench.bare-out")
+    create_topic(bootstrap, output, PARTITIONS)
+    loops = {"bare_loop": ()} | ({"bare_loop_transactional": ("--transactional",)}
+                                 if options.bare_transactional else {})
+    ceilings = {}
+    for name, flags in loops.items():
+        group = f"{settings.topic_prefix}{name}"
+        command = ("-m", "bench.bare_loop", "--group", group, "--output", output, *flags)
+        ceilings[name] = measure_group(settings, command, group, options.events)
+    delete_topics(settings)
+    worker_rate = worker["events_per_s"]
+    bare_rate = ceilings["bare_loop"]["events_per_s"]
+    return {
+        "rate_definition": RATE_DEFINITION,
+        "event_time_rate_events_per_s": options.event_time_rate,
+        "partitions": PARTITIONS,
+        "worker": {**worker, "rankings": rankings, "default_rankings": default_rankings,
+                   "session_rankings": rankings - default_rankings, "rewards": rewards},
+        **ceilings,
+        "worker_to_bare_loop": ratio(worker_rate, bare_rate),
+        "worker_to_bare_loop_transactional": ratio(
+            worker_rate, ceilings.get("bare_loop_transactional", {}).get("events_per_s")),
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def saturated(figures: dict[str, Any]) -> bool:
+    """Whether a latency run shows a worker that could not keep up."""
+    p50 = figures.get("p50_ms")
+    return (figures.get("rankings_missing_after_60s", 0) > 0 or p50 is None
+            or p50 > SATURATED_P50_MS
+            or figures["achieved_rate_events_per_s"]
+            < SATURATED_RATE_SHARE * figures["target_rate_events_per_s"])
+
+
+def step_latency(bootstrap: str, options: Options) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    saturated_at = None
+    for rate in sorted(options.latency_rates):
+        if saturated_at is not None:
+            runs.append({"target_rate_events_per_s": rate,
+                         "skipped": f"saturated at {saturated_at} events/s"})
+            continue
+        figures = latency.run(bootstrap, rate, options.latency_seconds,
+                              options.latency_warmup_seconds, options.sessions, options.items,
+                              Path(options.worker_checkout))
+        figures["saturated"] = saturated(figures)
+        if figures["saturated"]:
+            saturated_at = rate
+        runs.append(figures)
+    return {"seconds": options.latency_seconds, "warmup_seconds": options.latency_warmup_seconds,
+            "saturation": f"rankings missing after 60 s, under {SATURATED_RATE_SHARE:.0%} of "
+                          f"the target rate produced, or p50 above {SATURATED_P50_MS:.0f} ms",
+            "runs": runs}
+
+
+def step_growth(bootstrap: str, options: Options,
+                baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    g = options.growth
+    shapes = {"baseline": (options.sessions, options.items),
+              f"{g}x_sessions": (options.sessions * g, options.items),
+              f"{g}x_items": (options.sessions, options.items * g)}
+    runs = {}
+    for name, (sessions, items) in shapes.items():
+        if name == "baseline" and baseline is not None:
+            runs[name] = {k: v for k, v in baseline.items()
+                          if k not in ("rankings", "default_rankings", "session_rankings",
+                                       "rewards")}
+            continue
+        runs[name] = step_growth_run(bootstrap, options, sessions, items)
+    base_rate = runs["baseline"]["events_per_s"]
+    for figures in runs.values():
+        figures["throughput_vs_baseline"] = ratio(figures["events_per_s"], base_rate)
+    return {"rate_definition": RATE_DEFINITION, "events": options.events, "runs": runs}
+
+
+def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
+    if importlib.util.find_spec("app.sim_runner") is None:
+        return {"status": "not available",
+                "reason": "app.sim_runner (recoloop simulate) does not exist in this checkout"}
+    return {"status": "not available",
+            "reason": "app.sim_runner exists but the suite does not call it yet"}
+
+
+# --- reporting --------------------------------------------------------------------------
+
+
+def events_per_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} events/s"
+
+
+def group_rate(figures: dict[str, Any]) -> str:
+    """A measured group's rate, or its lower bound when the samples cannot say more."""
+    if figures["events_per_s"] is not None:
+        return events_per_s(figures["events_per_s"])
+    return (f"at least {events_per_s(figures['events_per_s_incl_startup'])} "
+            "(all committed at once; start-up included)")
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def step_command(step: str, argv: Sequence[str]) -> str:
+    """The command that reruns one step with the same options: ``argv`` without its
+    ``--only`` choices, plus ``--only step``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--only":
+            skip = True
+        elif not arg.startswith("--only="):
+            kept.append(arg)
+    return " ".join(["python -m bench.suite", *kept, "--only", step])
+
+
+def throughput_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    worker = figures["worker"]
+    rows = [
+        (f"worker throughput, mixed events ({worker['events']:,} pre-produced, "
+         f"{figures['partitions']} partitions)",
+         f"{group_rate(worker)} (all committed {worker['done_s']} s after start)"),
+        ("bare confluent-kafka consume-produce-commit loop, same topics (ceiling)",
+         group_rate(figures["bare_loop"])),
+    ]
+    if "bare_loop_transactional" in figures:
+        rows.append(("same loop, one transaction per batch",
+                     group_rate(figures["bare_loop_transactional"])))
+    rows.append(("worker / bare loop", percent(figures["worker_to_bare_loop"])
+                 + (f" (of the transactional loop: "
+                    f"{percent(figures['worker_to_bare_loop_transactional'])})"
+                    if "bare_loop_transactional" in figures else "")))
+    rows.append((f"records the worker published for {worker['events']:,} events",
+                 f"{worker['rankings']:,} rankings ({worker['default_rankings']:,} default), "
+                 f"{worker['rewards']:,} rewards"))
+    return rows
+
+
+def latency_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for run in figures["runs"]:
+        what = f"event-to-ranking latency, {run['target_rate_events_per_s']:,} events/s"
+        if "skipped" in run:
+            rows.append((what, f"not run: {run['skipped']}"))
+            continue
+        text = f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, p999 {run['p999_ms']} ms"
+        if run["saturated"]:
+            text = (f"saturated ({run['achieved_rate_events_per_s']:,.0f} events/s produced, "
+                    f"{run['rankings_missing_after_60s']:,} rankings missing): {text}")
+        rows.append((what, text))
+    return rows
+
+
+def growth_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"worker at {run['sessions']:,} sessions, {run['items']:,} items ({name})",
+             f"{group_rate(run)}; RSS {run['rss_mb_when_done']} MB when "
+             f"done, peak {run['rss_mb_peak']} MB")
+            for name, run in figures["runs"].items()]
+
+
+def learning_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    what = "reward per decision over a simulated run: engine / random / oracle"
+    if figures.get("status") != "ok":
+        return [(what, f"{figures.get('status', 'not available')}: {figures.get('reason', '')}")]
+    return [(what, f"{figures['engine']} / {figures['random']} / {figures['oracle']}")]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
+    "throughput": throughput_rows, "latency": latency_rows, "growth": growth_rows,
+    "learning": learning_rows}
+
+
+def render_table(steps: dict[str, dict[str, Any]]) -> str:
+    """The markdown table (measurement, result, command) of the steps' figures."""
+    lines = ["| measurement | result | command |", "|---|---|---|"]
+    for step in STEPS:
+        if step not in steps:
+            continue
+        figures = steps[step]
+        for what, result in ROWS[step](figures["figures"]):
+            lines.append(f"| {what} | {result} | `{figures['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    return (f"Measured {m['date']} at commit {(m['git_commit'] or '?')[:10]}"
+            f"{' (with uncommitted changes)' if m['git_tracked_changes'] else ''} on "
+            f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
+            f"Kafka {m['kafka_version']}; broker, worker and load generator on this machine.\n"
+            f"Throughput: {RATE_DEFINITION}.\n\n" + render_table(report["steps"]))
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def parse_rates(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run, tiny sizes")
+    parser.add_argument("--only", action="append", choices=STEPS,
+                        help="run only this step (repeatable)")
+    parser.add_argument("--events", type=int, help="events per throughput run")
+    parser.add_argument("--sessions", type=int, help="live sessions of the baseline")
+    parser.add_argument("--items", type=int, help="items of the baseline")
+    parser.add_argument("--event-time-rate", type=int,
+                        help="events per second of event time in the pre-produced stream")
+    parser.add_argument("--latency-rates", type=parse_rates, help="e.g. 500,2000,5000")
+    parser.add_argument("--latency-seconds", type=float)
+    parser.add_argument("--latency-warmup-seconds", type=float)
+    parser.add_argument("--growth", type=int, help="factor of more sessions / more items")
+    parser.add_argument("--bare-transactional", action=argparse.BooleanOptionalAction,
+                        help="also time the bare loop with one transaction per batch "
+                             "(default: yes, but not with --quick)")
+    parser.add_argument("--worker-checkout", type=Path,
+                        help="run the worker from this checkout (default: this one), e.g. "
+                             "to compare two versions; the suite itself runs from here")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    options = QUICK if args.quick else Options()
+    overrides = {name: getattr(args, name) for name in asdict(options)
+                 if getattr(args, name, None) is not None}
+    if args.worker_checkout is not None:
+        overrides["worker_checkout"] = str(args.worker_checkout.resolve())
+    return args, Options(**{**asdict(options), **overrides})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, options = parse_args(argv)
+    bootstrap = default_bootstrap()
+    stem = "suite-quick" if args.quick else "suite"
+    json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
+    steps: dict[str, dict[str, Any]] = {}
+    if args.only and json_path.exists():  # keep the other steps' figures
+        steps = json.loads(json_path.read_text()).get("steps", {})
+    command = " ".join(["python -m bench.suite", *argv])
+    runners: dict[str, Callable[[str, Options], dict[str, Any]]] = {
+        "throughput": step_throughput, "latency": step_latency,
+        "learning": step_learning,
+        "growth": lambda b, o: step_growth(b, o, baseline),
+    }
+    baseline = None
+    machine = machine_info(bootstrap)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for step in STEPS:
+        if args.only and step not in args.only:
+            continue
+        print(f"bench.suite: {step} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        figures = runners[step](bootstrap, options)
+        if step == "throughput":
+            baseline = figures["worker"]
+        steps[step] = {"command": step_command(step, argv), "run_by": command,
+                       "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "seconds": round(time.monotonic() - started, 1),
+                       "options": asdict(options), "figures": figures}
+        print(f"bench.suite: {step} done in {steps[step]['seconds']} s", file=sys.stderr,
+              flush=True)
+        # Written after every step: a later step that fails loses only its own figures.
+        report = {"suite": "recoloop benchmark suite (issue #6)", "command": command,
+                  "machine": machine, "steps": steps}
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        md_path.write_text(render_markdown(report))
+    print(md_path.read_text())
+    print(f"bench.suite: wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
