@@ -52,6 +52,7 @@ def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     done = threading.Event()
+    finished = False
 
     def read_rankings() -> None:
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
@@ -109,9 +110,10 @@ def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
         while sent_at and time.monotonic() < deadline:
             time.sleep(0.2)
         missing = len(sent_at)
+        finished = True
     finally:
         done.set()
-        worker.stop()
+        worker.stop(remove_data=finished)  # a failed run keeps its log
     reader.join(10)
     delete_topics(settings)
 

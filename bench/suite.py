@@ -25,9 +25,11 @@ some; the others keep their figures from the existing results file):
 - ``growth``: the throughput measurement of the worker (with its memory: RSS when done and
   peak, VmHWM) at the baseline, at ``--growth`` times more sessions and at ``--growth``
   times more items. The baseline is the throughput step's run when both ran together.
-- ``learning``: reward per decision of the engine, a random policy and an oracle over a
-  simulated run, from ``app.sim_runner`` (``recoloop simulate``) if it exists; otherwise
-  recorded as not available.
+- ``learning``: ``recoloop simulate`` (``app.sim_runner``) for ``--learning-seconds`` at
+  ``--learning-rate`` against one worker on fresh topics: reward per decision of the engine,
+  of the sessions shown a uniformly random arm (the simulator's control group) and of the
+  oracle (the best arm of the simulator's hidden table). Recorded as not available when the
+  checkout has no simulator.
 
 Writes ``bench/results/suite.json`` (machine, every figure, the exact command) and
 ``bench/results/suite.md`` (a table for the README); ``--quick`` writes ``suite-quick.*``.
@@ -91,10 +93,12 @@ class Options:
     growth: int = 10
     bare_transactional: bool = True
     worker_checkout: str = str(REPO)
+    learning_rate: float = 50.0
+    learning_seconds: float = 600.0
 
 
 QUICK = Options(events=3_000, latency_rates=(300,), latency_seconds=3.0,
-                latency_warmup_seconds=1.0, bare_transactional=False)
+                latency_warmup_seconds=1.0, bare_transactional=False, learning_seconds=20.0)
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -254,11 +258,35 @@ def step_growth(bootstrap: str, options: Options,
 
 
 def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
+    """``recoloop simulate`` against one worker on fresh topics; its summary's reward per
+    decision for the engine, the random control group and the oracle."""
     if importlib.util.find_spec("app.sim_runner") is None:
         return {"status": "not available",
                 "reason": "app.sim_runner (recoloop simulate) does not exist in this checkout"}
-    return {"status": "not available",
-            "reason": "app.sim_runner exists but the suite does not call it yet"}
+    settings = fresh_topics(bootstrap, partitions=PARTITIONS)
+    worker = start_worker(settings, cwd=Path(options.worker_checkout))
+    summary_path = worker.data_dir / "simulation.json"
+    simulate = start_worker(settings, (
+        "-m", "app.cli", "simulate", "--rate", str(options.learning_rate),
+        "--duration-s", str(options.learning_seconds), "--seed", str(options.seed),
+        "--summary", str(summary_path)))
+    try:
+        code = simulate.process.wait(options.learning_seconds + 120)
+        worker.check_alive()
+        if code != 0 or not summary_path.exists():
+            raise SystemExit(f"recoloop simulate exited with {code}; see {simulate.data_dir}")
+        summary = json.loads(summary_path.read_text())
+    finally:
+        simulate.stop()
+        worker.stop()
+    delete_topics(settings)
+    rewards = summary["reward_per_decision"]
+    return {"status": "ok", "engine": rewards.get("engine"), "random": rewards.get("control"),
+            "oracle": rewards.get("oracle"), "uplift_vs_random": summary.get("uplift_vs_control"),
+            "regret_per_decision": summary.get("regret", {}).get("per_decision"),
+            "rate_events_per_s": options.learning_rate, "seconds": options.learning_seconds,
+            "decisions": summary.get("decisions"), "events": summary.get("events", {}).get("total"),
+            "summary": {k: v for k, v in summary.items() if k != "timeline"}}
 
 
 # --- reporting --------------------------------------------------------------------------
@@ -343,7 +371,15 @@ def learning_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
     what = "reward per decision over a simulated run: engine / random / oracle"
     if figures.get("status") != "ok":
         return [(what, f"{figures.get('status', 'not available')}: {figures.get('reason', '')}")]
-    return [(what, f"{figures['engine']} / {figures['random']} / {figures['oracle']}")]
+    uplift = figures.get("uplift_vs_random")
+    return [(what, f"{number(figures['engine'])} / {number(figures['random'])} / "
+                   f"{number(figures['oracle'])}"
+                   + ("" if uplift is None else f" (engine vs random {uplift:+.0%})")
+                   + f"; {figures['seconds']:g} s at {figures['rate_events_per_s']:g} events/s")]
+
+
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
@@ -394,6 +430,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--latency-warmup-seconds", type=float)
     parser.add_argument("--growth", type=int, help="factor of more sessions / more items")
+    parser.add_argument("--learning-rate", type=float, help="simulated events per second")
+    parser.add_argument("--learning-seconds", type=float, help="length of the simulated run")
     parser.add_argument("--bare-transactional", action=argparse.BooleanOptionalAction,
                         help="also time the bare loop with one transaction per batch "
                              "(default: yes, but not with --quick)")

@@ -126,3 +126,11 @@ def test_table_has_one_row_per_figure_with_its_command() -> None:
     assert "worker at 50,000 sessions, 2,000 items (10x_sessions) | 600 events/s; " \
            "RSS 300.0 MB when done, peak 320.5 MB" in body
     assert "not available: no simulator" in body
+
+
+def test_learning_row_with_a_simulation() -> None:
+    steps = {"learning": {"command": "python -m bench.suite --only learning", "figures": {
+        "status": "ok", "engine": 0.4123, "random": 0.3, "oracle": 0.55,
+        "uplift_vs_random": 0.3743, "seconds": 600.0, "rate_events_per_s": 50.0}}}
+    assert "| 0.412 / 0.300 / 0.550 (engine vs random +37%); 600 s at 50 events/s |" \
+        in render_table(steps)
