@@ -1,11 +1,12 @@
-# Two commands on a fresh machine (Python 3.11+, Java 17+, Maven):
+# On a fresh machine (Python 3.11+, Java 17+, Maven):
 #   make run    broker up, topics applied, worker running (Ctrl-C stops the worker)
 #   make test   lint, type-check and the whole test suite against a real local broker
+#   make demo   broker, topics, a worker and simulated shoppers: watch the engine learn (5 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test kafka-down clean
+.PHONY: install run test demo kafka-down clean
 
 $(BIN)/recoloop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test: install
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
 	$(BIN)/pytest
+
+demo: install
+	$(BIN)/recoloop demo
 
 kafka-down: install
 	$(BIN)/recoloop kafka down

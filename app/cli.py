@@ -28,6 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     topics_cmds.add_parser("apply", help="create missing topics and report drift")
 
     commands.add_parser("worker", help="run a stream-processing worker")
+
+    from app import demo, sim_runner
+
+    simulate = commands.add_parser("simulate", help="play simulated shops against a running "
+                                   "engine through the topics")
+    sim_runner.add_arguments(simulate, duration_s=60.0, sites=1)
+    simulate.add_argument("--summary", type=Path, default=None,
+                          help="write the JSON summary here")
+    demo.add_arguments(commands.add_parser(
+        "demo", help="broker, topics, a worker and the simulator: watch the engine learn"))
     # Everything after ``bench`` goes to the suite, --help included.
     commands.add_parser("bench", add_help=False,
                         help="the benchmark suite (python -m bench.suite; needs a checkout)")
@@ -63,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         report = topic_admin.apply(settings)
         print(report.describe())
         return 0 if report.ok else 1
+
+    if args.command == "simulate":
+        return sim_runner.main(args, settings)
+    if args.command == "demo":
+        return demo.main(args, settings)
 
     from app.worker import run as run_worker
 

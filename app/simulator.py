@@ -222,7 +222,8 @@ class SimConfig:
     items_per_category: int = 40
     display_size: int = 6
     mean_pages: float = 6.0  # about; see Simulator.expected_pages
-    page_gap_median_ms: float = 12_000.0
+    page_gap_median_ms: float = 12_000.0  # between pages, unless a reco was opened
+    page_gap_sigma: float = 0.6
     browse_share: float = 0.4  # page views followed by a browsing click
     browse_buy_share: float = 0.1
     no_served_id_share: float = 0.1  # reco reactions the site cannot tie to their display
@@ -351,7 +352,12 @@ class Simulator:
         self.arm_counts: dict[str, Counter[str]] = {g: Counter() for g in (*GROUPS, "oracle")}
         self.recent: deque[tuple[int, str, float, float, str]] = deque()  # settled, 60 s
         self._arrival_ms = 1000.0 * self.events_per_session() / config.rate
-        self._schedule(self.start_ms, "arrival", None)
+        self._schedule(self.start_ms, "arrival", True)
+        # Warm start: about the steady state's number of live sessions, spread over one page
+        # gap, so the rate is reached at once instead of after a session's lifetime.
+        gap_ms = config.page_gap_median_ms * math.exp(config.page_gap_sigma ** 2 / 2)
+        for _ in range(round((self.expected_pages() - 1) * gap_ms / self._arrival_ms)):
+            self._schedule(self.start_ms + self.rng.uniform(0, gap_ms), "arrival", False)
 
     # -- the catalog and the traffic model --------------------------------------------------
 
@@ -425,12 +431,13 @@ class Simulator:
         out: list[Outgoing] = []
         while self._timeline and self._timeline[0][0] <= now:
             ts, _, what, payload = heapq.heappop(self._timeline)
-            if what == "arrival":
+            if what == "arrival":  # payload: whether it is the recurring Poisson arrival
                 shopper = self._new_shopper(ts)
                 self._shoppers[(shopper.site_id, shopper.session_id)] = shopper
                 self._schedule(ts, "page", shopper, shopper)
-                self._schedule(ts + self.rng.expovariate(1.0 / self._arrival_ms), "arrival",
-                               None)
+                if payload:
+                    self._schedule(ts + self.rng.expovariate(1.0 / self._arrival_ms),
+                                   "arrival", True)
                 continue
             if what == "page":
                 shopper = payload
@@ -521,7 +528,8 @@ class Simulator:
             self._browse(shopper, now)
         if shopper.pages_left > 0:
             # A shopper who opened a recommended item sees the next block on its page.
-            gap = self.rng.lognormvariate(math.log(self.config.page_gap_median_ms), 0.6)
+            gap = self.rng.lognormvariate(math.log(self.config.page_gap_median_ms),
+                                          self.config.page_gap_sigma)
             next_page = view_at + self.rng.uniform(500, 1_500) if view_at else now + gap
             self._schedule(next_page, "page", shopper, shopper)
         self.counts["served"] += 1
