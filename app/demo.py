@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_ready(web_port: int, process: subprocess.Popen[bytes], timeout_s: float,
+               log_tail: Callable[[], str]) -> None:
+    """Poll a worker's ``/ready`` until it answers 200; raise DemoError, with the end of
+    its log, if the process exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"the worker exited with {process.returncode}:\n{log_tail()}")
+        try:
+            url = f"http://127.0.0.1:{web_port}/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 while it recovers its state
+        time.sleep(0.5)
+    raise DemoError(f"the worker was not ready within {timeout_s:.0f} s:\n{log_tail()}")
+
+
 class DemoWorker:
     """``recoloop worker`` as a subprocess on the demo's topics, in its own session so a
     Ctrl-C in the terminal reaches only the demo, which then stops the worker cleanly."""
@@ -72,22 +92,7 @@ class DemoWorker:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll the worker's ``/ready`` until it answers 200; raise if it exits or the time
-        runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DemoError(f"the worker exited with {self.process.returncode}:\n"
-                                f"{self.log_tail()}")
-            try:
-                url = f"http://127.0.0.1:{self.web_port}/ready"
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet, or 503 while it recovers its tables
-            time.sleep(0.5)
-        raise DemoError(f"the worker was not ready within {timeout_s:.0f} s:\n{self.log_tail()}")
+        wait_ready(self.web_port, self.process, timeout_s, self.log_tail)
 
     def stop(self) -> int:
         """SIGTERM (a clean shutdown), SIGKILL if it has not exited after a minute."""
@@ -109,7 +114,11 @@ class DemoWorker:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    sim_runner.interrupt_on_sigterm()
+    with sim_runner.sigterm_interrupts():
+        return _demo(args, settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     out: Path = args.out or Path("var/demo") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     run_settings: Settings | None = None

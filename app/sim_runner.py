@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,17 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def interrupt_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C, so a stopped run still writes what it measured."""
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within it, SIGTERM acts like Ctrl-C, so a stopped run still writes what it measured."""
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ProgressPrinter:
@@ -221,9 +227,9 @@ def _fmt(value: float | None) -> str:
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """``recoloop simulate``: against the engine on ``settings``' broker and topics."""
-    interrupt_on_sigterm()
     try:
-        summary = run(settings, options_from(args, args.summary), ProgressPrinter())
+        with sigterm_interrupts():
+            summary = run(settings, options_from(args, args.summary), ProgressPrinter())
     except SimulatorError as exc:
         print(f"recoloop simulate: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,77 @@
+"""``recoloop simulate`` against a real worker, through the real topics (about 40 s)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message
+
+from app import cli
+from app.demo import wait_ready
+from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
+from app.simulator import CHAIN, GROUPS, SUMMARY_FIELDS
+from tests.kafka_io import collect, values
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TOPIC_BY_COUNT = {SERVED: "served", CLICKS: "click", DETAIL_VIEWS: "detail_view",
+                  BASKET_ADDS: "basket_add"}
+
+
+def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
+        worker: WorkerProcess, worker_settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = worker_settings
+    wait_ready(int(worker.env["RECOLOOP_WEB_PORT"]), worker.process, 90, worker.log_tail)
+    monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", s.bootstrap_servers)
+    monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", s.topic_prefix)
+    path = tmp_path / "summary.json"
+    code = cli.main(["simulate", "--duration-s", "25", "--rate", "40", "--sites", "2",
+                     "--seed", "3", "--summary", str(path)])
+    assert code == 0
+    summary = json.loads(path.read_text())
+    assert tuple(summary) == SUMMARY_FIELDS
+    events, decisions = summary["events"], summary["decisions"]
+    assert summary["run"]["delivery_failures"] == 0 and not summary["run"]["interrupted"]
+
+    # The summary's counts add up.
+    assert events["total"] == events["served"] + sum(events[kind] for kind in CHAIN)
+    assert decisions["total"] == sum(decisions[g] for g in GROUPS)
+    assert decisions["total"] + decisions["unsettled"] == events["served"] == sum(
+        decisions["served"].values())
+    assert summary["sessions"]["started"] == (summary["sessions"]["engine"]
+                                              + summary["sessions"]["control"])
+
+    # What it says it produced is on the topics, reactions included.
+    wanted = {s.topic(topic): events[count] for topic, count in TOPIC_BY_COUNT.items()}
+    assert events["click"] > 0 and events["detail_view"] > 0
+
+    def produced(messages: list[Message]) -> int:
+        return sum(1 for m in messages if m.topic() in wanted)
+
+    messages = collect(s.bootstrap_servers, [*wanted, s.topic(RANKINGS)],
+                       lambda ms: produced(ms) >= sum(wanted.values()), timeout_s=30)
+    for topic, count in wanted.items():
+        assert len(values(messages, topic)) == count, topic
+
+    # Engine sessions showed the engine's own rankings; the others chose an arm themselves.
+    served = values(messages, s.topic(SERVED))
+    published = {r["ranking_id"] for r in values(messages, s.topic(RANKINGS))}
+    shown = [v["ranking_id"] for v in served if "ranking_id" in v]
+    assert len(shown) == decisions["served"]["engine"] >= 50
+    assert set(shown) <= published
+    assert any(rid.startswith("rk-") for rid in shown)  # a session's own ranking
+    own = [v for v in served if "ranking_id" not in v]
+    assert len(own) == decisions["served"]["control"] + decisions["served"]["fallback"] > 0
+    assert all(v["arm"] and v["propensity"] > 0 for v in own)
+    served_ids = {v["event_id"] for v in served}
+    reactions = values(messages, s.topic(CLICKS))
+    assert any(r.get("served_id") in served_ids for r in reactions)
+
+    rewards = summary["reward_per_decision"]
+    assert decisions["engine"] > 0 and decisions["control"] > 0
+    assert rewards["engine"] is not None and rewards["oracle"] >= rewards["engine_expected"]
+    assert summary["timeline"] and summary["per_site"].keys() == {"shop-1", "shop-2"}
