@@ -1,8 +1,9 @@
 """The engine: what one input event does to a partition's state, and what it emits.
 
-Pure and synchronous: state comes in through a :class:`Store` (a Faust table in the worker,
-a dict in unit tests), the bandits through :class:`Policies`, and time only from the events
-themselves. The agents in :mod:`app.agents` decode, call :meth:`Engine.handle`, and send.
+Pure and synchronous: state comes in through a :class:`Store` (a partition's RocksDB state
+in the worker, a dict in unit tests), the bandits through :class:`Policies`, and time only
+from the events themselves. The agents in :mod:`app.agents` decode, call
+:meth:`Engine.handle`, and stage what to send.
 
 Stream time is a per-partition *watermark*: the largest event time read on each input topic
 of the partition (displays, clicks, detail views, basket adds), and the smallest of those.
@@ -44,11 +45,6 @@ WAKE_SHARDS = 32
 CLOCK_KEY = "clock"
 # The watermark's inputs: one per join input topic.
 INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
-# For app.store.CachedStore: the clock, sessions and wake-up buckets are read and written on
-# nearly every event; site statistics are large, approximate and may lose their last second
-# of updates in a crash.
-HOT_KEY_PREFIXES = (CLOCK_KEY, "session:", "wake:")
-WRITE_BEHIND_PREFIXES = ("stat:",)
 
 
 class Policies(Protocol):

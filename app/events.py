@@ -1,4 +1,4 @@
-"""The records recoloop reads and writes, as plain frozen dataclasses (no Faust, no Kafka).
+"""The records recoloop reads and writes, as plain frozen dataclasses (no Kafka).
 
 Input values arrive as JSON already checked against the schemas in ``topics/``; the
 ``from_value`` constructors only pick the fields the engine uses.

@@ -1,7 +1,7 @@
 """A real single-node Apache Kafka broker (KRaft), started from the project's own files.
 
 Development and the integration tests need a real broker (transactions, consumer groups,
-Faust's internal topics), but not everyone has Docker. The broker's jars come from Maven
+compacted changelogs), but not everyone has Docker. The broker's jars come from Maven
 Central through ``deploy/kafka/pom.xml`` (resolved once into a cache), and the broker runs
 as a plain background ``java`` process with its config, storage, logs and pid file in one
 data directory. Only 127.0.0.1 is used: data port ``port``, KRaft controller port

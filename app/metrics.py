@@ -168,7 +168,7 @@ class Metrics:
         self.build = Info("recoloop_build", "recoloop build information.", registry=r)
         self.build.info({"version": __version__,
                          "python_version": platform.python_version(),
-                         "faust_version": _version("faust-streaming")})
+                         "confluent_kafka_version": _version("confluent-kafka")})
 
     def forget_assignment(self) -> None:
         """Drop series that describe partitions this worker may no longer own.

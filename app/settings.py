@@ -7,6 +7,8 @@ so tests and tools build one explicitly and nothing changes behind a running wor
 from __future__ import annotations
 
 import os
+import socket
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +66,9 @@ class Settings:
     # Default rankings per site and context segment are republished at least this often.
     default_ranking_interval_s: float = 10.0
     seed: int = 42
+    # Names this worker to Kafka (its transactional id and static group membership): a
+    # restarted worker with the same id takes over at once. Empty: host name + data dir.
+    worker_id: str = ""
     log_level: str = "info"
     rewards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
     # Per-site join overrides: "shop-a=reward_window_s:30,grace_s:2,basket_add:5;shop-b=click:0"
@@ -115,6 +120,15 @@ class Settings:
     def app_id(self) -> str:
         """Consumer group and internal-topic namespace; the prefix keeps deployments apart."""
         return f"{self.topic_prefix}recoloop"
+
+    @property
+    def instance_id(self) -> str:
+        """``worker_id``, or one derived from the host and the data directory: stable across
+        restarts, and different for two workers on one host (they need two data dirs)."""
+        if self.worker_id:
+            return self.worker_id
+        where = zlib.crc32(str(Path(self.data_dir).resolve()).encode())
+        return f"{socket.gethostname()}-{where:08x}"
 
     @property
     def max_reward(self) -> float:

@@ -22,6 +22,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from app.channels import InternalTopic
 from app.settings import JOIN_INPUT_TOPICS, Settings
 from app.topic_specs import TopicSpec, load_specs
 
@@ -242,26 +243,24 @@ def _duration(ms: int) -> str:
     return f"{ms}ms"
 
 
-def ensure_internal_topics(settings: Settings, retention_ms: Mapping[str, int],
-                           partitions: int, admin: AdminClient | None = None) -> None:
-    """Create the worker's own topics (not part of the contract) when missing.
-
-    Faust subscribes to a multi-topic channel only with the topics that exist when it starts,
-    so these must exist before the worker does.
-    """
+def ensure_internal_topics(settings: Settings, topics: Mapping[str, InternalTopic],
+                           admin: AdminClient | None = None) -> None:
+    """Create the worker's own topics (not part of the contract) when missing, and refuse
+    ones whose partition count differs (a partition's state lives beside its input)."""
     admin = admin or admin_client(settings)
     existing = _partition_counts(admin.list_topics(timeout=TIMEOUT_S))
-    wrong = {name: existing[name] for name in retention_ms
-             if name in existing and existing[name] != partitions}
+    wrong = {name: existing[name] for name, spec in topics.items()
+             if name in existing and existing[name] != spec.partitions}
     if wrong:
+        expected = {name: topics[name].partitions for name in wrong}
         raise TopicLayoutError(
-            f"internal topics {wrong} must have {partitions} partitions like the join inputs; "
-            "stop every worker, delete them (the worker recreates them) and start again")
-    missing = [name for name in retention_ms if name not in existing]
+            f"internal topics have partitions {wrong}, expected {expected} (the join inputs' "
+            "count); stop every worker, delete them (the worker recreates them) and start again")
+    missing = [name for name in topics if name not in existing]
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(name, partitions, 1, config={"retention.ms": str(retention_ms[name])})
+        [NewTopic(name, topics[name].partitions, 1, config=topics[name].config)
          for name in missing], operation_timeout=TIMEOUT_S, request_timeout=TIMEOUT_S)
     for name, future in futures.items():
         try:

@@ -1,40 +1,57 @@
-"""``recoloop worker``: check the topic layout, then run the Faust worker until stopped."""
+"""``recoloop worker``: check the topic layout, then run the exactly-once loop until stopped
+(SIGTERM or Ctrl-C finish the current batch first)."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
-import faust
-
-from app import agents, health
-from app.channels import declare, internal_topics
-from app.faust_app import create_app
+from app import health
+from app.agents import Agents
+from app.bandits import BanditModels
+from app.catalog import StoreCatalog
+from app.channels import Channels
+from app.engine import Engine
 from app.metrics import Metrics
+from app.runtime import Runtime
 from app.settings import Settings
+from app.store import Store
 from app.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
+
+log = logging.getLogger("recoloop")
 
 
 def run(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    channels = Channels.of(settings)
     try:
         counts = check_copartitioned(settings)
         partitions = next(iter(counts.values()))
-        ensure_internal_topics(settings, internal_topics(settings), partitions)
+        ensure_internal_topics(settings, channels.internal_topics(partitions))
     except TopicLayoutError as exc:
         print(f"recoloop worker: {exc}", file=sys.stderr)
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, partitions)
-    channels = declare(app, settings, partitions)
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
-    agents.register(app, settings, channels, metrics)
-    health.register(app, metrics)
-    logging.getLogger("recoloop").info("partitions=%d metrics=:%d", partitions,
-                                       settings.metrics_port)
-    worker = faust.Worker(app, loglevel=settings.log_level)
-    # Faust's terminal spinner lowers the root logger to DEBUG to spin on every record, which
-    # formats a debug record for every message sent: a large share of CPU under load.
-    worker.spinner = None
-    worker.execute_from_commandline()
+
+    def agents_for(models: BanditModels, catalog: Store) -> Agents:
+        engine = Engine(settings, models, StoreCatalog(catalog))
+        return Agents(settings, channels, engine, models, metrics, partitions)
+
+    runtime = Runtime(settings, partitions, metrics, agents_for)
+    server = health.serve(runtime, settings.bind_host, settings.web_port, metrics)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("worker %s: partitions=%d metrics=:%d web=:%d", settings.instance_id, partitions,
+             settings.metrics_port, settings.web_port)
+    try:
+        runtime.run(stop)
+    finally:
+        server.shutdown()
+    log.info("worker stopped")
     return 0

@@ -157,26 +157,6 @@ def test_decayed_scores_leaders_match_a_full_sort_through_evictions_and_rebases(
             assert [k for k, _ in scores.top(10, ts)] == [k for k, _ in expected]
 
 
-def test_cached_store_serves_objects_writes_through_and_defers_what_it_is_told():
-    from app.store import CachedStore
-
-    inner = DictStore()
-    store = CachedStore(inner, ("hot:",), ("lazy:",), max_objects=4)
-    store.set("hot:a", [1])
-    store.set("lazy:b", [2])
-    store.set("cold:c", [3])
-    assert inner.get("hot:a") == [1] and inner.get("cold:c") == [3]
-    assert inner.get("lazy:b") is None  # not until flushed
-    assert store.get("lazy:b") == [2]
-    assert store.get("hot:a") is store.get("hot:a")  # decoded once
-    assert store.flush() == 1 and inner.get("lazy:b") == [2]
-    for n in range(10):  # past max_objects: old clean objects are forgotten, not lost
-        store.set(f"hot:{n}", n)
-    assert len(store._objects) <= 4 and store.get("hot:0") == 0
-    store.delete("hot:a")
-    assert store.get("hot:a") is None and inner.get("hot:a") is None
-
-
 def test_decayed_scores_read_far_from_their_reference_without_overflow():
     from app.decay import DecayedScores
 

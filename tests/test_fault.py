@@ -2,37 +2,37 @@
 
 A seeded stream of more than 20,000 events (thousands of sessions, with repeated event ids,
 reactions outside the window or to nothing, several displays of an item, late reactions after
-a maximum reward) is produced to the input topics. A worker processes it while it is killed
-with SIGKILL at random moments and restarted. Afterwards ``reco.rewards``, read committed-only,
-must hold exactly one record per display with the reward of the plain reference join in
-tests/test_join_order.py, and each site's bandit must have learned exactly once per display.
+a maximum reward) is produced to the input topics while a worker processes it, and the
+worker is killed with SIGKILL at random moments, during processing, and restarted.
+Afterwards ``reco.rewards``, read committed-only, must hold exactly one record per display
+with the reward of the plain reference join in tests/test_join_order.py, and each site's
+bandit must have learned exactly once per display.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
+import threading
 import time
 from collections import Counter
 
 import orjson
 import pytest
 
+from app.channels import Channels
 from app.events import Served
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED, Settings
 from tests.kafka_io import TopicReader, event, produce
-from tests.test_join_order import KINDS, reference_join, seeded_stream
+from tests.test_join_order import KINDS, T0, reference_join, seeded_stream
 
-# Not part of the default run: it fails today. The worker is at-least-once and its local
-# state can run ahead of what it sent, so input replayed after a SIGKILL is skipped as already
-# seen and some reward records are never sent (2026-11-21: 1,178 of 8,893 displays had none).
-# Making it pass is issue 3's exactly-once work. Run it with `pytest -m fault`.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault,
-              pytest.mark.xfail(reason="exactly-once under SIGKILL is not built yet (issue 3)",
-                                strict=False)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 TOPIC_OF_KIND = {"served": SERVED, "click": CLICKS, "detail_view": DETAIL_VIEWS,
                  "basket_add": BASKET_ADDS}
 ARMS = Settings().arms
+RATE_PER_S = 1_000
+KILLS = 3
 
 
 def value_of(e) -> dict:
@@ -47,25 +47,52 @@ def value_of(e) -> dict:
     return value
 
 
+def produce_paced(s: Settings, by_kind: dict, done: threading.Event) -> None:
+    """Every topic in event-time order, as sites produce them, at RATE_PER_S."""
+    merged = heapq.merge(*([(e.ts, kind, e) for e in by_kind[kind]] for kind in KINDS),
+                         key=lambda entry: entry[0])
+    records = [event(s.topic(TOPIC_OF_KIND[kind]), value_of(e)) for _, kind, e in merged]
+    chunk = RATE_PER_S // 10
+    for start in range(0, len(records), chunk):
+        produce(s.bootstrap_servers, records[start:start + chunk])
+        time.sleep(0.1)
+    done.set()
+
+
+def latest_model_versions(reader: TopicReader) -> dict[str, int]:
+    versions: dict[str, int] = {}
+    for m in reader.messages:
+        site, version = m.key().decode(), int(m.value().partition(b"\n")[0])
+        assert version >= versions.get(site, 0), "a model version went back"
+        versions[site] = version
+    return versions
+
+
 def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_settings):
     s: Settings = worker_settings
     by_kind = seeded_stream(seed=11, sessions=3_500)
     assert sum(len(events) for events in by_kind.values()) >= 20_000
     expected = reference_join(by_kind)
     displays_per_site = Counter(d.site_id for d in by_kind["served"])
-    # Each topic in event-time order, as sites produce them.
-    produce(s.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
-                                  for kind in KINDS for e in by_kind[kind]])
-
-    rng = random.Random(5)
-    worker = start_worker()
-    for _ in range(3):
-        time.sleep(rng.uniform(3.0, 12.0))  # fault injection at a random moment
-        worker.kill()
-        worker = start_worker()
-
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
-    records = rewards.read_until(lambda ms: len(ms) >= len(expected), timeout_s=420)
+
+    worker = start_worker()
+    produced = threading.Event()
+    producer = threading.Thread(target=produce_paced, args=(s, by_kind, produced))
+    producer.start()
+    # Fault injection: SIGKILL at random moments while events are still coming in, so each
+    # kill lands mid-batch, mid-restore or mid-startup.
+    rng = random.Random(5)
+    done_at_kill = []
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(2.0, 6.0))
+        worker.kill()
+        done_at_kill.append(len(rewards.read_until(lambda ms: False, timeout_s=0.5)))
+        worker = start_worker()
+    producer.join()
+    assert done_at_kill[0] < len(expected), "the first kill came after all the work was done"
+
+    records = rewards.read_until(lambda ms: len(ms) >= len(expected), timeout_s=240)
     rewards.read_until(lambda ms: False, timeout_s=5)  # anything beyond one per display
     rewards.close()
     got = [orjson.loads(m.value()) for m in records]
@@ -76,15 +103,22 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
              if r["reward"] != expected[r["served_id"]][0]}
     assert wrong == {}
 
-    # Each site's bandit learned once per display: its model_version counts updates.
+    # Each site's bandit learned once per display: its version counts its updates, on the
+    # models topic (committed only) and in the rankings every worker publishes.
+    models = TopicReader(s.bootstrap_servers, [Channels.of(s).models])
+    models.read_until(lambda ms: latest_model_versions(models) == dict(displays_per_site),
+                      timeout_s=60)
+    models.read_until(lambda ms: False, timeout_s=3)
+    models.close()
+    assert latest_model_versions(models) == dict(displays_per_site), worker.log_tail()
     reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
     for site, displays in displays_per_site.items():
         probe = f"probe-{site}"
         produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": probe, "site_id": site, "session_id": probe,
-            "ts": 1_800_000_000_000, "item_id": "x"})])
+            "ts": T0 + 86_400_000, "item_id": "x"})])
         messages = reader.read_until(lambda ms, p=probe: any(
-            orjson.loads(m.value())["ranking_id"] == f"rk-{p}" for m in ms), timeout_s=120)
+            orjson.loads(m.value())["ranking_id"] == f"rk-{p}" for m in ms), timeout_s=60)
         [ranking] = [orjson.loads(m.value()) for m in messages
                      if orjson.loads(m.value())["ranking_id"] == f"rk-{probe}"]
         assert ranking["model_version"] == displays, (site, worker.log_tail())

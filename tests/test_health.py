@@ -1,42 +1,57 @@
-"""Liveness and readiness decisions (the endpoints themselves: tests/test_observability.py)."""
+"""/health and /ready over real HTTP, from the worker's status."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import faust
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 
 from app import health
 from app.metrics import Metrics
+from tests.worker_process import free_port
 
 
-def fake_app(**state: bool) -> SimpleNamespace:
-    values = {"crashed": False, "should_stop": False, "rebalancing": False,
-              "in_recovery": False, "actives_ready": True} | state
-    return SimpleNamespace(
-        crashed=values["crashed"], should_stop=values["should_stop"],
-        rebalancing=values["rebalancing"], in_recovery=values["in_recovery"],
-        tables=SimpleNamespace(actives_ready=values["actives_ready"]))
+@dataclass
+class Status:
+    live: bool = True
+    ready: bool = False
+    partitions: list[int] = field(default_factory=list)
+
+    def is_live(self) -> bool:
+        return self.live
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def assigned_partitions(self) -> list[int]:
+        return self.partitions
 
 
-def test_ready_once_tables_are_recovered_and_no_rebalance_runs():
-    assert health.is_ready(fake_app())  # type: ignore[arg-type]
-    for not_ready in [{"actives_ready": False}, {"rebalancing": True}, {"in_recovery": True},
-                      {"crashed": True}, {"should_stop": True}]:
-        assert not health.is_ready(fake_app(**not_ready)), not_ready  # type: ignore[arg-type]
+def get(port: int, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
 
-def test_live_until_crashed_or_stopping():
-    assert health.is_live(fake_app(actives_ready=False, rebalancing=True))  # type: ignore
-    assert not health.is_live(fake_app(crashed=True))  # type: ignore[arg-type]
-    assert not health.is_live(fake_app(should_stop=True))  # type: ignore[arg-type]
-
-
-def test_register_adds_the_pages_and_the_readiness_gauge(tmp_path):
-    app = faust.App("health-test", broker="kafka://127.0.0.1:1", store="memory://",
-                    datadir=str(tmp_path), web_enabled=False)
-    metrics = Metrics()
-    health.register(app, metrics)
-    assert {"/health", "/ready"} <= set(app.web.views)
-    # Not started: no partitions recovered yet, so not ready.
-    assert metrics.registry.get_sample_value("recoloop_worker_ready") == 0.0
+def test_health_and_ready_answer_the_workers_status_over_http():
+    status, metrics, port = Status(), Metrics(), free_port()
+    server = health.serve(status, "127.0.0.1", port, metrics)
+    try:
+        assert get(port, "/health") == (200, {"status": "ok"})
+        assert get(port, "/ready") == (503, {"status": "not_ready", "assigned_partitions": []})
+        assert metrics.registry.get_sample_value("recoloop_worker_ready") == 0.0
+        status.ready, status.partitions = True, [0, 3]
+        assert get(port, "/ready") == (200, {"status": "ready", "assigned_partitions": [0, 3]})
+        assert metrics.registry.get_sample_value("recoloop_worker_ready") == 1.0
+        status.live = False
+        assert get(port, "/health") == (503, {"status": "failing"})
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)
+            raise AssertionError("an unknown path answered")
+        except urllib.error.HTTPError as error:
+            assert error.code == 404
+    finally:
+        server.shutdown()

@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from app import settings as contract
 from app import topic_admin
+from app.channels import Channels
 from app.settings import Settings
 from app.topic_admin import TopicLayoutError, apply, check_copartitioned
 from app.topic_specs import load_specs
@@ -162,11 +163,15 @@ def test_unreachable_broker_is_a_problem_not_a_crash(topic_prefix: str,
 
 def test_internal_topics_are_created_once_and_must_match_the_inputs(
         settings: Settings, admin: AdminClient) -> None:
-    names = {f"{settings.app_id}-ticks": 3_600_000, f"{settings.app_id}-decisions": 86_400_000}
-    topic_admin.ensure_internal_topics(settings, names, 4, admin)
-    topic_admin.ensure_internal_topics(settings, names, 4, admin)  # a no-op the second time
-    counts = {name: len(admin.list_topics(timeout=10).topics[name].partitions)
-              for name in names}
-    assert counts == dict.fromkeys(names, 4)
-    with pytest.raises(TopicLayoutError, match="must have 6 partitions"):
-        topic_admin.ensure_internal_topics(settings, names, 6, admin)
+    topics = Channels.of(settings).internal_topics(4)
+    topic_admin.ensure_internal_topics(settings, topics, admin)
+    topic_admin.ensure_internal_topics(settings, topics, admin)  # a no-op the second time
+    metadata = admin.list_topics(timeout=10).topics
+    counts = {name: len(metadata[name].partitions) for name in topics}
+    assert counts == {name: spec.partitions for name, spec in topics.items()}
+    policies = {name: topic_configs(admin, name)["cleanup.policy"] for name in topics}
+    assert policies == {name: spec.config.get("cleanup.policy", "delete")
+                        for name, spec in topics.items()}
+    with pytest.raises(TopicLayoutError, match="expected"):
+        topic_admin.ensure_internal_topics(settings, Channels.of(settings).internal_topics(6),
+                                           admin)

@@ -1,0 +1,364 @@
+"""The worker's exactly-once loop over Kafka (confluent-kafka).
+
+One consumer in the app's group reads the join inputs, the decisions and the catalog (the
+``range`` assignor gives a worker the same partition numbers of every topic, so a session's
+displays and reactions meet in one partition's state). Records are handled in batches; each
+batch is one Kafka transaction holding everything it caused:
+
+1. the outputs the agents staged (rankings, rewards, dead letters, decisions),
+2. the changed engine state, as records of the engine-state changelog,
+3. the changed bandits, on the models topic,
+4. the consumer offsets just past the batch (``send_offsets_to_transaction``).
+
+Either all of it commits or none of it does, and ``read_committed`` readers never see an
+aborted batch. Only after the commit does the batch's state go to local RocksDB
+(:mod:`app.state`), so after a crash local state is never ahead of the committed offsets,
+and the batch that was in flight is processed again from the committed offsets as if for
+the first time: nothing is lost and nothing counted twice.
+
+The transactional id and the static group membership come from the worker id: a restarted
+worker fences its previous self, aborts its unfinished transaction at once, and gets its
+partitions back without a rebalance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from app.agents import Agents, Staged
+from app.bandits import BanditModels
+from app.catalog import apply_record
+from app.channels import Channels
+from app.contract import InvalidInput, decode_catalog
+from app.events import Origin
+from app.health import STUCK_AFTER_S
+from app.metrics import Metrics
+from app.settings import Settings
+from app.state import PartitionState, Record
+from app.store import MemoryStore, Store
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2_000  # records per transaction at most
+POLL_S = 0.05
+TIMEOUT_S = 30.0
+RESTORE_BATCH = 5_000
+
+
+def received(message: Message) -> tuple[Origin, int]:
+    """A consumed message's origin and its Kafka timestamp in ms (now when it has none)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    kind, timestamp_ms = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE:
+        timestamp_ms = int(time.time() * 1000)
+    return Origin(topic, partition, offset, message.key(), message.value()), timestamp_ms
+
+
+class Tail:
+    """Reads every partition of a topic from its start, for this worker's own copy
+    (the catalog, the bandit models); committed records only."""
+
+    def __init__(self, config: dict[str, Any], topic: str, apply: Callable[[Message], None]):
+        self.consumer = Consumer(config)
+        self.topic = topic
+        self.apply = apply
+        metadata = self.consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
+        self.partitions = [TopicPartition(topic, p, OFFSET_BEGINNING)
+                           for p in sorted(metadata.partitions)]
+        self.consumer.assign(self.partitions)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        messages = self.consumer.consume(RESTORE_BATCH, timeout_s)
+        for message in messages:
+            if message.error():
+                log.warning("reading %s: %s", self.topic, message.error())
+                continue
+            self.apply(message)
+        return len(messages)
+
+    def catch_up(self) -> None:
+        """Read until every partition's end as of now (the last stable offset)."""
+        ends = {tp.partition: self.consumer.get_watermark_offsets(tp, TIMEOUT_S, False)[1]
+                for tp in self.partitions}
+        while True:
+            positions = {tp.partition: tp.offset for tp in self.consumer.position(self.partitions)}
+            if all(positions[p] >= end for p, end in ends.items() if end > 0):
+                return
+            self.poll(0.2)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Runtime:
+    def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
+                 agents_for: Callable[[BanditModels, Store], Agents]) -> None:
+        self.settings = settings
+        self.channels = Channels.of(settings)
+        self.partitions = partitions
+        self.metrics = metrics
+        self.models = BanditModels(settings)
+        self.catalog = MemoryStore()
+        self.agents = agents_for(self.models, self.catalog)
+        self.states: dict[int, PartitionState] = {}
+        self.state_dir = Path(settings.data_dir) / "worker" / "state"
+        self._ready = False
+        self.heartbeat = time.monotonic()  # the loop's last turn, for /health
+        self._stopping = False
+        self._poisoned: dict[tuple[str, int, int], str] = {}
+        self._last_tick = 0.0
+        worker_id = settings.instance_id
+        common = {"bootstrap.servers": settings.bootstrap_servers}
+        self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
+                               "enable.auto.commit": False, "isolation.level": "read_committed",
+                               "auto.offset.reset": "earliest"}
+        self.producer = Producer({
+            **common, "transactional.id": f"{settings.app_id}-{worker_id}",
+            "linger.ms": 5, "partitioner": "murmur2_random",  # Java clients' partitioning
+            "transaction.timeout.ms": 20_000})
+        self.consumer = Consumer({
+            **common, "group.id": settings.app_id, "group.instance.id": worker_id,
+            "isolation.level": "read_committed", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000})
+        self.restorer = Consumer({**self._reader_config})
+
+    # -- status (read from the health server's threads) ----------------------------------
+
+    def is_live(self) -> bool:
+        return not self._stopping and time.monotonic() - self.heartbeat < STUCK_AFTER_S
+
+    def is_ready(self) -> bool:
+        return self._ready and self.is_live()
+
+    def assigned_partitions(self) -> list[int]:
+        return sorted(self.states)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.producer.init_transactions(TIMEOUT_S)  # aborts what our previous self left open
+        self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
+        self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
+        self.catalog_tail.catch_up()
+        self.models_tail.catch_up()
+        ch = self.channels
+        self.consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog],
+                                on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                messages = self.consumer.consume(MAX_BATCH, POLL_S)
+                self.catalog_tail.poll()
+                self.models_tail.poll()
+                tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
+                if tick:
+                    self._last_tick = time.monotonic()
+                if messages or (tick and self.states):
+                    self._transaction(messages, tick)
+        finally:
+            self._stopping, self._ready = True, False
+            self.consumer.close()
+            for tail in (self.catalog_tail, self.models_tail):
+                tail.close()
+            self.restorer.close()
+            for state in self.states.values():
+                state.close()
+
+    def _transaction(self, messages: list[Message], tick: bool) -> None:
+        out = Staged()
+        inputs = []
+        for message in messages:
+            if message.error():
+                log.warning("consumer: %s", message.error())
+            else:
+                inputs.append(received(message))
+        first: dict[tuple[str, int], int] = {}  # where to go back to if the batch aborts
+        after: dict[tuple[str, int], int] = {}
+        for origin, _ in inputs:
+            first.setdefault((origin.topic, origin.partition), origin.offset)
+            after[(origin.topic, origin.partition)] = origin.offset + 1
+        self.producer.begin_transaction()
+        for origin, timestamp_ms in inputs:
+            try:
+                self._handle(origin, timestamp_ms, out)
+            except Exception as exc:  # a bug: set this record aside and redo the batch
+                log.exception("processing failed on %s[%s]@%s", origin.topic,
+                              origin.partition, origin.offset)
+                self._poisoned[(origin.topic, origin.partition, origin.offset)] = repr(exc)
+                self._abort(first)
+                return
+        if tick:
+            wall_ms = int(time.time() * 1000)
+            for partition, state in self.states.items():
+                try:
+                    self.agents.tick(partition, wall_ms, state, out)
+                except Exception:
+                    log.exception("tick failed on partition %s", partition)
+                    self._abort(first)
+                    return
+        self._commit(out, first, after)
+
+    def _handle(self, origin: Origin, timestamp_ms: int, out: Staged) -> None:
+        problem = self._poisoned.pop((origin.topic, origin.partition, origin.offset), None)
+        if problem is not None:
+            self.agents.failed(origin, problem, out)
+        elif origin.topic == self.channels.decisions:
+            self.agents.decision(origin, out)
+        elif origin.topic == self.channels.catalog:
+            self.agents.catalog_record(origin, out)
+        else:
+            self.agents.join_input(origin, timestamp_ms, self.states[origin.partition], out)
+
+    def _commit(self, out: Staged, first: dict[tuple[str, int], int],
+                after: dict[tuple[str, int], int]) -> None:
+        changelog_offsets: dict[int, int] = {}
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is None and message.topic() == self.channels.changelog:
+                origin, _ = received(message)
+                changelog_offsets[origin.partition] = max(
+                    origin.offset, changelog_offsets.get(origin.partition, -1))
+
+        changes = {p: state.changes() for p, state in self.states.items()}
+        model_changes = self.models.changes()
+        try:
+            for p, records in changes.items():
+                for key, value in records:
+                    self.producer.produce(self.channels.changelog, value, key, partition=p,
+                                          on_delivery=delivered)
+            for site_id, raw in model_changes:
+                self.producer.produce(self.channels.models, raw, site_id.encode())
+            for topic, record_key, record_value in out.records:
+                self.producer.produce(topic, record_value, record_key)
+                self.producer.poll(0)
+            if after:
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in after.items()],
+                    self.consumer.consumer_group_metadata(), TIMEOUT_S)
+            self.producer.flush(TIMEOUT_S)  # serves the delivery reports: changelog offsets
+            self._commit_transaction()
+        except KafkaException as exc:
+            if not exc.args[0].txn_requires_abort():
+                raise  # fatal (fenced by a newer worker with our id, ...): stop the worker
+            log.warning("transaction aborted, the batch will be redone: %s", exc.args[0])
+            self._abort(first)
+            return
+        for p, records in changes.items():
+            if records:
+                self.states[p].committed(records, changelog_offsets[p])
+        self.models.committed(model_changes)
+        for count in out.counts:
+            count()
+
+    def _commit_transaction(self) -> None:
+        while True:
+            try:
+                self.producer.commit_transaction(TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+
+    def _abort(self, first: dict[tuple[str, int], int]) -> None:
+        """Undo the batch: abort the transaction, forget what it changed in memory, and read
+        its records again."""
+        self.producer.abort_transaction(TIMEOUT_S)
+        for state in self.states.values():
+            state.discard()
+        self.models.aborted()
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    # -- the copies every worker keeps ----------------------------------------------------
+
+    def _apply_catalog(self, message: Message) -> None:
+        try:
+            site_id, item_id, value = decode_catalog(message.key(), message.value())
+        except InvalidInput:
+            return  # the partition's owner dead-letters it (Agents.catalog_record)
+        apply_record(self.catalog, site_id, item_id, value)
+
+    def _apply_model(self, message: Message) -> None:
+        key, value = message.key(), message.value()
+        if key is not None and value is not None:
+            self.models.offer(key.decode(), value)
+
+    # -- partitions coming and going ------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        """Bring each assigned partition's state up to the changelog's committed end (a
+        clean restart reads nothing, a crash reads the last batches, a new data directory
+        reads it all), and the models up to date before learning any of their sites."""
+        self._ready = False
+        mine = {tp.partition for tp in assigned if tp.topic in self.channels.join_inputs}
+        for p in set(self.states) - mine:
+            self.states.pop(p).close()
+        started = time.monotonic()
+        for p in sorted(mine):
+            state = self.states.get(p)
+            if state is None:
+                state = self.states[p] = PartitionState(self.state_dir / str(p))
+            state.discard()  # another worker may have changed it since
+            self._restore(state, p)
+        self.models_tail.catch_up()
+        log.info("assigned partitions %s, state restored in %.1f s", sorted(mine),
+                 time.monotonic() - started)
+        self._ready = True
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self._ready = False
+        self.metrics.forget_assignment()
+
+    def _restore(self, state: PartitionState, partition: int) -> None:
+        tp = TopicPartition(self.channels.changelog, partition)
+        low, high = self.restorer.get_watermark_offsets(tp, TIMEOUT_S, False)
+        stored = state.changelog_offset
+        start = low if stored is None else stored + 1
+        if not low <= start <= high:  # the changelog was recreated or truncated: rebuild
+            log.warning("partition %s: local state at %s, changelog %s..%s: rebuilding",
+                        partition, stored, low, high)
+            state.wipe()
+            start = low
+        if start >= high:
+            return
+        self.restorer.assign([TopicPartition(self.channels.changelog, partition, start)])
+        try:
+            while self.restorer.position([tp])[0].offset < high:
+                self.heartbeat = time.monotonic()  # restoring is progress, not a hang
+                self._apply_changelog(state, self.restorer.consume(RESTORE_BATCH, 1.0))
+        finally:
+            self.restorer.unassign()
+
+    @staticmethod
+    def _apply_changelog(state: PartitionState, messages: Iterable[Message]) -> None:
+        records: list[Record] = []
+        last = None
+        for message in messages:
+            if message.error():
+                log.warning("restoring: %s", message.error())
+                continue
+            origin, _ = received(message)
+            if origin.key is not None:
+                records.append((origin.key, origin.value))
+                last = origin.offset
+        if last is not None:
+            state.apply(records, last)

@@ -1,0 +1,133 @@
+"""A partition's engine state: RocksDB on local disk, a changelog topic in Kafka, and the
+open transaction's changes in memory.
+
+Changes stay in memory until the Kafka transaction that carries them (their changelog
+records, the outputs they caused and the input offsets) has committed. Only then do they go
+to RocksDB, in one write batch with the changelog offset they bring it to. So local state
+never runs ahead of what Kafka committed: after a crash it can only be behind, and reading
+the changelog's committed records after that offset brings it up to date. Aborted
+transactions' records are skipped by ``read_committed`` readers; a deleted data directory is
+rebuilt from the whole changelog.
+
+No Kafka here: :mod:`app.runtime` produces the records and reads the changelog back.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch
+
+# Keys of the engine's state are text; this one cannot collide with them.
+OFFSET_KEY = b"\x00changelog-offset"
+_DELETED = object()
+
+Record = tuple[bytes, bytes | None]  # a changelog record: key, and value or None (deleted)
+
+
+class PartitionState:
+    """The :class:`app.store.Store` the engine reads and writes for one partition.
+
+    Reads see the open transaction's changes first, then decoded objects kept in memory
+    (least recently used forgotten past ``max_objects``), then RocksDB.
+
+    >>> import tempfile
+    >>> state = PartitionState(Path(tempfile.mkdtemp()) / "0")
+    >>> state.set("session:a", {"n": 1})
+    >>> records = state.changes()
+    >>> [key for key, _ in records]
+    [b'session:a']
+    >>> state.committed(records, changelog_offset=7)
+    >>> state.discard()  # forget what is in memory: RocksDB has it
+    >>> state.get("session:a"), state.changelog_offset
+    ({'n': 1}, 7)
+    >>> state.close()
+    """
+
+    def __init__(self, path: Path, max_objects: int = 100_000) -> None:
+        self.path = path
+        self.max_objects = max_objects
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        self._objects: dict[str, Any] = {}
+        self._changes: dict[str, Any] = {}
+
+    @property
+    def changelog_offset(self) -> int | None:
+        """The offset of the last changelog record in RocksDB; None when it holds none."""
+        raw = self._db.get(OFFSET_KEY)
+        return None if raw is None else int(raw)
+
+    # -- the Store protocol ---------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        if key in self._changes:
+            value = self._changes[key]
+            return None if value is _DELETED else value
+        if key in self._objects:
+            value = self._objects.pop(key)  # to the end: the least recently used go first
+            self._objects[key] = value
+            return value
+        raw = self._db.get(key.encode())
+        if raw is None:
+            return None
+        value = pickle.loads(raw)
+        self._remember(key, value)
+        return value
+
+    def set(self, key: str, value: Any) -> None:
+        self._changes[key] = value
+        self._remember(key, value)
+
+    def delete(self, key: str) -> None:
+        self._changes[key] = _DELETED
+        self._objects.pop(key, None)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def changes(self) -> list[Record]:
+        """The open transaction's changes as changelog records, each key once, last value."""
+        return [(key.encode(), None if value is _DELETED
+                 else pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+                for key, value in self._changes.items()]
+
+    def committed(self, records: list[Record], changelog_offset: int) -> None:
+        """The transaction carrying ``records`` committed: write them to RocksDB."""
+        self.apply(records, changelog_offset)
+        self._changes.clear()
+
+    def discard(self) -> None:
+        """Forget the open transaction and every decoded object (it may be half-changed)."""
+        self._changes.clear()
+        self._objects.clear()
+
+    def apply(self, records: Iterable[Record], changelog_offset: int) -> None:
+        """Write changelog records and the offset they reach, atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        self._db.write(batch)
+
+    def wipe(self) -> None:
+        """Delete the local copy entirely (it cannot be caught up: rebuild it)."""
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = Rdict(str(self.path), options=Options(raw_mode=True))
+        self.discard()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _remember(self, key: str, value: Any) -> None:
+        if len(self._objects) >= self.max_objects:
+            for old in list(self._objects)[: self.max_objects // 2]:
+                del self._objects[old]  # changed ones stay reachable through _changes
+        self._objects[key] = value
