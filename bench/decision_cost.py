@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,14 +23,16 @@ from typing import Any
 
 from app.candidates import SiteStats
 from app.catalog import StoreCatalog
-from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Engine, session_key
+from app.engine import Engine, session_key
 from app.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
 from app.policy import ContextualEpsilonGreedy
 from app.settings import SERVED, Settings
-from app.store import CachedStore, DictStore
+from app.state import PartitionState
+from app.store import DictStore
 from bench.shoppers import mixed_events
 
 RESULTS = Path(__file__).parent / "results"
+BATCH = 500
 
 
 class Policies:
@@ -44,21 +47,26 @@ def main() -> int:
     settings = Settings()
     policies = Policies(settings)
     engine = Engine(settings, policies, StoreCatalog(DictStore()))
-    store = CachedStore(DictStore(), HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES)
+    # The worker's store, committed every BATCH events as the worker commits a transaction.
+    store = PartitionState(Path(tempfile.mkdtemp(prefix="recoloop-bench-")) / "0")
     t0 = 1_700_000_000_000
     events: list[Any] = []
     for n, (topic, value) in enumerate(itertools.islice(mixed_events(1, 5_000, 2_000), 60_000)):
         value["ts"] = t0 + n * 2
         events.append(Served.from_value(value) if topic == SERVED else
                       Reaction.from_value(REACTION_TYPE_BY_TOPIC[topic], value))
-    for event in events[:30_000]:  # warm up: sessions and statistics exist
+    for n, event in enumerate(events[:30_000]):  # warm up: sessions and statistics exist
         engine.handle(store, event)
+        if n % BATCH == 0:
+            store.committed(store.changes(), n)
     for n in range(2_000):  # and the bandit has learned something
         policies.policy.update(settings.arms[n % 5], {"season": "winter"}, float(n % 3))
 
     start = time.perf_counter()
-    for event in events[30_000:]:
+    for n, event in enumerate(events[30_000:]):
         engine.handle(store, event)
+        if n % BATCH == 0:
+            store.committed(store.changes(), n)
     per_event_us = (time.perf_counter() - start) / 30_000 * 1e6
 
     session = store.get(session_key("site1", "s1"))

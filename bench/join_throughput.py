@@ -32,6 +32,7 @@ import argparse
 import pickle
 import random
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -42,10 +43,11 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from app.catalog import StoreCatalog
-from app.engine import HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES, Engine
+from app.engine import Engine
 from app.events import Served
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
-from app.store import CachedStore, DictStore
+from app.state import PartitionState
+from app.store import DictStore
 from bench.common import (
     RESULTS,
     BenchWorker,
@@ -149,17 +151,16 @@ def in_process_sizes(preload: list[Record]) -> dict[str, float]:
     """The preload through the engine alone: state sizes per pending display."""
     settings = Settings()
     engine = Engine(settings, Policies(settings), StoreCatalog(DictStore()))
-    inner = DictStore()
-    store = CachedStore(inner, HOT_KEY_PREFIXES, WRITE_BEHIND_PREFIXES)
+    store = PartitionState(Path(tempfile.mkdtemp(prefix="recoloop-bench-")) / "0")
     events = [Served.from_value(value) for _, value in preload]
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for event in events:
         engine.handle(store, event)
-    store.flush()
+    records = {key.decode(): value or b"" for key, value in store.changes()}
     heap = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    sessions = {k: v for k, v in inner.data.items() if k.startswith("session:")}
+    sessions = {k: v for k, v in records.items() if k.startswith("session:")}
     joins = sum(len(pickle.dumps(store.get(k).join)) for k in sessions)
     pending = len(events)
     return {
@@ -168,7 +169,7 @@ def in_process_sizes(preload: list[Record]) -> dict[str, float]:
             sum(len(v) for v in sessions.values()) / pending),
         "pickled_join_state_bytes_per_pending_display": round(joins / pending),
         "pickled_state_bytes_per_pending_display_all_keys": round(
-            sum(len(v) for v in inner.data.values()) / pending),
+            sum(len(v) for v in records.values()) / pending),
     }
 
 
