@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where summary.json, reward.png and the worker's log go "
                              "(default var/demo/<date-time>)")
     parser.add_argument("--keep-topics", action="store_true",
-                        help="leave the run's topics on the broker afterwards")
+                        help="leave the run's topics on the broker (and the worker's state "
+                             "in the output directory) afterwards")
 
 
 def free_port() -> int:
@@ -175,7 +177,10 @@ def _finish(out: Path, settings: Settings | None, worker: DemoWorker | None,
                 print(f"wrote {out / 'summary.json'}; the plot failed: {exc}", file=sys.stderr)
         if settings is not None and not keep_topics:
             deleted = delete_topics(settings)
-            print(f"deleted the run's {deleted} topics ({settings.topic_prefix}*)", flush=True)
+            # The worker's local state belongs to those topics: useless without them.
+            shutil.rmtree(out / "worker-data", ignore_errors=True)
+            print(f"deleted the run's {deleted} topics ({settings.topic_prefix}*) and the "
+                  "worker's state", flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -75,8 +75,31 @@ def site_ids(count: int) -> tuple[str, ...]:
 def run(settings: Settings, options: SimOptions,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         progress_every_s: float = 2.0) -> dict[str, Any]:
-    """Run the simulation for ``options.duration_s`` (or until Ctrl-C) and return its
-    summary, also written to ``options.summary`` when set."""
+    """Play the simulated shops against the engine on ``settings``' broker and topics.
+
+    Parameters
+    ----------
+    settings
+        Broker, topic prefix, reward window and rewards, and each site's arms.
+    options
+        Rate, duration, sites, seed, control share and where to write the summary.
+    on_progress
+        Called about every ``progress_every_s`` with :meth:`Simulator.progress`.
+    progress_every_s
+        Seconds between progress calls.
+
+    Returns
+    -------
+    dict
+        The simulator's summary (see :data:`app.simulator.SUMMARY_FIELDS`), with the seed,
+        the topic prefix, whether Ctrl-C or SIGTERM stopped the run early, and how many
+        records Kafka failed to take added to ``run``. Also written to ``options.summary``.
+
+    Raises
+    ------
+    SimulatorError
+        When the rankings topic is missing or the broker does not take the catalog.
+    """
     if options.sites < 1 or options.duration_s <= 0:
         raise SimulatorError("--sites must be at least 1 and --duration-s positive")
     sites = site_ids(options.sites)
