@@ -166,7 +166,7 @@ class Runtime:
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
-                messages = self.consumer.consume(MAX_BATCH, POLL_S)
+                messages = self._next_batch()
                 self.catalog_tail.poll()
                 self.models_tail.poll()
                 tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
@@ -182,6 +182,17 @@ class Runtime:
             self.restorer.close()
             for state in self.states.values():
                 state.close()
+
+    def _next_batch(self) -> list[Message]:
+        """What has arrived, up to MAX_BATCH; when nothing has, wait up to POLL_S for the
+        first record only (``consume`` would wait out its timeout for a full batch)."""
+        messages = self.consumer.consume(MAX_BATCH, 0)
+        if messages:
+            return messages
+        first = self.consumer.poll(POLL_S)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(MAX_BATCH - 1, 0)]
 
     def _transaction(self, messages: list[Message], tick: bool) -> None:
         out = Staged()
