@@ -165,6 +165,11 @@ class Metrics:
             "recoloop_worker_ready",
             "1 when the worker has recovered the tables of its assigned partitions (/ready).",
             registry=r)
+        self.state_restored_records = Counter(
+            "recoloop_state_restored_records_total",
+            "Engine-state changelog records read back into local RocksDB when partitions are "
+            "assigned: none after a clean restart, the last batches after a crash, all of "
+            "them for a new data directory.", registry=r)
         self.build = Info("recoloop_build", "recoloop build information.", registry=r)
         self.build.info({"version": __version__,
                          "python_version": platform.python_version(),

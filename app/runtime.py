@@ -349,18 +349,21 @@ class Runtime:
                         partition, stored, low, high)
             state.wipe()
             start = low
-        if start >= high:
+        # After our last record comes at most its transaction's commit marker: nothing to
+        # read then (a clean restart), and no waiting for a fetch that returns no record.
+        if start >= high or (stored is not None and start + 1 >= high):
             return
         self.restorer.assign([TopicPartition(self.channels.changelog, partition, start)])
         try:
             while self.restorer.position([tp])[0].offset < high:
                 self.heartbeat = time.monotonic()  # restoring is progress, not a hang
-                self._apply_changelog(state, self.restorer.consume(RESTORE_BATCH, 1.0))
+                restored = self._apply_changelog(state, self.restorer.consume(RESTORE_BATCH, 0.2))
+                self.metrics.state_restored_records.inc(restored)
         finally:
             self.restorer.unassign()
 
     @staticmethod
-    def _apply_changelog(state: PartitionState, messages: Iterable[Message]) -> None:
+    def _apply_changelog(state: PartitionState, messages: Iterable[Message]) -> int:
         records: list[Record] = []
         last = None
         for message in messages:
@@ -373,3 +376,4 @@ class Runtime:
                 last = origin.offset
         if last is not None:
             state.apply(records, last)
+        return len(records)

@@ -19,6 +19,10 @@ def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | N
     assert producer.flush(30) == 0, "records were not delivered"
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def event(topic: str, value: dict[str, Any]) -> tuple[str, bytes, bytes]:
     """A contract event keyed by its session, as sites must send them."""
     return topic, value["session_id"].encode(), orjson.dumps(value)

@@ -16,7 +16,6 @@ what its own displays got on ``reco.rewards`` / ``reco.dead-letter`` (read commi
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,7 +38,7 @@ from app.settings import (
     SERVED,
     Settings,
 )
-from tests.kafka_io import TopicReader, collect, values
+from tests.kafka_io import TopicReader, collect, now_ms, values
 from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,10 +52,6 @@ IDLE_BOUND_S = 20.0
 SITE = "shop"
 
 Record = tuple[str, dict[str, Any]]  # (logical topic, value)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def served(event_id: str, session: str, ts: int, items: list[str]) -> Record:

@@ -18,16 +18,12 @@ from app.settings import (
     SERVED,
     Settings,
 )
-from tests.kafka_io import collect, event, produce, values
+from tests.kafka_io import collect, event, now_ms, produce, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RANKING_FIELDS = {"ranking_id", "site_id", "session_id", "ts", "arm", "propensity", "items",
                   "model_version", "context"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def test_rewards_3_1_0_and_a_ranking_after_each_session_event(worker, worker_settings):

@@ -19,15 +19,11 @@ from app.settings import (
     SERVED,
     Settings,
 )
-from tests.kafka_io import TopicReader, collect, event, produce, values
+from tests.kafka_io import TopicReader, collect, event, now_ms, produce, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The hidden truth of the learning test: which arm pays in which season.
 BEST = {"winter": "trending", "summer": "bestsellers"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def apply_catalog(s: Settings, records: list[dict]) -> None:

@@ -7,7 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -30,6 +34,7 @@ class WorkerProcess:
         })
         self.env.update({f"RECOLOOP_{k.upper()}": v for k, v in settings.items()})
         self.metrics_port = int(self.env["RECOLOOP_METRICS_PORT"])
+        self.web_port = int(self.env["RECOLOOP_WEB_PORT"])
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,6 +60,29 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(10)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Until ``/ready`` answers 200: partitions assigned and their state restored."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.log_tail()
+            try:
+                url = f"http://127.0.0.1:{self.web_port}/ready"
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass  # not listening yet, or 503
+            time.sleep(0.2)
+        raise AssertionError(f"not ready after {timeout_s} s\n{self.log_tail()}")
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples named ``name`` on the worker's /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
