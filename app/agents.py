@@ -115,9 +115,9 @@ class Agents:
     def decision(self, origin: Origin, out: Staged) -> None:
         decision = orjson.loads(origin.value or b"{}")
         site_id = decision["site_id"]
-        policy = self.models.learning(site_id)
-        if decision["arm"] not in policy.arms:
+        if decision["arm"] not in self.models.current(site_id)[0].arms:
             return  # displays without a known arm are joined and logged, not learned
+        policy = self.models.learning(site_id)
         policy.update(decision["arm"], decision["context"], decision["reward"])
         m, label = self.metrics, self.metrics.site(site_id)
         estimates, shares = policy.estimates({}), policy.probabilities({})

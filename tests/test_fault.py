@@ -19,6 +19,7 @@ from collections import Counter
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from app.channels import Channels
 from app.events import Served
@@ -47,16 +48,20 @@ def value_of(e) -> dict:
     return value
 
 
-def produce_paced(s: Settings, by_kind: dict, done: threading.Event) -> None:
+def produce_paced(s: Settings, by_kind: dict) -> None:
     """Every topic in event-time order, as sites produce them, at RATE_PER_S."""
     merged = heapq.merge(*([(e.ts, kind, e) for e in by_kind[kind]] for kind in KINDS),
                          key=lambda entry: entry[0])
-    records = [event(s.topic(TOPIC_OF_KIND[kind]), value_of(e)) for _, kind, e in merged]
-    chunk = RATE_PER_S // 10
-    for start in range(0, len(records), chunk):
-        produce(s.bootstrap_servers, records[start:start + chunk])
-        time.sleep(0.1)
-    done.set()
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True,
+                         "linger.ms": 5})
+    start = time.monotonic()
+    for n, (_, kind, e) in enumerate(merged):
+        topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
+        producer.produce(topic, value, key)
+        if n % 100 == 0:
+            producer.poll(0)
+            time.sleep(max(0.0, start + n / RATE_PER_S - time.monotonic()))
+    assert producer.flush(30) == 0, "records were not delivered"
 
 
 def latest_model_versions(reader: TopicReader) -> dict[str, int]:
@@ -77,8 +82,7 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
 
     worker = start_worker()
-    produced = threading.Event()
-    producer = threading.Thread(target=produce_paced, args=(s, by_kind, produced))
+    producer = threading.Thread(target=produce_paced, args=(s, by_kind))
     producer.start()
     # Fault injection: SIGKILL at random moments while events are still coming in, so each
     # kill lands mid-batch, mid-restore or mid-startup.
