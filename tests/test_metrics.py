@@ -62,6 +62,7 @@ def exercised() -> Metrics:
     m.bandit_estimate.labels(site, "trending").set(0.7)
     m.bandit_choice_share.labels(site, "trending").set(0.92)
     m.worker_ready.set(1)
+    m.state_restored_records.inc(3)
     return m
 
 
@@ -85,6 +86,7 @@ def test_names_follow_prometheus_conventions():
         "recoloop_bandit_arm_choice_share": "gauge",
         "recoloop_worker_ready": "gauge", "recoloop_reward_delay_seconds": "histogram",
         "recoloop_event_to_ranking_seconds": "histogram", "recoloop_build": "info",
+        "recoloop_state_restored_records": "counter",
     }
     assert {name: f.type for name, f in families.items()} == expected
     text = generate_latest(exercised().registry).decode()
