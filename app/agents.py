@@ -24,7 +24,13 @@ import orjson
 
 from app.bandits import BanditModels
 from app.channels import Channels
-from app.contract import InvalidInput, dead_letter_value, decode, decode_catalog
+from app.contract import (
+    DEAD_LETTER_KEPT_BYTES,
+    InvalidInput,
+    dead_letter_value,
+    decode,
+    decode_catalog,
+)
 from app.engine import Effects, Engine
 from app.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served, Tick
 from app.metrics import Metrics
@@ -146,7 +152,8 @@ class Agents:
     def reject(self, origin: Origin, topic: str, error: InvalidInput, out: Staged,
                site_id: str | None = None) -> None:
         """Keep an input the engine did not use, with why, on the dead-letter topic."""
-        out.send(self.channels.dead_letter, origin.key, dead_letter_value(origin, error))
+        key = origin.key[:DEAD_LETTER_KEPT_BYTES] if origin.key else origin.key
+        out.send(self.channels.dead_letter, key, dead_letter_value(origin, error))
         m, site = self.metrics, self.metrics.site(site_id)
         outcome = "late" if error.reason == "late" else "invalid"
 

@@ -59,8 +59,9 @@ class BanditModels:
 
     def learning(self, site_id: str) -> ContextualEpsilonGreedy:
         """The site's bandit, to update in the open transaction."""
+        policy = self.current(site_id)[0]  # the newest committed model, before marking it
         self._learning.add(site_id)
-        return self.current(site_id)[0]
+        return policy
 
     def offer(self, site_id: str, raw: bytes) -> None:
         """A committed model read from the models topic (maybe one this worker wrote)."""
@@ -73,9 +74,9 @@ class BanditModels:
         return [(site_id, encode(self.current(site_id)[0])) for site_id in self._learning]
 
     def committed(self, changes: list[tuple[str, bytes]]) -> None:
-        for site_id, raw in changes:
-            self._committed[site_id] = raw
         self._learning.clear()
+        for site_id, raw in changes:
+            self.offer(site_id, raw)
 
     def aborted(self) -> None:
         for site_id in self._learning:

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from app.settings import CATALOG, DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
 
 DAY_MS = 86_400_000
+# Compaction keeps a deleted key's tombstone this long; local state older than
+# LOCAL_STATE_MAX_AGE_MS may have missed one, so it is rebuilt rather than caught up.
+CHANGELOG_TOMBSTONE_RETENTION_MS = 7 * DAY_MS
+LOCAL_STATE_MAX_AGE_MS = 6 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Channels:
         compacted = {"cleanup.policy": "compact"}
         return {
             self.decisions: InternalTopic(partitions, {"retention.ms": str(DAY_MS)}),
-            self.changelog: InternalTopic(partitions, compacted),
+            self.changelog: InternalTopic(partitions, {
+                **compacted, "delete.retention.ms": str(CHANGELOG_TOMBSTONE_RETENTION_MS)}),
             self.models: InternalTopic(1, compacted),
         }

@@ -12,6 +12,10 @@ from app.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served
 from app.settings import CATALOG, SERVED
 from app.topic_specs import validation_error
 
+# Of an input's value (and key), a dead letter keeps this many bytes.
+DEAD_LETTER_KEPT_BYTES = 256 * 1024
+REASON_KEPT_CHARS = 4096
+
 
 class InvalidInput(ValueError):
     """An input message that cannot be used; ``reason`` is short and machine-groupable."""
@@ -72,15 +76,21 @@ def _validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
 
 
 def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:
-    """The ``reco.dead-letter`` record: where the input was, its exact bytes, and why."""
+    """The ``reco.dead-letter`` record: where the input was, its exact bytes, and why.
+
+    Bytes past :data:`DEAD_LETTER_KEPT_BYTES` are cut, so that a dead letter always fits a
+    Kafka record (1 MB by default): one that did not would stop the partition it came from.
+    """
+    value = origin.value or b""
     record: dict[str, Any] = {
         "topic": origin.topic,
         "partition": origin.partition,
         "offset": origin.offset,
-        "key": _text(origin.key),
-        "value": _text(origin.value),
-        "value_base64": base64.b64encode(origin.value or b"").decode("ascii"),
-        "reason": f"{error.reason}: {error.detail}",
+        "key": _text(origin.key[:DEAD_LETTER_KEPT_BYTES] if origin.key else origin.key),
+        "value": _text(origin.value) if len(value) <= DEAD_LETTER_KEPT_BYTES else None,
+        "value_base64": base64.b64encode(value[:DEAD_LETTER_KEPT_BYTES]).decode("ascii"),
+        "value_bytes": len(value),
+        "reason": f"{error.reason}: {error.detail}"[:REASON_KEPT_CHARS],
         "ts": int(time.time() * 1000) if now_ms is None else now_ms,
     }
     return orjson.dumps(record)

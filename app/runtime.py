@@ -44,13 +44,13 @@ from confluent_kafka import (
 from app.agents import Agents, Staged
 from app.bandits import BanditModels
 from app.catalog import apply_record
-from app.channels import Channels
+from app.channels import LOCAL_STATE_MAX_AGE_MS, Channels
 from app.contract import InvalidInput, decode_catalog
 from app.events import Origin
 from app.health import STUCK_AFTER_S
 from app.metrics import Metrics
 from app.settings import Settings
-from app.state import PartitionState, Record
+from app.state import PartitionState, Record, restore_plan
 from app.store import MemoryStore, Store
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Tail:
             self.apply(message)
         return len(messages)
 
-    def catch_up(self) -> None:
+    def catch_up(self, progress: Callable[[], None] = lambda: None) -> None:
         """Read until every partition's end as of now (the last stable offset)."""
         ends = {tp.partition: self.consumer.get_watermark_offsets(tp, TIMEOUT_S, False)[1]
                 for tp in self.partitions}
@@ -101,6 +101,7 @@ class Tail:
             positions = {tp.partition: tp.offset for tp in self.consumer.position(self.partitions)}
             if all(positions[p] >= end for p, end in ends.items() if end > 0):
                 return
+            progress()
             self.poll(0.2)
 
     def close(self) -> None:
@@ -137,10 +138,15 @@ class Runtime:
             **common, "group.id": settings.app_id, "group.instance.id": worker_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000})
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            # Restores run inside the assignment callback: a full rebuild may take a while.
+            "max.poll.interval.ms": 1_800_000})
         self.restorer = Consumer({**self._reader_config})
 
     # -- status (read from the health server's threads) ----------------------------------
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
     def is_live(self) -> bool:
         return not self._stopping and time.monotonic() - self.heartbeat < STUCK_AFTER_S
@@ -157,8 +163,8 @@ class Runtime:
         self.producer.init_transactions(TIMEOUT_S)  # aborts what our previous self left open
         self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
         self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
-        self.catalog_tail.catch_up()
-        self.models_tail.catch_up()
+        self.catalog_tail.catch_up(self._beat)
+        self.models_tail.catch_up(self._beat)
         ch = self.channels
         self.consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog],
                                 on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -254,19 +260,22 @@ class Runtime:
         try:
             for p, records in changes.items():
                 for key, value in records:
-                    self.producer.produce(self.channels.changelog, value, key, partition=p,
-                                          on_delivery=delivered)
+                    self._produce(self.channels.changelog, value, key, partition=p,
+                                  on_delivery=delivered)
             for site_id, raw in model_changes:
-                self.producer.produce(self.channels.models, raw, site_id.encode())
+                self._produce(self.channels.models, raw, site_id.encode())
             for topic, record_key, record_value in out.records:
-                self.producer.produce(topic, record_value, record_key)
-                self.producer.poll(0)
-            if after:
-                self.producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in after.items()],
-                    self.consumer.consumer_group_metadata(), TIMEOUT_S)
-            self.producer.flush(TIMEOUT_S)  # serves the delivery reports: changelog offsets
-            self._commit_transaction()
+                self._produce(topic, record_value, record_key)
+            # Offsets in every transaction, also one of ticks alone: the group coordinator
+            # then refuses it from a worker whose partitions have moved on (a zombie).
+            offsets = self._positions() | after
+            self._retrying(lambda: self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self.consumer.consumer_group_metadata(), TIMEOUT_S))
+            if self.producer.flush(TIMEOUT_S):  # also serves the changelog offsets' reports
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT_QUEUE,
+                                                "outputs not delivered", txn_requires_abort=True))
+            self._retrying(lambda: self.producer.commit_transaction(TIMEOUT_S))
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
                 raise  # fatal (fenced by a newer worker with our id, ...): stop the worker
@@ -280,14 +289,29 @@ class Runtime:
         for count in out.counts:
             count()
 
-    def _commit_transaction(self) -> None:
+    @staticmethod
+    def _retrying(call: Callable[[], None]) -> None:
         while True:
             try:
-                self.producer.commit_transaction(TIMEOUT_S)
-                return
+                return call()
             except KafkaException as exc:
                 if not exc.args[0].retriable():
                     raise
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any
+                 ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **kwargs)
+                self.producer.poll(0)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self.producer.poll(0.1)
+
+    def _positions(self) -> dict[tuple[str, int], int]:
+        """Where the consumer stands on each assigned partition (what it has processed)."""
+        return {(tp.topic, tp.partition): tp.offset
+                for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0}
 
     def _abort(self, first: dict[tuple[str, int], int]) -> None:
         """Undo the batch: abort the transaction, forget what it changed in memory, and read
@@ -321,8 +345,6 @@ class Runtime:
         reads it all), and the models up to date before learning any of their sites."""
         self._ready = False
         mine = {tp.partition for tp in assigned if tp.topic in self.channels.join_inputs}
-        for p in set(self.states) - mine:
-            self.states.pop(p).close()
         started = time.monotonic()
         for p in sorted(mine):
             state = self.states.get(p)
@@ -330,33 +352,38 @@ class Runtime:
                 state = self.states[p] = PartitionState(self.state_dir / str(p))
             state.discard()  # another worker may have changed it since
             self._restore(state, p)
-        self.models_tail.catch_up()
+        self.models_tail.catch_up(self._beat)
         log.info("assigned partitions %s, state restored in %.1f s", sorted(mine),
                  time.monotonic() - started)
         self._ready = True
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        """Called between transactions: drop the partitions' state so nothing (not even a
+        tick) touches them while another worker may own them."""
         self._ready = False
+        for p in {tp.partition for tp in revoked if tp.topic in self.channels.join_inputs}:
+            state = self.states.pop(p, None)
+            if state is not None:
+                state.close()
         self.metrics.forget_assignment()
 
     def _restore(self, state: PartitionState, partition: int) -> None:
         tp = TopicPartition(self.channels.changelog, partition)
         low, high = self.restorer.get_watermark_offsets(tp, TIMEOUT_S, False)
-        stored = state.changelog_offset
-        start = low if stored is None else stored + 1
-        if not low <= start <= high:  # the changelog was recreated or truncated: rebuild
-            log.warning("partition %s: local state at %s, changelog %s..%s: rebuilding",
-                        partition, stored, low, high)
+        plan = restore_plan(state.changelog_offset, state.written_at_ms, low, high,
+                            int(time.time() * 1000), LOCAL_STATE_MAX_AGE_MS)
+        if plan.rebuild:
+            log.warning("partition %s: local state at %s, written at %s, changelog %s..%s: "
+                        "rebuilding", partition, state.changelog_offset, state.written_at_ms,
+                        low, high)
             state.wipe()
-            start = low
-        # After our last record comes at most its transaction's commit marker: nothing to
-        # read then (a clean restart), and no waiting for a fetch that returns no record.
-        if start >= high or (stored is not None and start + 1 >= high):
+        if plan.read_from is None:
             return
+        start = plan.read_from
         self.restorer.assign([TopicPartition(self.channels.changelog, partition, start)])
         try:
             while self.restorer.position([tp])[0].offset < high:
-                self.heartbeat = time.monotonic()  # restoring is progress, not a hang
+                self._beat()  # restoring is progress, not a hang
                 restored = self._apply_changelog(state, self.restorer.consume(RESTORE_BATCH, 0.2))
                 self.metrics.state_restored_records.inc(restored)
         finally:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,38 @@ from rocksdict import Options, Rdict, WriteBatch
 
 # Keys of the engine's state are text; this one cannot collide with them.
 OFFSET_KEY = b"\x00changelog-offset"
+WRITTEN_AT_KEY = b"\x00written-at-ms"
 _DELETED = object()
 
 Record = tuple[bytes, bytes | None]  # a changelog record: key, and value or None (deleted)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    rebuild: bool  # wipe the local copy first
+    read_from: int | None  # the changelog offset to read from; None: nothing to read
+
+
+def restore_plan(stored: int | None, written_at_ms: int | None, low: int, high: int,
+                 now_ms: int, max_age_ms: int) -> RestorePlan:
+    """How to bring local state at changelog offset ``stored`` up to the changelog's
+    committed end ``high`` (``low`` is its first offset).
+
+    >>> restore_plan(None, None, 0, 0, now_ms=0, max_age_ms=10)  # new, nothing written yet
+    RestorePlan(rebuild=False, read_from=None)
+    >>> restore_plan(41, 0, 0, 43, now_ms=5, max_age_ms=10)  # clean restart: only a marker
+    RestorePlan(rebuild=False, read_from=None)
+    >>> restore_plan(41, 0, 0, 90, now_ms=5, max_age_ms=10)  # behind: read what follows
+    RestorePlan(rebuild=False, read_from=42)
+    """
+    too_old = written_at_ms is not None and now_ms - written_at_ms > max_age_ms
+    if stored is None or too_old or not low <= stored + 1 <= high:
+        # Compaction may have dropped tombstones a too old copy never saw; a copy past the
+        # end belongs to a changelog that was deleted and recreated.
+        return RestorePlan(rebuild=stored is not None, read_from=low if high > low else None)
+    # After our last record comes at most its transaction's commit marker: nothing to read
+    # then, and no waiting for a fetch that would return no record.
+    return RestorePlan(False, stored + 1 if stored + 2 < high else None)
 
 
 class PartitionState:
@@ -55,6 +86,12 @@ class PartitionState:
         self._db = Rdict(str(path), options=Options(raw_mode=True))
         self._objects: dict[str, Any] = {}
         self._changes: dict[str, Any] = {}
+
+    @property
+    def written_at_ms(self) -> int | None:
+        """When RocksDB last took changelog records (wall clock, ms)."""
+        raw = self._db.get(WRITTEN_AT_KEY)
+        return None if raw is None else int(raw)
 
     @property
     def changelog_offset(self) -> int | None:
@@ -114,6 +151,7 @@ class PartitionState:
             else:
                 batch.put(key, value)
         batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        batch.put(WRITTEN_AT_KEY, str(int(time.time() * 1000)).encode())
         self._db.write(batch)
 
     def wipe(self) -> None:

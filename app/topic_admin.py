@@ -248,7 +248,9 @@ def ensure_internal_topics(settings: Settings, topics: Mapping[str, InternalTopi
     """Create the worker's own topics (not part of the contract) when missing, and refuse
     ones whose partition count differs (a partition's state lives beside its input)."""
     admin = admin or admin_client(settings)
-    existing = _partition_counts(admin.list_topics(timeout=TIMEOUT_S))
+    metadata = admin.list_topics(timeout=TIMEOUT_S)
+    existing = _partition_counts(metadata)
+    replication = min(MAX_REPLICATION, len(metadata.brokers))  # as the contract's topics
     wrong = {name: existing[name] for name, spec in topics.items()
              if name in existing and existing[name] != spec.partitions}
     if wrong:
@@ -260,7 +262,7 @@ def ensure_internal_topics(settings: Settings, topics: Mapping[str, InternalTopi
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(name, topics[name].partitions, 1, config=topics[name].config)
+        [NewTopic(name, topics[name].partitions, replication, config=topics[name].config)
          for name in missing], operation_timeout=TIMEOUT_S, request_timeout=TIMEOUT_S)
     for name, future in futures.items():
         try:

@@ -3,7 +3,8 @@
 A seeded stream of more than 20,000 events (thousands of sessions, with repeated event ids,
 reactions outside the window or to nothing, several displays of an item, late reactions after
 a maximum reward) is produced to the input topics while a worker processes it, and the
-worker is killed with SIGKILL at random moments, during processing, and restarted.
+worker is killed with SIGKILL at random moments, during processing, and restarted. A second
+run has two workers whose partitions move to the survivor of each kill and back.
 Afterwards ``reco.rewards``, read committed-only, must hold exactly one record per display
 with the reward of the plain reference join in tests/test_join_order.py, and each site's
 bandit must have learned exactly once per display.
@@ -16,6 +17,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -26,6 +28,7 @@ from app.events import Served
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED, Settings
 from tests.kafka_io import TopicReader, event, produce
 from tests.test_join_order import KINDS, T0, reference_join, seeded_stream
+from tests.worker_process import WorkerProcess as Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
@@ -34,6 +37,7 @@ TOPIC_OF_KIND = {"served": SERVED, "click": CLICKS, "detail_view": DETAIL_VIEWS,
 ARMS = Settings().arms
 RATE_PER_S = 1_000
 KILLS = 3
+SESSION_TIMEOUT_S = 10  # the worker's session.timeout.ms
 
 
 def value_of(e) -> dict:
@@ -73,7 +77,34 @@ def latest_model_versions(reader: TopicReader) -> dict[str, int]:
     return versions
 
 
-def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_settings):
+def single_worker(start_worker, rng: random.Random, killed: Callable[[], None]) -> Worker:
+    """One worker, killed at random moments and restarted at once under the same id."""
+    worker = start_worker()
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(2.0, 6.0))
+        worker.kill()
+        killed()
+        worker = start_worker()
+    return worker
+
+
+def two_workers(start_worker, rng: random.Random, killed: Callable[[], None]) -> Worker:
+    """Two workers; each kill is followed by a pause past the group's session timeout, so the
+    survivor takes over the victim's partitions, and they move back when it returns."""
+    data_dirs = ["a", "b"]
+    workers = [start_worker(data_dir=d) for d in data_dirs]
+    for n in range(KILLS):
+        time.sleep(rng.uniform(2.0, 6.0))
+        workers[n % 2].kill()
+        killed()
+        time.sleep(SESSION_TIMEOUT_S + 2)
+        workers[n % 2] = start_worker(data_dir=data_dirs[n % 2])
+    return workers[0]
+
+
+@pytest.mark.parametrize("workers", [single_worker, two_workers])
+def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_settings,
+                                                         workers):
     s: Settings = worker_settings
     by_kind = seeded_stream(seed=11, sessions=3_500)
     assert sum(len(events) for events in by_kind.values()) >= 20_000
@@ -81,18 +112,13 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
     displays_per_site = Counter(d.site_id for d in by_kind["served"])
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
 
-    worker = start_worker()
     producer = threading.Thread(target=produce_paced, args=(s, by_kind))
     producer.start()
     # Fault injection: SIGKILL at random moments while events are still coming in, so each
     # kill lands mid-batch, mid-restore or mid-startup.
-    rng = random.Random(5)
-    done_at_kill = []
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(2.0, 6.0))
-        worker.kill()
-        done_at_kill.append(len(rewards.read_until(lambda ms: False, timeout_s=0.5)))
-        worker = start_worker()
+    done_at_kill: list[int] = []
+    worker = workers(start_worker, random.Random(5), lambda: done_at_kill.append(
+        len(rewards.read_until(lambda ms: False, timeout_s=0.5))))
     producer.join()
     assert done_at_kill[0] < len(expected), "the first kill came after all the work was done"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from app.state import PartitionState
+from app.state import PartitionState, RestorePlan, restore_plan
 
 
 def test_reads_see_the_open_transaction_and_rocksdb_only_what_committed(tmp_path):
@@ -66,3 +66,16 @@ def test_forgetting_decoded_objects_past_the_limit_loses_nothing(tmp_path):
         assert state.get(f"k{n}") == n
     assert len(state._objects) <= 4
     state.close()
+
+
+def test_restore_plans_rebuild_what_cannot_be_caught_up():
+    day = 86_400_000
+    # A crash after the last local write: read on from the next offset.
+    assert restore_plan(99, 0, 0, 180, now_ms=day, max_age_ms=6 * day) == RestorePlan(False, 100)
+    # A new data directory: everything.
+    assert restore_plan(None, None, 5, 180, now_ms=0, max_age_ms=day) == RestorePlan(False, 5)
+    # Too old to trust (tombstones may be compacted away), or past a recreated changelog's end.
+    assert restore_plan(99, 0, 0, 180, now_ms=7 * day, max_age_ms=6 * day) == \
+        RestorePlan(True, 0)
+    assert restore_plan(99, 0, 0, 40, now_ms=0, max_age_ms=day) == RestorePlan(True, 0)
+    assert restore_plan(99, 0, 0, 0, now_ms=0, max_age_ms=day) == RestorePlan(True, None)
