@@ -76,3 +76,11 @@ def test_site_join_overrides_are_parsed_and_validated():
                 "a=reward_window_s:1800"):
         with pytest.raises(SettingsError, match="RECOLOOP_SITE_JOIN|RECOLOOP_SESSION_TIMEOUT_S"):
             Settings.from_env({"RECOLOOP_SITE_JOIN": bad})
+
+
+def test_the_worker_id_is_stable_per_data_dir_unless_set(tmp_path):
+    a, b = Settings(data_dir=tmp_path / "a"), Settings(data_dir=tmp_path / "b")
+    assert a.instance_id == Settings(data_dir=tmp_path / "a").instance_id  # across restarts
+    assert a.instance_id != b.instance_id  # two workers on one host need two data dirs
+    named = Settings.from_env({"RECOLOOP_WORKER_ID": "eu-1", "RECOLOOP_DATA_DIR": str(tmp_path)})
+    assert named.instance_id == "eu-1"
