@@ -268,7 +268,7 @@ class Runtime:
                 self._produce(topic, record_value, record_key)
             # Offsets in every transaction, also one of ticks alone: the group coordinator
             # then refuses it from a worker whose partitions have moved on (a zombie).
-            offsets = self._positions() | after
+            offsets = after or self._positions()
             self._retrying(lambda: self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 self.consumer.consumer_group_metadata(), TIMEOUT_S))
