@@ -25,7 +25,7 @@ from typing import Any
 
 import confluent_kafka
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app import local_kafka, topic_admin
 from app.settings import Settings
@@ -216,11 +216,24 @@ class CommittedOffsets:
     def committed(self) -> int:
         """Records committed so far (at most each partition's end offset)."""
         done = 0
-        for tp in self.consumer.committed(self.partitions, timeout=30):
+        for tp in self._committed_offsets():
             low, high = self.ends[tp.topic, tp.partition]
             if tp.offset >= 0:
                 done += min(tp.offset, high) - low
         return done
+
+    def _committed_offsets(self) -> list[TopicPartition]:
+        """The group's committed offsets; a broker still electing the group's coordinator
+        (a fresh one) answers with a retriable error for a moment."""
+        for _ in range(60):
+            try:
+                return list(self.consumer.committed(self.partitions, timeout=30))
+            except KafkaException as exc:
+                if not exc.args[0].retriable() and \
+                        exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+                    raise
+                time.sleep(0.5)
+        raise TimeoutError("the group coordinator did not answer")
 
     def close(self) -> None:
         self.consumer.close()
