@@ -112,9 +112,11 @@ class Agents:
         for reaction in effects.unattributed:
             out.count(m.reactions_unattributed.labels(site(reaction.site_id)).inc)
         for reaction in effects.late:  # the side output of reactions after their display closed
-            if reaction.origin is not None:
+            out.count(m.reactions_late.labels(site(reaction.site_id)).inc)
+            if reaction.origin is not None:  # counted as consumed (accepted) when it was read
                 self.reject(reaction.origin, REACTION_TOPIC_BY_TYPE[reaction.type], InvalidInput(
-                    "late", "the display it answers had already closed"), out, reaction.site_id)
+                    "late", "the display it answers had already closed"), out, reaction.site_id,
+                    consumed=False)
 
     # -- the learner ----------------------------------------------------------------------
 
@@ -150,17 +152,15 @@ class Agents:
     # -- what the engine could not use ----------------------------------------------------
 
     def reject(self, origin: Origin, topic: str, error: InvalidInput, out: Staged,
-               site_id: str | None = None) -> None:
-        """Keep an input the engine did not use, with why, on the dead-letter topic."""
+               site_id: str | None = None, consumed: bool = True) -> None:
+        """Keep an input the engine did not use, with why, on the dead-letter topic (and,
+        unless it was counted when read, count it as consumed: invalid)."""
         key = origin.key[:DEAD_LETTER_KEPT_BYTES] if origin.key else origin.key
         out.send(self.channels.dead_letter, key, dead_letter_value(origin, error))
         m, site = self.metrics, self.metrics.site(site_id)
-        outcome = "late" if error.reason == "late" else "invalid"
-
-        def rejected() -> None:
-            m.dead_letters.labels(error.reason).inc()
-            m.events_consumed.labels(topic, site, outcome).inc()
-        out.count(rejected)
+        out.count(m.dead_letters.labels(error.reason).inc)
+        if consumed:
+            out.count(m.events_consumed.labels(topic, site, "invalid").inc)
 
     def failed(self, origin: Origin, problem: str, out: Staged) -> None:
         """An input the engine failed on (a bug): kept, with the error, so it blocks nothing."""

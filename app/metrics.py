@@ -101,8 +101,7 @@ class Metrics:
         # -- input ------------------------------------------------------------------------
         self.events_consumed = Counter(
             "recoloop_events_consumed_total",
-            "Input events consumed, by outcome: accepted, invalid or duplicate when read; "
-            "late when an accepted reaction is later found to answer a closed display.",
+            "Input events consumed, once each, by outcome: accepted, invalid or duplicate.",
             ["topic", "site", "outcome"], registry=r)
         self.dead_letters = Counter(
             "recoloop_dead_letters_total", "Records sent to the dead-letter topic.",
@@ -130,6 +129,11 @@ class Metrics:
             "Displays waiting in the reward join (window not closed yet), per partition this "
             "worker owns.",
             ["partition"], registry=r)
+        self.reactions_late = Counter(
+            "recoloop_reactions_late_total",
+            "Accepted reactions found to answer a display that had already closed: never "
+            "applied, kept on the dead-letter topic with reason late.",
+            ["site"], registry=r)
         self.reward_delay = Histogram(
             "recoloop_reward_delay_seconds", "Delay from a display to an attributed reaction.",
             buckets=(0.5, 1, 2, 5, 10, 15, 20), registry=r)

@@ -293,6 +293,13 @@ def test_a_reaction_after_its_display_closed_is_dead_lettered_as_late(join_run):
     # Not applied: the display's one record has only the basket add.
     [again] = join_run.rewards_of("la-d")["la-d"]
     assert [o["type"] for o in again["outcomes"]] == ["basket_add"]
+    # Counted as late, and as consumed only once (accepted, when it was read).
+    join_run.wait_for(lambda: join_run.worker.metric("recoloop_reactions_late_total") >= 1)
+    samples = join_run.worker.samples()
+    consumed = "recoloop_events_consumed_total"
+    assert join_run.worker.metric(consumed, samples) == sum(
+        join_run.worker.metric(consumed, samples, outcome=outcome)
+        for outcome in ("accepted", "invalid", "duplicate"))
 
 
 @scenario(partition=5)

@@ -54,6 +54,7 @@ def exercised() -> Metrics:
     m.decisions_closed.labels(site, "trending", "max_reward").inc()
     m.reward.labels(site, "trending").inc(3)
     m.reactions_unattributed.labels(site).inc()
+    m.reactions_late.labels(site).inc()
     m.join_pending_displays.labels("0").set(2)
     m.reward_delay.observe(1.5)
     m.event_to_ranking.observe(0.004)
@@ -81,6 +82,7 @@ def test_names_follow_prometheus_conventions():
         "recoloop_events_consumed": "counter", "recoloop_dead_letters": "counter",
         "recoloop_displays_served": "counter", "recoloop_decisions_closed": "counter",
         "recoloop_reward": "counter", "recoloop_reactions_unattributed": "counter",
+        "recoloop_reactions_late": "counter",
         "recoloop_rankings_published": "counter", "recoloop_bandit_updates": "counter",
         "recoloop_join_pending_displays": "gauge", "recoloop_bandit_arm_estimate": "gauge",
         "recoloop_bandit_arm_choice_share": "gauge",

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 
 def free_port() -> int:
@@ -76,13 +77,19 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"not ready after {timeout_s} s\n{self.log_tail()}")
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples named ``name`` on the worker's /metrics."""
+    def samples(self) -> list[Sample]:
+        """Every sample on the worker's /metrics, read at one moment."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as answer:
             text = answer.read().decode()
-        return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == name)
+        return [sample for family in text_string_to_metric_families(text)
+                for sample in family.samples]
+
+    def metric(self, name: str, samples: list[Sample] | None = None, **labels: str) -> float:
+        """The sum of the samples named ``name`` that carry ``labels``."""
+        read = self.samples() if samples is None else samples
+        return sum(sample.value for sample in read
+                   if sample.name == name and labels.items() <= sample.labels.items())
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
