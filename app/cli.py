@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("worker", help="run a stream-processing worker")
 
-    from app import demo, sim_runner
+    from app.sim import demo, runner
 
     simulate = commands.add_parser("simulate", help="play simulated shops against a running "
                                    "engine through the topics")
-    sim_runner.add_arguments(simulate, duration_s=60.0, sites=1)
+    runner.add_arguments(simulate, duration_s=60.0, sites=1)
     simulate.add_argument("--summary", type=Path, default=None,
                           help="write the JSON summary here")
     demo.add_arguments(commands.add_parser(
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "kafka":
-        from app import local_kafka
+        from app.dev import local_kafka
 
         data_dir = args.data_dir or settings.data_dir / "kafka"
         if args.kafka_command == "up":
@@ -68,18 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if answers else 1
 
     if args.command == "topics":
-        from app import topic_admin
+        from app.stream import topic_admin
 
         report = topic_admin.apply(settings)
         print(report.describe())
         return 0 if report.ok else 1
 
     if args.command == "simulate":
-        return sim_runner.main(args, settings)
+        return runner.main(args, settings)
     if args.command == "demo":
         return demo.main(args, settings)
 
-    from app.worker import run as run_worker
+    from app.stream.worker import run as run_worker
 
     return run_worker(settings)
 

@@ -27,8 +27,9 @@ import confluent_kafka
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from app import local_kafka, topic_admin
+from app.dev import local_kafka
 from app.settings import Settings
+from app.stream import topic_admin
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ some; the others keep their figures from the existing results file):
 - ``growth``: the throughput measurement of the worker (with its memory: RSS when done and
   peak, VmHWM) at the baseline, at ``--growth`` times more sessions and at ``--growth``
   times more items. The baseline is the throughput step's run when both ran together.
-- ``learning``: ``recoloop simulate`` (``app.sim_runner``) for ``--learning-seconds`` at
+- ``learning``: ``recoloop simulate`` (``app.sim.runner``) for ``--learning-seconds`` at
   ``--learning-rate`` against one worker on fresh topics: reward per decision of the engine,
   of the sessions shown a uniformly random arm (the simulator's control group) and of the
   oracle (the best arm of the simulator's hidden table). Recorded as not available when the
@@ -260,9 +260,9 @@ def step_growth(bootstrap: str, options: Options,
 def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
     """``recoloop simulate`` against one worker on fresh topics; its summary's reward per
     decision for the engine, the random control group and the oracle."""
-    if importlib.util.find_spec("app.sim_runner") is None:
+    if importlib.util.find_spec("app.sim.runner") is None:
         return {"status": "not available",
-                "reason": "app.sim_runner (recoloop simulate) does not exist in this checkout"}
+                "reason": "app.sim.runner (recoloop simulate) does not exist in this checkout"}
     settings = fresh_topics(bootstrap, partitions=PARTITIONS)
     worker = start_worker(settings, cwd=Path(options.worker_checkout))
     summary_path = worker.data_dir / "simulation.json"

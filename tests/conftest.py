@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 ``bootstrap_servers`` is the only one that needs Kafka: it uses ``RECOLOOP_BOOTSTRAP_SERVERS``
-when set, and otherwise starts a local broker (``app.local_kafka``, needs Java and Maven) on
+when set, and otherwise starts a local broker (``app.dev.local_kafka``, needs Java and Maven) on
 127.0.0.1:``RECOLOOP_TEST_KAFKA_PORT`` (default 19092) for the session. Tests that do not ask
 for it run without a broker or a JVM.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from app import topic_admin
 from app.settings import Settings
+from app.stream import topic_admin
 from tests.worker_process import WorkerProcess
 
 
@@ -27,7 +27,7 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield external
         return
 
-    from app import local_kafka
+    from app.dev import local_kafka
 
     port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092"))
     # A broker someone already runs on that port is used as is, and left running.

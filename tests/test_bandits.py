@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pickle
 
-from app.bandits import BanditModels, encode, version_of
 from app.settings import Settings
+from app.stream.bandits import BanditModels, encode, version_of
 
 SETTINGS = Settings(arms=("category1", "trending"))
 

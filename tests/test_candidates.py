@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from app.candidates import SiteStats, arm_items, record_reaction
-from app.catalog import StoreCatalog, apply_record
-from app.events import Reaction
-from app.session import Session
-from app.store import DictStore
+from app.core.candidates import SiteStats, arm_items, record_reaction
+from app.core.catalog import StoreCatalog, apply_record
+from app.core.events import Reaction
+from app.core.session import Session
+from app.core.store import DictStore
 
 T0 = 1_700_000_000_000
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
@@ -145,7 +145,7 @@ def test_newer_catalog_records_win_and_tombstones_remove_items():
 def test_decayed_scores_leaders_match_a_full_sort_through_evictions_and_rebases():
     import random
 
-    from app.decay import DecayedScores
+    from app.core.decay import DecayedScores
 
     rng = random.Random(3)
     scores = DecayedScores(half_life_ms=1_000, capacity=40)
@@ -158,7 +158,7 @@ def test_decayed_scores_leaders_match_a_full_sort_through_evictions_and_rebases(
 
 
 def test_decayed_scores_read_far_from_their_reference_without_overflow():
-    from app.decay import DecayedScores
+    from app.core.decay import DecayedScores
 
     scores = DecayedScores(half_life_ms=1_000, capacity=10)
     scores.add("a", 1.0, ts=10**13)  # a timestamp far in the future
@@ -167,7 +167,7 @@ def test_decayed_scores_read_far_from_their_reference_without_overflow():
 
 
 def test_decayed_scores_with_a_small_capacity_never_lead_with_an_evicted_key():
-    from app.decay import DecayedScores
+    from app.core.decay import DecayedScores
 
     scores = DecayedScores(half_life_ms=10**9, capacity=4)
     for n in range(50):

@@ -6,9 +6,9 @@ import base64
 
 import orjson
 
-from app.contract import DEAD_LETTER_KEPT_BYTES, InvalidInput, dead_letter_value
-from app.events import Origin
-from app.topic_specs import validation_error
+from app.contract.decode import DEAD_LETTER_KEPT_BYTES, InvalidInput, dead_letter_value
+from app.contract.specs import validation_error
+from app.core.events import Origin
 
 
 def test_a_dead_letter_keeps_the_exact_bytes_and_the_reason():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from app.catalog import StoreCatalog, apply_record
-from app.engine import Effects, Engine, session_key
-from app.events import Reaction, Served, Tick
-from app.policy import ContextualEpsilonGreedy
+from app.core.catalog import StoreCatalog, apply_record
+from app.core.engine import Effects, Engine, session_key
+from app.core.events import Reaction, Served, Tick
+from app.core.policy import ContextualEpsilonGreedy
+from app.core.store import DictStore
 from app.settings import Settings
-from app.store import DictStore
 
 T0 = 1_700_000_000_000
 
@@ -201,7 +201,7 @@ def test_reactions_without_a_category_take_it_from_the_catalog(engine, catalog_s
 
 
 def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine, settings):
-    from app.engine import home_partition
+    from app.core.engine import home_partition
 
     home = home_partition("shop", 4)
     store = DictStore()

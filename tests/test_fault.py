@@ -23,9 +23,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from app.channels import Channels
-from app.events import Served
+from app.core.events import Served
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED, Settings
+from app.stream.channels import Channels
 from tests.kafka_io import TopicReader, event, produce
 from tests.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.worker_process import WorkerProcess as Worker

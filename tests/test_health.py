@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from app import health
-from app.metrics import Metrics
+from app.observability import health
+from app.observability.metrics import Metrics
 from tests.worker_process import free_port
 
 

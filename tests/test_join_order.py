@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from app.catalog import StoreCatalog
-from app.engine import Engine
-from app.events import Reaction, Served
-from app.policy import ContextualEpsilonGreedy
+from app.core.catalog import StoreCatalog
+from app.core.engine import Engine
+from app.core.events import Reaction, Served
+from app.core.policy import ContextualEpsilonGreedy
+from app.core.store import DictStore
 from app.settings import Settings
-from app.store import DictStore
 
 T0 = 1_700_000_000_000
 WINDOW_MS, GRACE_MS = 20_000, 5_000

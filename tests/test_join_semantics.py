@@ -27,7 +27,6 @@ import orjson
 import pytest
 from confluent_kafka import Message, Producer
 
-from app import topic_admin
 from app.settings import (
     BASKET_ADDS,
     CLICKS,
@@ -38,6 +37,7 @@ from app.settings import (
     SERVED,
     Settings,
 )
+from app.stream import topic_admin
 from tests.kafka_io import TopicReader, collect, now_ms, values
 from tests.worker_process import WorkerProcess
 

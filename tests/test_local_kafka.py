@@ -1,4 +1,4 @@
-"""The local single-node broker (``app.local_kafka``) is a real, usable Kafka."""
+"""The local single-node broker (``app.dev.local_kafka``) is a real, usable Kafka."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app import local_kafka
+from app.dev import local_kafka
 
 
 def _local_port(bootstrap_servers: str) -> int:

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 
-from app.metrics import (
+from app.observability.metrics import (
     DEAD_LETTER_REASONS,
     MAX_SITE_LABELS,
     OTHER_SITE,

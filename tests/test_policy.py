@@ -6,8 +6,8 @@ import pickle
 import random
 from collections import Counter
 
-from app.engine import stable_uniform
-from app.policy import ContextualEpsilonGreedy
+from app.core.engine import stable_uniform
+from app.core.policy import ContextualEpsilonGreedy
 
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
 # The hidden truth: trending pays in winter, bestsellers in summer.

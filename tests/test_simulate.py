@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka import Message
 
 from app import cli
-from app.demo import wait_ready
 from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
-from app.simulator import CHAIN, GROUPS, SUMMARY_FIELDS
+from app.sim.demo import wait_ready
+from app.sim.world import CHAIN, GROUPS, SUMMARY_FIELDS
 from tests.kafka_io import collect, values
 from tests.worker_process import WorkerProcess
 

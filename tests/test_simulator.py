@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from app.engine import segment_key
-from app.events import Reaction, Served
-from app.policy import ContextualEpsilonGreedy
+from app.contract.specs import validation_error
+from app.core.engine import segment_key
+from app.core.events import Reaction, Served
+from app.core.policy import ContextualEpsilonGreedy
 from app.settings import BASKET_ADDS, CATALOG, CLICKS, DEFAULT_ARMS, DETAIL_VIEWS, SERVED
-from app.simulator import (
+from app.sim.world import (
     CHAIN,
     GROUPS,
     SUMMARY_FIELDS,
@@ -29,7 +30,6 @@ from app.simulator import (
     context_weight,
     window_shares,
 )
-from app.topic_specs import validation_error
 
 START_MS = 1_800_000_000_000
 WINDOW_MS = 20_000
@@ -118,7 +118,7 @@ def test_the_hidden_table_has_context_dependent_winners_with_big_gaps():
 
 
 def test_the_engines_policy_learns_the_hidden_table_in_a_few_minutes_of_decisions():
-    """app.policy's bandit, fed this model's rewards 25 s late as the worker does, beats
+    """app.core.policy's bandit, fed this model's rewards 25 s late as the worker does, beats
     uniform choice clearly after the number of decisions one site gets in a 5-minute demo."""
     rng = random.Random(3)
     model = HiddenModel.draw(rng, DEFAULT_ARMS, window_shares(Delays(), WINDOW_MS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from app.state import PartitionState, RestorePlan, restore_plan
+from app.stream.state import PartitionState, RestorePlan, restore_plan
 
 
 def test_reads_see_the_open_transaction_and_rocksdb_only_what_committed(tmp_path):

@@ -8,11 +8,11 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from app import settings as contract
-from app import topic_admin
-from app.channels import Channels
+from app.contract.specs import load_specs
 from app.settings import Settings
-from app.topic_admin import TopicLayoutError, apply, check_copartitioned
-from app.topic_specs import load_specs
+from app.stream import topic_admin
+from app.stream.channels import Channels
+from app.stream.topic_admin import TopicLayoutError, apply, check_copartitioned
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from app import settings
-from app.topic_specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
+from app.contract.specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
 
 CONTRACT_TOPICS = {settings.SERVED, *settings.REACTION_TOPICS, settings.CATALOG,
                    settings.RANKINGS, settings.REWARDS, settings.DEAD_LETTER}
@@ -127,7 +127,7 @@ def test_specs_are_loaded_from_the_repository_topics_dir() -> None:
 
 
 def test_a_malformed_spec_directory_is_reported_with_the_file(tmp_path: Any) -> None:
-    from app.topic_specs import TopicSpecError
+    from app.contract.specs import TopicSpecError
 
     with pytest.raises(TopicSpecError, match="no topic specs"):
         load_specs(tmp_path)
@@ -140,8 +140,8 @@ def test_event_times_far_ahead_of_their_message_are_rejected():
     import orjson
     import pytest
 
-    from app.contract import InvalidInput, decode
-    from app.events import Origin
+    from app.contract.decode import InvalidInput, decode
+    from app.core.events import Origin
 
     value = {"event_id": "e", "site_id": "s", "session_id": "k", "ts": 5_000, "item_id": "i"}
     origin = Origin("reco.clicks", 0, 0, b"k", orjson.dumps(value))

@@ -7,7 +7,7 @@ version always wins. The learner updates a model in place inside a Kafka transac
 update must vanish if the transaction aborts: :meth:`BanditModels.aborted` forgets it and the
 next read decodes the last committed bytes again.
 
-No Kafka here: :mod:`app.runtime` feeds :meth:`offer` from the topic and sends
+No Kafka here: :mod:`app.stream.loop` feeds :meth:`offer` from the topic and sends
 :meth:`changes`.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 
-from app.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualEpsilonGreedy
 from app.settings import Settings
 
 
@@ -29,7 +29,7 @@ def version_of(raw: bytes) -> int:
 
 
 class BanditModels:
-    """The :class:`app.engine.Policies` of a worker.
+    """The :class:`app.core.engine.Policies` of a worker.
 
     >>> from app.settings import Settings
     >>> models = BanditModels(Settings(arms=("category1", "trending")))

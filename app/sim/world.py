@@ -2,7 +2,7 @@
 
 Pure and synchronous: no Kafka here. Randomness comes from an injected ``random.Random`` and
 time from an injected clock (milliseconds), so a seed replays a run and tests need no sleeps.
-:mod:`app.sim_runner` moves the records this model emits to and from the real topics.
+:mod:`app.sim.runner` moves the records this model emits to and from the real topics.
 
 The model, per site:
 
@@ -24,7 +24,7 @@ The model, per site:
   ``served_id``, on listing items that were not in their recent displays).
 
 Every display is settled once its reward window has passed, with the contract's own
-attribution rule (:func:`app.join.covers`, latest display wins) and reward table, so the
+attribution rule (:func:`app.core.join.covers`, latest display wins) and reward table, so the
 simulator's reward per decision is what the engine's ``reco.rewards`` would report. The
 *oracle* is the expected reward of the hidden table's best arm in each decision's context;
 *regret* is the oracle minus the expected reward of the arm the engine chose.
@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
-from app.engine import DEFAULT_SESSION_ID, segment_key
-from app.events import Reaction, Served
-from app.join import covers
+from app.core.engine import DEFAULT_SESSION_ID, segment_key
+from app.core.events import Reaction, Served
+from app.core.join import covers
 from app.settings import (
     BASKET_ADDS,
     CATALOG,

@@ -1,4 +1,4 @@
-"""``recoloop simulate``: plays :mod:`app.simulator`'s shops against a running engine.
+"""``recoloop simulate``: plays :mod:`app.sim.world`'s shops against a running engine.
 
 The thin Kafka side of the simulator: it produces the catalog, then, in real time, the
 displays and reactions the model emits (keyed by session, in event-time order), and feeds
@@ -26,7 +26,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from app.settings import RANKINGS, Settings
-from app.simulator import GROUPS, Outgoing, SimConfig, Simulator
+from app.sim.world import GROUPS, Outgoing, SimConfig, Simulator
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def run(settings: Settings, options: SimOptions,
     Returns
     -------
     dict
-        The simulator's summary (see :data:`app.simulator.SUMMARY_FIELDS`), with the seed,
+        The simulator's summary (see :data:`app.sim.world.SUMMARY_FIELDS`), with the seed,
         the topic prefix, whether Ctrl-C or SIGTERM stopped the run early, and how many
         records Kafka failed to take added to ``run``. Also written to ``options.summary``.
 

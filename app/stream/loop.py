@@ -12,7 +12,7 @@ batch is one Kafka transaction holding everything it caused:
 
 Either all of it commits or none of it does, and ``read_committed`` readers never see an
 aborted batch. Only after the commit does the batch's state go to local RocksDB
-(:mod:`app.state`), so after a crash local state is never ahead of the committed offsets,
+(:mod:`app.stream.state`), so after a crash local state is never ahead of the committed offsets,
 and the batch that was in flight is processed again from the committed offsets as if for
 the first time: nothing is lost and nothing counted twice.
 
@@ -41,17 +41,17 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from app.agents import Agents, Staged
-from app.bandits import BanditModels
-from app.catalog import apply_record
-from app.channels import LOCAL_STATE_MAX_AGE_MS, Channels
-from app.contract import InvalidInput, decode_catalog
-from app.events import Origin
-from app.health import STUCK_AFTER_S
-from app.metrics import Metrics
+from app.contract.decode import InvalidInput, decode_catalog
+from app.core.catalog import apply_record
+from app.core.events import Origin
+from app.core.store import MemoryStore, Store
+from app.observability.health import STUCK_AFTER_S
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.state import PartitionState, Record, restore_plan
-from app.store import MemoryStore, Store
+from app.stream.agents import Agents, Staged
+from app.stream.bandits import BanditModels
+from app.stream.channels import LOCAL_STATE_MAX_AGE_MS, Channels
+from app.stream.state import PartitionState, Record, restore_plan
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Brings up the local broker unless ``RECOLOOP_BOOTSTRAP_SERVERS`` names one, creates the
 contract topics under a fresh prefix (so a run never sees an earlier run's data), starts
-``recoloop worker`` as a subprocess on them, and plays the simulator (:mod:`app.sim_runner`)
+``recoloop worker`` as a subprocess on them, and plays the simulator (:mod:`app.sim.runner`)
 against it with a progress line every two seconds. At the end, or on Ctrl-C, it stops the
 worker, writes ``summary.json`` and ``reward.png`` (reward per decision over time: engine,
 random control, oracle) to the output directory, and deletes the run's topics.
@@ -27,8 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app import local_kafka, sim_runner, topic_admin
+from app.dev import local_kafka
 from app.settings import Settings
+from app.sim import runner
+from app.stream import topic_admin
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -41,7 +43,7 @@ class DemoError(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sim_runner.add_arguments(parser, duration_s=300.0, sites=2)
+    runner.add_arguments(parser, duration_s=300.0, sites=2)
     parser.add_argument("--out", type=Path, default=None,
                         help="where summary.json, reward.png and the worker's log go "
                              "(default var/demo/<date-time>)")
@@ -116,7 +118,7 @@ class DemoWorker:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    with sim_runner.sigterm_interrupts():
+    with runner.sigterm_interrupts():
         return _demo(args, settings)
 
 
@@ -144,12 +146,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
               f"simulating {args.sites} site(s) at about {args.rate:g} events/s for "
               f"{args.duration_s:g} s ({args.control_share:.0%} of sessions are a random "
               "control group; Ctrl-C stops early)", flush=True)
-        summary = sim_runner.run(run_settings, sim_runner.options_from(args),
-                                 sim_runner.ProgressPrinter())
+        summary = runner.run(run_settings, runner.options_from(args),
+                                 runner.ProgressPrinter())
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         status = 130
-    except (DemoError, sim_runner.SimulatorError, local_kafka.LocalKafkaError) as exc:
+    except (DemoError, runner.SimulatorError, local_kafka.LocalKafkaError) as exc:
         print(f"recoloop demo: {exc}", file=sys.stderr)
         status = 1
     finally:
@@ -168,8 +170,8 @@ def _finish(out: Path, settings: Settings | None, worker: DemoWorker | None,
         if worker is not None:
             print(f"stopping the worker (exit code {worker.stop()})", flush=True)
         if summary is not None:
-            sim_runner.write_json(out / "summary.json", summary)
-            print(sim_runner.describe(summary))
+            runner.write_json(out / "summary.json", summary)
+            print(runner.describe(summary))
             try:
                 write_plot(summary, out / "reward.png")
                 print(f"wrote {out / 'summary.json'} and {out / 'reward.png'}")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import fastjsonschema
 
-TOPICS_DIR = Path(__file__).resolve().parent.parent / "topics"
+TOPICS_DIR = Path(__file__).resolve().parents[2] / "topics"
 
 CleanupPolicy = Literal["delete", "compact"]
 

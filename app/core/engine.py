@@ -2,7 +2,7 @@
 
 Pure and synchronous: state comes in through a :class:`Store` (a partition's RocksDB state
 in the worker, a dict in unit tests), the bandits through :class:`Policies`, and time only
-from the events themselves. The agents in :mod:`app.agents` decode, call
+from the events themselves. The agents in :mod:`app.stream.agents` decode, call
 :meth:`Engine.handle`, and stage what to send.
 
 Stream time is a per-partition *watermark*: the largest event time read on each input topic
@@ -24,15 +24,15 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from app import join
-from app.candidates import SiteStats, arm_items, record_reaction
-from app.catalog import CatalogView
-from app.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
-from app.join import JoinResult, JoinRules, PendingDisplay
-from app.policy import ContextualEpsilonGreedy
-from app.session import IssuedRanking, Session
+from app.core import join
+from app.core.candidates import SiteStats, arm_items, record_reaction
+from app.core.catalog import CatalogView
+from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
+from app.core.join import JoinResult, JoinRules, PendingDisplay
+from app.core.policy import ContextualEpsilonGreedy
+from app.core.session import IssuedRanking, Session
+from app.core.store import Store
 from app.settings import Settings
-from app.store import Store
 
 BUCKET_MS = 1_000
 SEGMENTS_KEPT_PER_SITE = 20

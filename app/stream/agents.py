@@ -1,16 +1,16 @@
 """What the worker does with each record: decode it, call the core, stage what to send.
 
-No logic of their own and no Kafka client: :mod:`app.runtime` hands records in and sends
+No logic of their own and no Kafka client: :mod:`app.stream.loop` hands records in and sends
 what they staged in the same Kafka transaction as the state changes and input offsets.
 Metrics are staged too and counted only once that transaction commits, so a batch retried
 after an abort is not counted twice.
 
-- :meth:`Agents.join_input`: the join inputs through :class:`app.engine.Engine`; stages
+- :meth:`Agents.join_input`: the join inputs through :class:`app.core.engine.Engine`; stages
   rankings, rewards, dead letters and closed decisions (keyed by site) for the learner.
 - :meth:`Agents.tick`: the worker's clock, so idle partitions still close their decisions.
 - :meth:`Agents.decision`: one closed decision into its site's River bandit.
 - :meth:`Agents.catalog_record`: validates catalog records (every worker applies the valid
-  ones to its own copy of the catalog, see :mod:`app.runtime`).
+  ones to its own copy of the catalog, see :mod:`app.stream.loop`).
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ from functools import partial
 
 import orjson
 
-from app.bandits import BanditModels
-from app.channels import Channels
-from app.contract import (
+from app.contract.decode import (
     DEAD_LETTER_KEPT_BYTES,
     InvalidInput,
     dead_letter_value,
     decode,
     decode_catalog,
 )
-from app.engine import Effects, Engine
-from app.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served, Tick
-from app.metrics import Metrics
+from app.core.engine import Effects, Engine
+from app.core.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served, Tick
+from app.core.store import Store
+from app.observability.metrics import Metrics
 from app.settings import CATALOG, Settings
-from app.store import Store
+from app.stream.bandits import BanditModels
+from app.stream.channels import Channels
 
 REACTION_TOPIC_BY_TYPE = {kind: topic for topic, kind in REACTION_TYPE_BY_TOPIC.items()}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0

@@ -18,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
-from app.metrics import Metrics
+from app.observability.metrics import Metrics
 
 HEALTH_PATH = "/health"
 READY_PATH = "/ready"

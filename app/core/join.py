@@ -1,7 +1,7 @@
 """The reward join of one session: reactions attributed to the displays they answer.
 
 Pure and synchronous. The caller owns stream time and passes it in as ``watermark``: the
-event time up to which every input topic of the partition has been read (see app.engine).
+event time up to which every input topic of the partition has been read (see app.core.engine).
 Decisions are taken only behind the watermark, so their outcome does not depend on how fast
 each topic happened to be read, only on what each topic holds.
 
@@ -26,7 +26,7 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from app.events import ClosedDecision, Context, Outcome, Reaction, Served
+from app.core.events import ClosedDecision, Context, Outcome, Reaction, Served
 
 # Closed displays remembered per session, so a reaction after the close is recognised as late.
 RECENTLY_CLOSED_KEPT = 16

@@ -22,9 +22,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from app.channels import InternalTopic
+from app.contract.specs import TopicSpec, load_specs
 from app.settings import JOIN_INPUT_TOPICS, Settings
-from app.topic_specs import TopicSpec, load_specs
+from app.stream.channels import InternalTopic
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ the changelog's committed records after that offset brings it up to date. Aborte
 transactions' records are skipped by ``read_committed`` readers; a deleted data directory is
 rebuilt from the whole changelog.
 
-No Kafka here: :mod:`app.runtime` produces the records and reads the changelog back.
+No Kafka here: :mod:`app.stream.loop` produces the records and reads the changelog back.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def restore_plan(stored: int | None, written_at_ms: int | None, low: int, high: 
 
 
 class PartitionState:
-    """The :class:`app.store.Store` the engine reads and writes for one partition.
+    """The :class:`app.core.store.Store` the engine reads and writes for one partition.
 
     Reads see the open transaction's changes first, then decoded objects kept in memory
     (least recently used forgotten past ``max_objects``), then RocksDB.

@@ -16,10 +16,10 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from app.catalog import CatalogView
-from app.decay import DecayedScores
-from app.events import Reaction
-from app.session import ENGAGEMENT_WEIGHT, Session
+from app.core.catalog import CatalogView
+from app.core.decay import DecayedScores
+from app.core.events import Reaction
+from app.core.session import ENGAGEMENT_WEIGHT, Session
 
 HOUR_MS = 3_600_000
 # name: (half-life, capacity)

@@ -1,4 +1,4 @@
-"""The key-value state the pure core reads and writes (:class:`app.state.PartitionState`
+"""The key-value state the pure core reads and writes (:class:`app.stream.state.PartitionState`
 in the worker)."""
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.decay import DecayedScores
-from app.events import Context, Reaction
-from app.join import SessionJoin
+from app.core.decay import DecayedScores
+from app.core.events import Context, Reaction
+from app.core.join import SessionJoin
 
 # How strongly each reaction type signals interest in an item and its category.
 ENGAGEMENT_WEIGHT = {"click": 1.0, "detail_view": 2.0, "basket_add": 4.0}
@@ -39,7 +39,7 @@ class Session:
     join: SessionJoin = field(default_factory=SessionJoin)
     issued: dict[str, IssuedRanking] = field(default_factory=dict)
     seen_event_ids: dict[str, None] = field(default_factory=dict)
-    # The wake-up bucket this session is registered in (see app.engine).
+    # The wake-up bucket this session is registered in (see app.core.engine).
     wake_bucket: int | None = None
 
     def first_sight(self, event_id: str) -> bool:

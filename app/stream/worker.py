@@ -8,17 +8,17 @@ import signal
 import sys
 import threading
 
-from app import health
-from app.agents import Agents
-from app.bandits import BanditModels
-from app.catalog import StoreCatalog
-from app.channels import Channels
-from app.engine import Engine
-from app.metrics import Metrics
-from app.runtime import Runtime
+from app.core.catalog import StoreCatalog
+from app.core.engine import Engine
+from app.core.store import Store
+from app.observability import health
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.store import Store
-from app.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
+from app.stream.agents import Agents
+from app.stream.bandits import BanditModels
+from app.stream.channels import Channels
+from app.stream.loop import Runtime
+from app.stream.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
 
 log = logging.getLogger("recoloop")
 

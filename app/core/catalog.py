@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.store import Store
+from app.core.store import Store
 
 # Available items remembered per site: the last fallback of every arm for a brand-new site.
 SITE_ITEMS_KEPT = 200
