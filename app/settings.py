@@ -14,19 +14,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# The contract's logical topic names; the configured prefix goes in front of each.
-SERVED = "reco.served"
-CLICKS = "reco.clicks"
-DETAIL_VIEWS = "reco.detail-views"
-BASKET_ADDS = "reco.basket-adds"
-CATALOG = "reco.catalog"
-RANKINGS = "reco.rankings"
-REWARDS = "reco.rewards"
-DEAD_LETTER = "reco.dead-letter"
-REACTION_TOPICS = (CLICKS, DETAIL_VIEWS, BASKET_ADDS)
-# The topics the join reads; they must be co-partitioned (same partition count).
-JOIN_INPUT_TOPICS = (SERVED, *REACTION_TOPICS)
-
 DEFAULT_ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
 # Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}

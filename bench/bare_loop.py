@@ -25,7 +25,8 @@ from types import FrameType
 
 from confluent_kafka import Consumer, Message, Producer
 
-from app.settings import JOIN_INPUT_TOPICS, Settings
+from app.contract.topics import JOIN_INPUT_TOPICS
+from app.settings import Settings
 
 
 def produce(producer: Producer, topic: str, message: Message) -> None:

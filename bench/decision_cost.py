@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contract.topics import REACTION_TYPE_BY_TOPIC, SERVED
 from app.core.candidates import SiteStats
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine, session_key
-from app.core.events import REACTION_TYPE_BY_TOPIC, Reaction, Served
+from app.core.events import Reaction, Served
 from app.core.policy import ContextualEpsilonGreedy
 from app.core.store import DictStore
-from app.settings import SERVED, Settings
+from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.shoppers import mixed_events
 

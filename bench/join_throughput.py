@@ -42,11 +42,12 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
 from app.core.events import Served
 from app.core.store import DictStore
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
+from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.common import (
     RESULTS,

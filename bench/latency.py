@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from app.settings import RANKINGS
+from app.contract.topics import RANKINGS
 from bench.common import (
     REPO,
     RESULTS,

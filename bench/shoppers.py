@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
 
 CATEGORIES = ("shoes", "hats", "bags", "coats", "socks", "belts")
 CONTEXTS = [{"season": s, "region": r, "device": d}

@@ -52,7 +52,8 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.settings import JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
+from app.contract.topics import JOIN_INPUT_TOPICS, RANKINGS, REWARDS
+from app.settings import Settings
 from bench import latency
 from bench.common import (
     REPO,

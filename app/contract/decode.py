@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 from app.contract.specs import validation_error
-from app.core.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served
-from app.settings import CATALOG, SERVED
+from app.contract.topics import CATALOG, REACTION_TYPE_BY_TOPIC, SERVED
+from app.core.events import Origin, Reaction, Served
 
 # Of an input's value (and key), a dead letter keeps this many bytes.
 DEAD_LETTER_KEPT_BYTES = 256 * 1024

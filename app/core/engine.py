@@ -32,7 +32,6 @@ from app.core.join import JoinResult, JoinRules, PendingDisplay
 from app.core.policy import ContextualEpsilonGreedy
 from app.core.session import IssuedRanking, Session
 from app.core.store import Store
-from app.settings import Settings
 
 BUCKET_MS = 1_000
 SEGMENTS_KEPT_PER_SITE = 20
@@ -45,6 +44,29 @@ WAKE_SHARDS = 32
 CLOCK_KEY = "clock"
 # The watermark's inputs: one per join input topic.
 INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
+
+
+class EngineSettings(Protocol):
+    """What the engine reads of the worker's settings; :class:`app.settings.Settings` is one.
+
+    A protocol rather than an import keeps the core free of the settings layer."""
+
+    @property
+    def idle_close_s(self) -> float: ...
+    @property
+    def tick_interval_s(self) -> float: ...
+    @property
+    def session_timeout_s(self) -> float: ...
+    @property
+    def ranking_size(self) -> int: ...
+    @property
+    def default_ranking_interval_s(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+
+    def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
+        """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
+        ...
 
 
 class Policies(Protocol):
@@ -115,7 +137,7 @@ def stable_uniform(seed: int, key: str) -> float:
 
 
 class Engine:
-    def __init__(self, settings: Settings, policies: Policies, catalog: CatalogView) -> None:
+    def __init__(self, settings: EngineSettings, policies: Policies, catalog: CatalogView) -> None:
         self.settings = settings
         self.policies = policies
         self.catalog = catalog

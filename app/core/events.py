@@ -9,11 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS
-
-# The reaction type each reaction topic carries; reward tables are keyed by type.
-REACTION_TYPE_BY_TOPIC = {CLICKS: "click", DETAIL_VIEWS: "detail_view", BASKET_ADDS: "basket_add"}
-
 Context = dict[str, Any]
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from app.settings import RANKINGS, Settings
+from app.contract.topics import RANKINGS
+from app.settings import Settings
 from app.sim.world import GROUPS, Outgoing, SimConfig, Simulator
 
 log = logging.getLogger(__name__)

@@ -42,18 +42,11 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
+from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE, SERVED
 from app.core.engine import DEFAULT_SESSION_ID, segment_key
 from app.core.events import Reaction, Served
 from app.core.join import covers
-from app.settings import (
-    BASKET_ADDS,
-    CATALOG,
-    CLICKS,
-    DEFAULT_ARMS,
-    DEFAULT_REWARDS,
-    DETAIL_VIEWS,
-    SERVED,
-)
+from app.settings import DEFAULT_ARMS, DEFAULT_REWARDS
 
 CATEGORIES = ("shoes", "bags", "coats", "hats", "watches", "toys")
 # The visible context besides the page category, with how often each value occurs.
@@ -67,7 +60,6 @@ BUY_BY_DEVICE = {"mobile": 0.8, "desktop": 1.25, "tablet": 1.0}
 # A reaction to a display is a chain: click, then (usually) a detail view, then (sometimes)
 # a basket add. The reward of a display is the best reaction inside the window.
 CHAIN = ("click", "detail_view", "basket_add")
-TOPIC_BY_TYPE = {"click": CLICKS, "detail_view": DETAIL_VIEWS, "basket_add": BASKET_ADDS}
 GROUPS = ("engine", "control", "fallback")
 # Every top-level field of the summary (documented in the README's "Simulator" section).
 SUMMARY_FIELDS = ("run", "events", "sessions", "rankings", "decisions", "reward_per_decision",
@@ -599,7 +591,7 @@ class Simulator:
         shopper.last_item = item
         if kind == "basket_add":
             shopper.basket.add(item_id)
-        record = Outgoing(TOPIC_BY_TYPE[kind], shopper.session_id, value)
+        record = Outgoing(REACTION_TOPIC_BY_TYPE[kind], shopper.session_id, value)
         self._schedule(ts, "emit", (shopper, record, (kind, tag)), shopper)
 
     def _pick(self, shopper: Shopper, items: Iterable[str]) -> str | None:

@@ -29,15 +29,14 @@ from app.contract.decode import (
     decode,
     decode_catalog,
 )
+from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
 from app.core.engine import Effects, Engine
-from app.core.events import REACTION_TYPE_BY_TOPIC, Origin, Reaction, Served, Tick
+from app.core.events import Origin, Reaction, Served, Tick
 from app.core.store import Store
 from app.observability.metrics import Metrics
-from app.settings import CATALOG, Settings
+from app.settings import Settings
 from app.stream.bandits import BanditModels
 from app.stream.channels import Channels
-
-REACTION_TOPIC_BY_TYPE = {kind: topic for topic, kind in REACTION_TYPE_BY_TOPIC.items()}
 
 
 @dataclass

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.settings import CATALOG, DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS, Settings
+from app.contract.topics import CATALOG, DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS
+from app.settings import Settings
 
 DAY_MS = 86_400_000
 # Compaction keeps a deleted key's tombstone this long; local state older than

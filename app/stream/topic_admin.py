@@ -23,7 +23,8 @@ from confluent_kafka.admin import (
 )
 
 from app.contract.specs import TopicSpec, load_specs
-from app.settings import JOIN_INPUT_TOPICS, Settings
+from app.contract.topics import JOIN_INPUT_TOPICS
+from app.settings import Settings
 from app.stream.channels import InternalTopic
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED, Settings
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.settings import Settings
 from tests.kafka_io import event, produce
 from tests.prometheus_io import (
     PrometheusServer,

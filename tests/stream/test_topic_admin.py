@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from app import settings as contract
+from app.contract import topics as contract
 from app.contract.specs import load_specs
 from app.settings import Settings
 from app.stream import topic_admin

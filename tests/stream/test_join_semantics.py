@@ -27,7 +27,7 @@ import orjson
 import pytest
 from confluent_kafka import Message, Producer
 
-from app.settings import (
+from app.contract.topics import (
     BASKET_ADDS,
     CLICKS,
     DEAD_LETTER,
@@ -35,8 +35,8 @@ from app.settings import (
     RANKINGS,
     REWARDS,
     SERVED,
-    Settings,
 )
+from app.settings import Settings
 from app.stream import topic_admin
 from tests.kafka_io import TopicReader, collect, now_ms, values
 from tests.worker_process import WorkerProcess

@@ -8,12 +8,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from app import settings
+from app.contract import topics
 from app.contract.specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
 
-CONTRACT_TOPICS = {settings.SERVED, *settings.REACTION_TOPICS, settings.CATALOG,
-                   settings.RANKINGS, settings.REWARDS, settings.DEAD_LETTER}
-INPUTS = (settings.SERVED, *settings.REACTION_TOPICS)
+CONTRACT_TOPICS = {topics.SERVED, *topics.REACTION_TOPICS, topics.CATALOG,
+                   topics.RANKINGS, topics.REWARDS, topics.DEAD_LETTER}
+INPUTS = (topics.SERVED, *topics.REACTION_TOPICS)
 DAY_MS = 86_400_000
 
 
@@ -29,14 +29,14 @@ def test_every_contract_topic_has_exactly_one_spec() -> None:
 
 def test_topic_settings_follow_the_contract() -> None:
     specs = load_specs()
-    assert specs[settings.CATALOG].cleanup_policy == "compact"
+    assert specs[topics.CATALOG].cleanup_policy == "compact"
     for topic in INPUTS:
         assert (specs[topic].cleanup_policy, specs[topic].retention_ms) == ("delete", 7 * DAY_MS)
-    assert specs[settings.RANKINGS].retention_ms == DAY_MS
-    assert specs[settings.REWARDS].retention_ms == 30 * DAY_MS
-    assert specs[settings.DEAD_LETTER].retention_ms == 30 * DAY_MS
+    assert specs[topics.RANKINGS].retention_ms == DAY_MS
+    assert specs[topics.REWARDS].retention_ms == 30 * DAY_MS
+    assert specs[topics.DEAD_LETTER].retention_ms == 30 * DAY_MS
     # The join inputs must agree on their partition count by construction.
-    assert len({specs[t].partition_count(8) for t in settings.JOIN_INPUT_TOPICS}) == 1
+    assert len({specs[t].partition_count(8) for t in topics.JOIN_INPUT_TOPICS}) == 1
 
 
 @pytest.mark.parametrize("topic", sorted(CONTRACT_TOPICS))
@@ -54,14 +54,14 @@ def test_schemas_allow_additional_fields(topic: str) -> None:
 
 
 def test_optional_fields_may_be_left_out() -> None:
-    served = example(settings.SERVED)
+    served = example(topics.SERVED)
     for optional in ("ranking_id", "arm", "propensity", "context"):
         del served[optional]
-    assert validation_error(settings.SERVED, served) is None
-    click = example(settings.CLICKS)
+    assert validation_error(topics.SERVED, served) is None
+    click = example(topics.CLICKS)
     for optional in ("served_id", "category", "price", "context"):
         del click[optional]
-    assert validation_error(settings.CLICKS, click) is None
+    assert validation_error(topics.CLICKS, click) is None
 
 
 def _without(event: dict[str, Any], field: str) -> dict[str, Any]:
@@ -71,21 +71,21 @@ def _without(event: dict[str, Any], field: str) -> dict[str, Any]:
 
 BAD_EVENTS = [
     # (topic, how to break the example, a field the reason must mention)
-    (settings.SERVED, lambda e: _without(e, "session_id"), "session_id"),
-    (settings.SERVED, lambda e: e | {"ts": "1732170000000"}, "ts"),
-    (settings.SERVED, lambda e: e | {"ts": -1}, "ts"),
-    (settings.SERVED, lambda e: e | {"ts": True}, "ts"),
-    (settings.SERVED, lambda e: e | {"items": []}, "items"),
-    (settings.SERVED, lambda e: e | {"items": ["sku-1", 7]}, "items[1]"),
-    (settings.SERVED, lambda e: e | {"propensity": 0}, "propensity"),
-    (settings.SERVED, lambda e: e | {"propensity": 1.5}, "propensity"),
-    (settings.SERVED, lambda e: e | {"session_id": ""}, "session_id"),
-    (settings.SERVED, lambda e: e | {"context": {"device": 3}}, "context.device"),
-    (settings.CLICKS, lambda e: e | {"item_id": 42}, "item_id"),
-    (settings.DETAIL_VIEWS, lambda e: _without(e, "item_id"), "item_id"),
-    (settings.BASKET_ADDS, lambda e: e | {"price": -1}, "price"),
-    (settings.CATALOG, lambda e: e | {"available": "yes"}, "available"),
-    (settings.REWARDS, lambda e: e | {"closed_by": "timeout"}, "closed_by"),
+    (topics.SERVED, lambda e: _without(e, "session_id"), "session_id"),
+    (topics.SERVED, lambda e: e | {"ts": "1732170000000"}, "ts"),
+    (topics.SERVED, lambda e: e | {"ts": -1}, "ts"),
+    (topics.SERVED, lambda e: e | {"ts": True}, "ts"),
+    (topics.SERVED, lambda e: e | {"items": []}, "items"),
+    (topics.SERVED, lambda e: e | {"items": ["sku-1", 7]}, "items[1]"),
+    (topics.SERVED, lambda e: e | {"propensity": 0}, "propensity"),
+    (topics.SERVED, lambda e: e | {"propensity": 1.5}, "propensity"),
+    (topics.SERVED, lambda e: e | {"session_id": ""}, "session_id"),
+    (topics.SERVED, lambda e: e | {"context": {"device": 3}}, "context.device"),
+    (topics.CLICKS, lambda e: e | {"item_id": 42}, "item_id"),
+    (topics.DETAIL_VIEWS, lambda e: _without(e, "item_id"), "item_id"),
+    (topics.BASKET_ADDS, lambda e: e | {"price": -1}, "price"),
+    (topics.CATALOG, lambda e: e | {"available": "yes"}, "available"),
+    (topics.REWARDS, lambda e: e | {"closed_by": "timeout"}, "closed_by"),
 ]
 
 
@@ -100,19 +100,19 @@ def test_bad_events_name_the_field(topic: str, breaks: Any, field: str) -> None:
 
 @pytest.mark.parametrize("value", [[], "text", 3, None, ["a"]])
 def test_a_value_that_is_not_an_object_is_rejected(value: object) -> None:
-    reason = validation_error(settings.CLICKS, value)
+    reason = validation_error(topics.CLICKS, value)
     assert reason is not None and "object" in reason
 
 
 def test_reason_is_short_and_lists_every_missing_field() -> None:
-    reason = validation_error(settings.SERVED, {"event_id": "e1", "ts": 1})
+    reason = validation_error(topics.SERVED, {"event_id": "e1", "ts": 1})
     assert reason == "site_id, session_id, items: required fields missing"
 
 
 def test_validation_does_not_modify_the_event() -> None:
-    event = example(settings.SERVED)
+    event = example(topics.SERVED)
     before = copy.deepcopy(event)
-    validation_error(settings.SERVED, event)
+    validation_error(topics.SERVED, event)
     assert event == before
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from app.settings import (
+from app.contract.topics import (
     BASKET_ADDS,
     CATALOG,
     CLICKS,
@@ -17,8 +17,8 @@ from app.settings import (
     DETAIL_VIEWS,
     RANKINGS,
     SERVED,
-    Settings,
 )
+from app.settings import Settings
 from tests.kafka_io import TopicReader, collect, event, now_ms, produce, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

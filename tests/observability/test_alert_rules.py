@@ -1,6 +1,7 @@
 """deploy/prometheus and deploy/grafana checked with promtool, without a broker.
 
-The integration test (tests/test_observability.py) then runs all of it against a worker.
+The integration test (tests/observability/test_observability.py) then runs all of it
+against a worker.
 """
 
 from __future__ import annotations

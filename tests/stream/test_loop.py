@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from app.settings import (
+from app.contract.topics import (
     BASKET_ADDS,
     CLICKS,
     DEAD_LETTER,
@@ -16,8 +16,8 @@ from app.settings import (
     RANKINGS,
     REWARDS,
     SERVED,
-    Settings,
 )
+from app.settings import Settings
 from tests.kafka_io import collect, event, now_ms, produce, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, REWARDS, SERVED, Settings
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, REWARDS, SERVED
+from app.settings import Settings
 from tests.kafka_io import TopicReader, event, now_ms, produce
 
 pytestmark = pytest.mark.integration

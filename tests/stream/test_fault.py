@@ -6,7 +6,7 @@ a maximum reward) is produced to the input topics while a worker processes it, a
 worker is killed with SIGKILL at random moments, during processing, and restarted. A second
 run has two workers whose partitions move to the survivor of each kill and back.
 Afterwards ``reco.rewards``, read committed-only, must hold exactly one record per display
-with the reward of the plain reference join in tests/test_join_order.py, and each site's
+with the reward of the plain reference join in tests/core/test_join_order.py, and each site's
 bandit must have learned exactly once per display.
 """
 
@@ -23,11 +23,12 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
 from app.core.events import Served
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED, Settings
+from app.settings import Settings
 from app.stream.channels import Channels
+from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, event, produce
-from tests.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.worker_process import WorkerProcess as Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from app.contract.specs import validation_error
+from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from app.core.engine import segment_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualEpsilonGreedy
-from app.settings import BASKET_ADDS, CATALOG, CLICKS, DEFAULT_ARMS, DETAIL_VIEWS, SERVED
+from app.settings import DEFAULT_ARMS
 from app.sim.world import (
     CHAIN,
     GROUPS,

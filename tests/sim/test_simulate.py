@@ -9,7 +9,8 @@ import pytest
 from confluent_kafka import Message
 
 from app import cli
-from app.settings import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED, Settings
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED
+from app.settings import Settings
 from app.sim.demo import wait_ready
 from app.sim.world import CHAIN, GROUPS, SUMMARY_FIELDS
 from tests.kafka_io import collect, values

@@ -1,0 +1,95 @@
+"""The layers' import rules, read from the source: the core stays pure, and imports point one way.
+
+Each rule names the modules a layer may import (the standard library aside); lazy imports
+inside functions count too. ``test_a_violation_is_reported`` shows the check can fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+APP = Path(__file__).resolve().parents[1] / "app"
+STDLIB = frozenset(sys.stdlib_module_names)
+
+# layer (a module prefix) -> what it may import besides the standard library. A prefix
+# allows the module and everything under it.
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "app.core": ("app.core", "river", "numpy"),
+    "app.contract": ("app.core", "app.contract", "orjson", "fastjsonschema"),
+    "app.observability": ("app.observability", "app.__init__", "prometheus_client"),
+    "app.dev": ("app.dev", "confluent_kafka"),
+    "app.settings": ("app.contract.topics",),
+    "app.sim.world": ("app.core", "app.contract", "app.settings"),
+    "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
+                   "app.stream", "confluent_kafka", "rocksdict", "orjson"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(APP.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module ``source`` imports; ``from app import x`` names ``app.x``.
+
+    recoloop uses absolute imports only, so a relative one is reported as ``relative``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "relative" if node.level else node.module or ""
+            if base == "app":
+                found.update(f"app.{alias.name}" if alias.name != "__version__"
+                             else "app.__init__" for alias in node.names)
+            else:
+                found.add(base)
+    return found
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violations(module: str, imports: set[str]) -> list[str]:
+    rules = [prefix for prefix in ALLOWED if _within(module, prefix)]
+    if not rules:
+        return []
+    allowed = ALLOWED[max(rules, key=len)]
+    return sorted(name for name in imports
+                  if name.split(".")[0] not in STDLIB and name != "__future__"
+                  and not any(_within(name, ok) for ok in allowed))
+
+
+def app_modules() -> list[Path]:
+    return sorted(APP.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", app_modules(), ids=lambda p: module_name(p))
+def test_module_imports_only_what_its_layer_allows(path: Path) -> None:
+    module = module_name(path)
+    assert violations(module, imported_modules(path.read_text())) == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    importers = [module_name(p) for p in app_modules() if module_name(p) != "app.cli"
+                 and "app.cli" in imported_modules(p.read_text())]
+    assert importers == []
+
+
+def test_a_violation_is_reported() -> None:
+    source = ("import confluent_kafka\nfrom app.stream import loop\n"
+              "def lazy():\n    from app import settings\n    from . import join\n")
+    assert violations("app.core.join", imported_modules(source)) == [
+        "app.settings", "app.stream", "confluent_kafka", "relative"]
+
+
+def test_every_layer_rule_names_existing_modules() -> None:
+    names = {module_name(p) for p in app_modules()}
+    for prefix in ALLOWED:
+        assert any(_within(name, prefix) for name in names), prefix
