@@ -52,6 +52,9 @@ class Settings:
     ranking_size: int = 10
     # Default rankings per site and context segment are republished at least this often.
     default_ranking_interval_s: float = 10.0
+    # A site (or one of its context segments) without traffic for this long gets no default
+    # rankings, and its bandit leaves memory (it comes back from disk when the site returns).
+    site_idle_s: float = 3600.0
     seed: int = 42
     # Names this worker to Kafka (its transactional id and static group membership): a
     # restarted worker with the same id takes over at once. Empty: host name + data dir.
@@ -67,7 +70,8 @@ class Settings:
             port = getattr(self, name)
             _check(1 <= port <= 65535, _env_name(name), "must be a port number 1..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
-                     "session_timeout_s", "default_ranking_interval_s", "max_clock_skew_s"):
+                     "session_timeout_s", "default_ranking_interval_s", "max_clock_skew_s",
+                     "site_idle_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
         _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")
@@ -77,7 +81,8 @@ class Settings:
             unknown = sorted(set(arms) - set(DEFAULT_ARMS))
             _check(bool(arms) and not unknown, "RECOLOOP_SITE_ARMS",
                    f"site {site!r}: needs known arms, got {list(arms)}; known: {DEFAULT_ARMS}")
-        _check(self.ranking_size >= 1, "RECOLOOP_RANKING_SIZE", "must be at least 1")
+        _check(1 <= self.ranking_size <= 100, "RECOLOOP_RANKING_SIZE",
+               "must be from 1 to 100 (a ranking record stays small)")
         _check(all(0 <= r < float("inf") for r in self.rewards.values())
                and max(self.rewards.values()) > 0, "RECOLOOP_REWARDS",
                "must be finite, not negative, and some reward above 0")

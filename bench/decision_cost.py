@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contract.codec import EncodedStore
 from app.contract.topics import REACTION_TYPE_BY_TOPIC, SERVED
 from app.core.candidates import SiteStats
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine, session_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualEpsilonGreedy
-from app.core.store import DictStore
 from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.shoppers import mixed_events
@@ -47,7 +47,7 @@ class Policies:
 def main() -> int:
     settings = Settings()
     policies = Policies(settings)
-    engine = Engine(settings, policies, StoreCatalog(DictStore()))
+    engine = Engine(settings, policies, StoreCatalog(EncodedStore()))
     # The worker's store, committed every BATCH events as the worker commits a transaction.
     store = PartitionState(Path(tempfile.mkdtemp(prefix="recoloop-bench-")) / "0")
     t0 = 1_700_000_000_000

@@ -46,7 +46,7 @@ from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SER
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
 from app.core.events import Served
-from app.core.store import DictStore
+from app.core.store import MemoryStore
 from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.common import (
@@ -151,7 +151,7 @@ def wait_for_gauge(worker: BenchWorker, name: str, value: float, timeout_s: floa
 def in_process_sizes(preload: list[Record]) -> dict[str, float]:
     """The preload through the engine alone: state sizes per pending display."""
     settings = Settings()
-    engine = Engine(settings, Policies(settings), StoreCatalog(DictStore()))
+    engine = Engine(settings, Policies(settings), StoreCatalog(MemoryStore()))
     store = PartitionState(Path(tempfile.mkdtemp(prefix="recoloop-bench-")) / "0")
     events = [Served.from_value(value) for _, value in preload]
     tracemalloc.start()

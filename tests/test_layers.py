@@ -19,7 +19,7 @@ STDLIB = frozenset(sys.stdlib_module_names)
 # allows the module and everything under it.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "app.core": ("app.core", "river", "numpy"),
-    "app.contract": ("app.core", "app.contract", "orjson", "fastjsonschema"),
+    "app.contract": ("app.core", "app.contract", "orjson", "fastjsonschema", "msgspec"),
     "app.observability": ("app.observability", "app.__init__", "prometheus_client"),
     "app.dev": ("app.dev", "confluent_kafka"),
     "app.settings": ("app.contract.topics",),

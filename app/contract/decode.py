@@ -11,10 +11,16 @@ import orjson
 from app.contract.specs import validation_error
 from app.contract.topics import CATALOG, REACTION_TYPE_BY_TOPIC, SERVED
 from app.core.events import Origin, Reaction, Served
+from app.core.keys import escape, unescape
 
-# Of an input's value (and key), a dead letter keeps this many bytes.
-DEAD_LETTER_KEPT_BYTES = 256 * 1024
+# A dead letter is bounded by construction, whatever its input (see dead_letter_value).
+DEAD_LETTER_KEY_BYTES = 1024
+DEAD_LETTER_VALUE_BYTES = 128 * 1024  # of the value, base64
+DEAD_LETTER_TEXT_BYTES = 64 * 1024  # the value as text, JSON-escaped, when it fits
 REASON_KEPT_CHARS = 4096
+# A reaction waiting in the join keeps at most this much of its input, for the dead letter
+# it becomes if it turns out late (value_bytes there says how large the input was).
+WAITING_ORIGIN_BYTES = 4096
 
 
 class InvalidInput(ValueError):
@@ -39,26 +45,40 @@ def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
     value = _validated(logical_topic, raw)
     if latest_ts is not None and value["ts"] > latest_ts:
         raise InvalidInput("future_timestamp", f"ts {value['ts']} is later than {latest_ts}, "
-                           "the message's Kafka timestamp plus RECOLOOP_MAX_CLOCK_SKEW_S")
+                           "the broker's (or the worker's) time of the message plus "
+                           "RECOLOOP_MAX_CLOCK_SKEW_S")
     if key is None or key.decode("utf-8", "replace") != value["session_id"]:
         raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
                            "(inputs are co-partitioned by session)")
     if logical_topic == SERVED:
         return Served.from_value(value)
-    return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value, origin)
+    return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value,
+                               origin.cut(WAITING_ORIGIN_BYTES))
+
+
+def catalog_key(site_id: str, item_id: str) -> str:
+    """A ``reco.catalog`` key: ``site_id:item_id``, with ``%``, ``:`` and ``|`` in the site id
+    percent-escaped, so the first ``:`` always ends it and no two items share a key.
+
+    >>> catalog_key("shop", "eu:sku-9"), catalog_key("shop:eu", "sku-9")
+    ('shop:eu:sku-9', 'shop%3Aeu:sku-9')
+    """
+    return f"{escape(site_id)}:{item_id}"
 
 
 def decode_catalog(key: bytes | None, raw: bytes | None
                    ) -> tuple[str, str, dict[str, Any] | None]:
     """``(site_id, item_id, value)`` of a ``reco.catalog`` record; value None is a tombstone."""
-    site_id, sep, item_id = (key or b"").decode("utf-8", "replace").partition(":")
+    escaped_site, sep, item_id = (key or b"").decode("utf-8", "replace").partition(":")
+    site_id = unescape(escaped_site)
     if not sep or not site_id or not item_id:
         raise InvalidInput("key_mismatch", "catalog keys are site_id:item_id")
     if raw is None:
         return site_id, item_id, None
     value = _validated(CATALOG, raw)
     if (value["site_id"], value["item_id"]) != (site_id, item_id):
-        raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id")
+        raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id, "
+                           "with %, : and | in site_id escaped as %25, %3A and %7C")
     return site_id, item_id, value
 
 
@@ -71,25 +91,41 @@ def _validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
     problem = validation_error(logical_topic, value)
     if problem is not None:
         raise InvalidInput("schema", problem)
+    if "ts" in value and type(value["ts"]) is not int:
+        # JSON Schema's integer takes 1796160000.0 too; times are exact integers here, or
+        # 1 and 1.0 would be one set entry but two keys in the join's wake-up index.
+        raise InvalidInput("schema", f"ts must be a JSON integer, not {value['ts']!r}")
     result: dict[str, Any] = value
     return result
 
 
-def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:
-    """The ``reco.dead-letter`` record: where the input was, its exact bytes, and why.
+def dead_letter_key(origin: Origin) -> bytes | None:
+    """The dead letter's Kafka key: the input's key, cut to its first 1 KiB."""
+    return origin.key[:DEAD_LETTER_KEY_BYTES] if origin.key else origin.key
 
-    Bytes past :data:`DEAD_LETTER_KEPT_BYTES` are cut, so that a dead letter always fits a
-    Kafka record (1 MB by default): one that did not would stop the partition it came from.
+
+def dead_letter_value(origin: Origin, error: InvalidInput, now_ms: int | None = None) -> bytes:
+    """The ``reco.dead-letter`` record: where the input was, its bytes, and why.
+
+    Bounded by construction, however large or strange the input: the first 1 KiB of the key,
+    the first 128 KiB of the value in base64, the value as text only when it is UTF-8 and
+    JSON-escapes to at most 64 KiB (control bytes escape six-fold), and the reason cut to 4096
+    characters: under 300 KiB in all, so a dead letter always fits a Kafka record, and the
+    whole input stays at its topic, partition and offset.
     """
     value = origin.value or b""
+    text = _text(value) if len(value) <= DEAD_LETTER_TEXT_BYTES else None
+    if text is not None and len(orjson.dumps(text)) > DEAD_LETTER_TEXT_BYTES:
+        text = None
     record: dict[str, Any] = {
         "topic": origin.topic,
         "partition": origin.partition,
         "offset": origin.offset,
-        "key": _text(origin.key[:DEAD_LETTER_KEPT_BYTES] if origin.key else origin.key),
-        "value": _text(origin.value) if len(value) <= DEAD_LETTER_KEPT_BYTES else None,
-        "value_base64": base64.b64encode(value[:DEAD_LETTER_KEPT_BYTES]).decode("ascii"),
-        "value_bytes": len(value),
+        "key": _text(dead_letter_key(origin)),
+        "key_bytes": origin.key_bytes,
+        "value": text,
+        "value_base64": base64.b64encode(value[:DEAD_LETTER_VALUE_BYTES]).decode("ascii"),
+        "value_bytes": origin.value_bytes,
         "reason": f"{error.reason}: {error.detail}"[:REASON_KEPT_CHARS],
         "ts": int(time.time() * 1000) if now_ms is None else now_ms,
     }

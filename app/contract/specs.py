@@ -20,6 +20,7 @@ import fastjsonschema
 TOPICS_DIR = Path(__file__).resolve().parents[2] / "topics"
 
 CleanupPolicy = Literal["delete", "compact"]
+TimestampType = Literal["CreateTime", "LogAppendTime"]
 
 
 class TopicSpecError(ValueError):
@@ -36,6 +37,9 @@ class TopicSpec:
     key: str  # what the record key is
     value_schema: Mapping[str, Any]
     example: Mapping[str, Any]
+    # LogAppendTime: the broker stamps each record, so no producer clock can set the time
+    # event times are checked against.
+    timestamp_type: TimestampType = "CreateTime"
 
     def partition_count(self, default: int) -> int:
         return default if self.partitions is None else self.partitions
@@ -97,6 +101,7 @@ def _load(path: Path) -> TopicSpec:
             key=_get(raw, "key", str),
             value_schema=_get(raw, "value_schema", dict),
             example=_get(raw, "example", dict),
+            timestamp_type=raw.get("timestamp_type", "CreateTime"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TopicSpecError(f"{path}: {exc!r}") from None
@@ -106,6 +111,8 @@ def _load(path: Path) -> TopicSpec:
         raise TopicSpecError(f"{path}: partitions must be null or a positive integer")
     if spec.cleanup_policy not in ("delete", "compact"):
         raise TopicSpecError(f"{path}: cleanup_policy must be 'delete' or 'compact'")
+    if spec.timestamp_type not in ("CreateTime", "LogAppendTime"):
+        raise TopicSpecError(f"{path}: timestamp_type must be 'CreateTime' or 'LogAppendTime'")
     if spec.retention_ms < -1:
         raise TopicSpecError(f"{path}: retention_ms must be -1 or >= 0")
     return spec

@@ -19,6 +19,7 @@ from typing import Any
 from app.core.catalog import CatalogView
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
+from app.core.keys import state_key
 from app.core.session import ENGAGEMENT_WEIGHT, Session
 
 HOUR_MS = 3_600_000
@@ -41,7 +42,7 @@ Setter = Callable[[str, Any], None]
 
 
 def stat_key(site_id: str, name: str, part: str = "") -> str:
-    return f"stat:{site_id}:{name}:{part}"
+    return state_key("stat", site_id, name, part)
 
 
 class SiteStats:

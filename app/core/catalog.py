@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from app.core.keys import state_key
 from app.core.store import Store
 
 # Available items remembered per site: the last fallback of every arm for a brand-new site.
@@ -29,11 +30,11 @@ class CatalogView(Protocol):
 
 
 def item_key(site_id: str, item_id: str) -> str:
-    return f"item:{site_id}:{item_id}"
+    return state_key("item", site_id, item_id)
 
 
 def site_items_key(site_id: str) -> str:
-    return f"site-items:{site_id}"
+    return state_key("site-items", site_id)
 
 
 def apply_record(store: Store, site_id: str, item_id: str,

@@ -29,6 +29,7 @@ from app.core.candidates import SiteStats, arm_items, record_reaction
 from app.core.catalog import CatalogView
 from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.core.join import JoinResult, JoinRules, PendingDisplay
+from app.core.keys import state_key
 from app.core.policy import ContextualEpsilonGreedy
 from app.core.session import IssuedRanking, Session
 from app.core.store import Store
@@ -63,6 +64,8 @@ class EngineSettings(Protocol):
     def default_ranking_interval_s(self) -> float: ...
     @property
     def seed(self) -> int: ...
+    @property
+    def site_idle_s(self) -> float: ...
 
     def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
         """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
@@ -76,14 +79,23 @@ class Policies(Protocol):
 
 
 @dataclass
+class Segment:
+    """A context segment a site's sessions were seen in, and the last event time they were."""
+
+    context: Context
+    seen_ts: int
+
+
+@dataclass
 class PartitionClock:
     stream_time: int | None = None
     swept_bucket: int = 0  # wake-up buckets below this one have been visited
     buckets: set[int] = field(default_factory=set)  # buckets with sessions registered
     pending_displays: int = 0  # open displays on this partition
-    # Context segments seen per site (home partition only), and when each default ranking
-    # was last published: (wall ms, model version).
-    segments: dict[str, dict[str, Context]] = field(default_factory=dict)
+    # Context segments seen per site (home partition only, forgotten after ``site_idle_s``
+    # without traffic), and when each default ranking was last published: (wall ms, model
+    # version), keyed by published_key(site, segment).
+    segments: dict[str, dict[str, Segment]] = field(default_factory=dict)
     partition: int = 0
     partitions: int = 0  # 0 until the first tick says how many there are
     defaults_published: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -117,7 +129,12 @@ class Effects:
 
 
 def session_key(site_id: str, session_id: str) -> str:
-    return f"session:{site_id}:{session_id}"
+    return state_key("session", site_id, session_id)
+
+
+def published_key(site_id: str, segment: str) -> str:
+    """Where :attr:`PartitionClock.defaults_published` keeps a site's segment."""
+    return state_key("default", site_id, segment)
 
 
 def segment_key(context: Context) -> str:
@@ -141,18 +158,21 @@ class Engine:
         self.settings = settings
         self.policies = policies
         self.catalog = catalog
-        self._rules: dict[str, JoinRules] = {}
+        self._rules: dict[tuple[float, float, tuple[tuple[str, float], ...]], JoinRules] = {}
+        self._site_idle_ms = int(settings.site_idle_s * 1000)
         self._idle_ms = int(settings.idle_close_s * 1000)
         self._quiet_ticks = max(1, round(settings.idle_close_s / settings.tick_interval_s))
         self._session_timeout_ms = int(settings.session_timeout_s * 1000)
 
     def rules_for(self, site_id: str) -> JoinRules:
-        """The site's join rules: the settings, with the site's overrides."""
-        rules = self._rules.get(site_id)
+        """The site's join rules: the settings, with the site's overrides (one object per
+        distinct set of rules, so the cache does not grow with the number of sites)."""
+        window_s, grace_s, rewards = self.settings.join_for(site_id)
+        key = (window_s, grace_s, tuple(sorted(rewards.items())))
+        rules = self._rules.get(key)
         if rules is None:
-            window_s, grace_s, rewards = self.settings.join_for(site_id)
-            rules = self._rules[site_id] = JoinRules(
-                int(window_s * 1000), int(grace_s * 1000), rewards)
+            rules = self._rules[key] = JoinRules(int(window_s * 1000), int(grace_s * 1000),
+                                                 rewards)
         return rules
 
     def handle(self, store: Store, event: Served | Reaction | Tick) -> Effects:
@@ -233,31 +253,47 @@ class Engine:
         seen = clock.segments.setdefault(session.site_id, {})
         key = segment_key(session.context)
         seen.pop(key, None)
-        seen[key] = dict(session.context)
+        seen[key] = Segment(dict(session.context), session.last_ts)
         while len(seen) > SEGMENTS_KEPT_PER_SITE:
             dropped = next(iter(seen))
             del seen[dropped]
-            clock.defaults_published.pop(f"{session.site_id}|{dropped}", None)
+            clock.defaults_published.pop(published_key(session.site_id, dropped), None)
 
     def _publish_defaults(self, store: Store, clock: PartitionClock, tick: Tick,
                           effects: Effects) -> None:
         """Rankings for sessions with no history, per site and segment, from its home."""
         interval_ms = self.settings.default_ranking_interval_s * 1000
+        now = max(clock.kind_times.values())  # the latest event time read here
+        self._forget_idle_segments(clock, now)
         for site_id, segments in clock.segments.items():
             if home_partition(site_id, clock.partitions) != clock.partition:
                 continue  # noted before the first tick told this partition who it is
             stats = SiteStats(site_id, store.get, store.set)
-            for segment, context in [("", {}), *segments.items()]:
+            for segment, context in [("", {}), *((k, s.context) for k, s in segments.items())]:
                 _, version = self.policies.current(site_id)
-                published = clock.defaults_published.get(f"{site_id}|{segment}")
+                published = clock.defaults_published.get(published_key(site_id, segment))
                 if published is not None and published[1] == version \
                         and tick.wall_ms - published[0] < interval_ms:
                     continue
-                clock.defaults_published[f"{site_id}|{segment}"] = (tick.wall_ms, version)
+                clock.defaults_published[published_key(site_id, segment)] = (tick.wall_ms,
+                                                                              version)
                 blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
                 ranking_id = f"default:{site_id}:{segment}:{tick.wall_ms}"
-                now = max(clock.kind_times.values())  # the latest event time read here
                 effects.rankings.append(self._rank(blank, stats, ranking_id, now, segment))
+
+    def _forget_idle_segments(self, clock: PartitionClock, now: int) -> None:
+        """Segments (and sites) without traffic for ``site_idle_s`` get no default rankings
+        and leave the clock: a thousand one-visit sites must not be ranked forever. Time is
+        the stream time, which follows the wall clock when the partition is quiet."""
+        now = max(now, clock.stream_time or now)
+        for site_id in list(clock.segments):
+            segments = clock.segments[site_id]
+            for segment in [k for k, s in segments.items() if now - s.seen_ts > self._site_idle_ms]:
+                del segments[segment]
+                clock.defaults_published.pop(published_key(site_id, segment), None)
+            if not segments:
+                del clock.segments[site_id]
+                clock.defaults_published.pop(published_key(site_id, ""), None)
 
     # -- time -----------------------------------------------------------------------------
 
@@ -314,7 +350,7 @@ class Engine:
     def _sweep(self, store: Store, clock: PartitionClock, bucket: int, closed_by: str,
                effects: Effects) -> None:
         assert clock.stream_time is not None
-        shards = {f"wake:{bucket}:{shard}": store.get(f"wake:{bucket}:{shard}")
+        shards = {state_key("wake", bucket, shard): store.get(state_key("wake", bucket, shard))
                   for shard in range(WAKE_SHARDS)}
         keys = {key: None for registered in shards.values() if registered for key in registered}
         for key in keys:
@@ -352,7 +388,7 @@ class Engine:
         bucket = max(bucket, clock.swept_bucket)
         if session.wake_bucket is not None and clock.swept_bucket <= session.wake_bucket <= bucket:
             return  # registered in a bucket still to come that is early enough
-        wake_key = f"wake:{bucket}:{zlib.crc32(key.encode()) % WAKE_SHARDS}"
+        wake_key = state_key("wake", bucket, zlib.crc32(key.encode()) % WAKE_SHARDS)
         keys = store.get(wake_key) or {}
         keys[key] = None
         store.set(wake_key, keys)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.keys import escape
+
 Context = dict[str, Any]
 
 
@@ -43,13 +45,31 @@ class Served:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where an input message came from, with its exact bytes (for the dead-letter topic)."""
+    """Where an input message came from, with its bytes (for the dead-letter topic): all of
+    them, or the first ones of a :meth:`cut` copy, which remembers the full sizes."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
+    full_key_bytes: int | None = None  # set on a cut copy
+    full_value_bytes: int | None = None
+
+    @property
+    def key_bytes(self) -> int:
+        return len(self.key or b"") if self.full_key_bytes is None else self.full_key_bytes
+
+    @property
+    def value_bytes(self) -> int:
+        return len(self.value or b"") if self.full_value_bytes is None else self.full_value_bytes
+
+    def cut(self, limit: int) -> Origin:
+        """A copy keeping at most ``limit`` bytes of the key and of the value."""
+        return Origin(self.topic, self.partition, self.offset,
+                      None if self.key is None else self.key[:limit],
+                      None if self.value is None else self.value[:limit],
+                      self.key_bytes, self.value_bytes)
 
 
 @dataclass(frozen=True)
@@ -163,10 +183,11 @@ class Ranking:
 
     @property
     def key(self) -> str:
-        """The Kafka key: the session, or ``site_id|*|segment`` for a default ranking."""
+        """The Kafka key: the session, or ``site_id|*|segment`` for a default ranking (the site
+        id escaped as in :mod:`app.core.keys`, so no two sites share one)."""
         if self.segment is None:
             return self.session_id
-        return f"{self.site_id}|*|{self.segment}"
+        return f"{escape(self.site_id)}|*|{self.segment}"
 
     def to_value(self) -> dict[str, Any]:
         value = {

@@ -30,6 +30,8 @@ from app.core.events import ClosedDecision, Context, Outcome, Reaction, Served
 
 # Closed displays remembered per session, so a reaction after the close is recognised as late.
 RECENTLY_CLOSED_KEPT = 16
+# Outcomes a display lists at most (and then only ones that raised its reward).
+OUTCOMES_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,13 @@ def _attribute(state: SessionJoin, reaction: Reaction, watermark: int, rules: Jo
     if display is None:
         result.late.append(reaction)
         return True
-    display.reward = max(display.reward, rules.rewards.get(reaction.type, 0.0))
-    display.outcomes.append(Outcome(reaction.type, reaction.item_id, reaction.ts,
-                                    reaction.ts - best.ts))
+    reward = rules.rewards.get(reaction.type, 0.0)
+    if len(display.outcomes) < OUTCOMES_KEPT or reward > display.reward:
+        # Past the cap only an outcome that raises the reward is kept (the reward record
+        # must stay small however often a visitor clicks).
+        display.outcomes.append(Outcome(reaction.type, reaction.item_id, reaction.ts,
+                                        reaction.ts - best.ts))
+    display.reward = max(display.reward, reward)
     result.attributed += 1
     if display.reward >= rules.max_reward:
         _close(state, best.event_id, "max_reward", result)

@@ -14,12 +14,43 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from river import linear_model
 
 # Estimates this close are ties; ties share the greedy probability equally.
 TIE_TOLERANCE = 1e-9
+# A context feature ("key=value") longer than this is not learned: the model is published
+# after every batch, and its size must stay bounded (see app.contract.codec).
+MAX_FEATURE_CHARS = 128
+_FLOAT = np.dtype("<f8")
+
+
+@dataclass(frozen=True)
+class ArmState:
+    """One arm's Bayesian regression as numbers: its features (indices into
+    :attr:`PolicyState.features`, in the model's own order), the upper triangle of its
+    posterior precision matrix and its natural mean, both little-endian float64."""
+
+    features: tuple[int, ...]
+    precision: bytes
+    natural_mean: bytes
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Everything a :class:`ContextualEpsilonGreedy` has learned, as plain values."""
+
+    arms: tuple[str, ...]
+    epsilon: float
+    seed: int | None
+    alpha: float
+    max_features: int
+    n_updates: int
+    features: tuple[str, ...]
+    models: dict[str, ArmState]
 
 
 class ContextualEpsilonGreedy:
@@ -51,10 +82,13 @@ class ContextualEpsilonGreedy:
     {'bestsellers': 0.1, 'trending': 0.9}
     >>> policy.n_updates
     400
+    >>> restored = ContextualEpsilonGreedy.from_state(policy.to_state())
+    >>> restored.probabilities({"season": "winter"}) == policy.probabilities({"season": "winter"})
+    True
     """
 
     def __init__(self, arms: Iterable[str], epsilon: float = 0.1, seed: int | None = None,
-                 alpha: float = 1.0, max_features: int = 256) -> None:
+                 alpha: float = 1.0, max_features: int = 128) -> None:
         self.arms = tuple(arms)
         if not self.arms:
             raise ValueError("a bandit needs at least one arm")
@@ -85,6 +119,7 @@ class ContextualEpsilonGreedy:
         reward (River's Bayesian regression has no intercept); an unseen value has no weight
         yet, so an unseen context falls back on what the arm earns overall."""
         features = {f"{key}={value}": 1.0 for key, value in context.items() if value is not None}
+        features = {name: 1.0 for name in features if len(name) <= MAX_FEATURE_CHARS}
         features["bias"] = 1.0
         return features
 
@@ -130,3 +165,57 @@ class ContextualEpsilonGreedy:
                 self._known_features.add(name)
         model.learn_one({k: v for k, v in x.items() if k in self._known_features}, reward)
         self.n_updates += 1
+
+    # -- state as plain values (River's learned arrays as numbers, never a pickle) --------
+
+    def to_state(self) -> PolicyState:
+        names = tuple(sorted(self._known_features))
+        position = {name: i for i, name in enumerate(names)}
+        models = {}
+        for arm, model in self._models.items():
+            n = len(model._idx)
+            upper = np.triu_indices(n)
+            models[arm] = ArmState(
+                features=tuple(position[str(name)] for name in model._idx),
+                precision=model._ss_arr[:n, :n][upper].astype(_FLOAT).tobytes(),
+                natural_mean=model._eta_arr[:n].astype(_FLOAT).tobytes())
+        return PolicyState(self.arms, self.epsilon, self.seed, self.alpha, self.max_features,
+                           self.n_updates, names, models)
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> ContextualEpsilonGreedy:
+        """The policy ``state`` describes; ValueError when it is not self-consistent."""
+        policy = cls(state.arms, state.epsilon, state.seed, state.alpha, state.max_features)
+        if len(state.features) > state.max_features or set(state.models) - set(state.arms):
+            raise ValueError("more features than max_features, or models of unknown arms")
+        policy._known_features = set(state.features)
+        policy.n_updates = state.n_updates
+        for arm, arm_state in state.models.items():
+            _restore(policy._models[arm], state.features, arm_state)
+        return policy
+
+
+def _restore(model: linear_model.BayesianLinearRegression, names: tuple[str, ...],
+             state: ArmState) -> None:
+    """Put ``state`` into a fresh River model (its internals as of river 0.26)."""
+    n = len(state.features)
+    if len(set(state.features)) != n or any(not 0 <= i < len(names) for i in state.features):
+        raise ValueError("an arm's feature indices must be distinct and known")
+    precision = np.frombuffer(state.precision, dtype=_FLOAT)
+    natural_mean = np.frombuffer(state.natural_mean, dtype=_FLOAT)
+    if precision.size != n * (n + 1) // 2 or natural_mean.size != n:
+        raise ValueError("an arm's arrays do not match its features")
+    if not (np.isfinite(precision).all() and np.isfinite(natural_mean).all()):
+        raise ValueError("an arm's arrays must be finite")
+    full = np.zeros((n, n), dtype=np.float64)
+    full[np.triu_indices(n)] = precision
+    full = full + np.triu(full, 1).T
+    model._idx = {names[i]: j for j, i in enumerate(state.features)}
+    model._cap = n
+    model._ss_arr = full
+    # The covariance is recomputed rather than carried: every reader, the learner included
+    # (it re-decodes after each commit), works from the same numbers.
+    model._ss_inv_arr = np.asfortranarray(np.linalg.inv(full)) if n else np.zeros((0, 0),
+                                                                                order="F")
+    model._eta_arr = natural_mean.copy()
+    model._m_dirty = True

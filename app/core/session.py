@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from app.core.decay import DecayedScores
@@ -14,6 +15,9 @@ CATEGORY_HALF_LIFE_MS = 10 * 60_000
 RECENT_ITEMS_KEPT = 10
 ISSUED_RANKINGS_KEPT = 8
 SEEN_EVENT_IDS_KEPT = 512
+# Caps that keep one session's state small whatever a site (or a bot) sends.
+CONTEXT_KEYS_KEPT = 32
+BASKET_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -35,26 +39,31 @@ class Session:
     categories: DecayedScores = field(
         default_factory=lambda: DecayedScores(CATEGORY_HALF_LIFE_MS, capacity=20))
     recent_items: list[str] = field(default_factory=list)
-    basket: set[str] = field(default_factory=set)
+    basket: dict[str, None] = field(default_factory=dict)  # insertion-ordered, capped
     join: SessionJoin = field(default_factory=SessionJoin)
     issued: dict[str, IssuedRanking] = field(default_factory=dict)
-    seen_event_ids: dict[str, None] = field(default_factory=dict)
+    seen_event_ids: dict[str, None] = field(default_factory=dict)  # digests of event ids
     # The wake-up bucket this session is registered in (see app.core.engine).
     wake_bucket: int | None = None
 
     def first_sight(self, event_id: str) -> bool:
-        """Record ``event_id``; False when this session has already applied it."""
-        if event_id in self.seen_event_ids:
+        """Record ``event_id``; False when this session has already applied it.
+
+        A 64-bit digest stands for the id (up to 1 KiB of UTF-8), so the 512 remembered
+        ones take 9 KB, not half a megabyte."""
+        digest = hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+        if digest in self.seen_event_ids:
             return False
-        self.seen_event_ids[event_id] = None
-        if len(self.seen_event_ids) > SEEN_EVENT_IDS_KEPT:
-            del self.seen_event_ids[next(iter(self.seen_event_ids))]
+        _add_capped(self.seen_event_ids, digest, SEEN_EVENT_IDS_KEPT)
         return True
 
     def touch(self, ts: int, context: Context) -> None:
         self.last_ts = max(self.last_ts, ts)
-        if context:
-            self.context.update(context)
+        for key, value in context.items():  # the newest keys win past the cap
+            self.context.pop(key, None)
+            self.context[key] = value
+        while len(self.context) > CONTEXT_KEYS_KEPT:
+            del self.context[next(iter(self.context))]
 
     def engage(self, reaction: Reaction) -> None:
         weight = ENGAGEMENT_WEIGHT.get(reaction.type, 1.0)
@@ -65,7 +74,7 @@ class Session:
         self.recent_items.append(reaction.item_id)
         del self.recent_items[:-RECENT_ITEMS_KEPT]
         if reaction.type == "basket_add":
-            self.basket.add(reaction.item_id)
+            _add_capped(self.basket, reaction.item_id, BASKET_KEPT)
 
     def remember_ranking(self, ranking_id: str, issued: IssuedRanking) -> None:
         self.issued[ranking_id] = issued
@@ -74,3 +83,11 @@ class Session:
 
     def top_categories(self, n: int) -> list[str]:
         return [category for category, _ in self.categories.top(n, ts=self.last_ts)]
+
+
+def _add_capped(keys: dict[str, None], key: str, cap: int) -> None:
+    """Add ``key`` as the newest of ``keys``, forgetting the oldest past ``cap``."""
+    keys.pop(key, None)
+    keys[key] = None
+    while len(keys) > cap:
+        del keys[next(iter(keys))]

@@ -3,7 +3,6 @@ in the worker)."""
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, Protocol
 
 
@@ -25,24 +24,6 @@ class MemoryStore:
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-class DictStore:
-    """A Store over a dict, for tools and tests: values are pickled as the worker's tables
-    pickle them, so state that would not survive the table fails here too."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> Any:
-        raw = self.data.get(key)
-        return None if raw is None else pickle.loads(raw)
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = pickle.dumps(value)
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import platform
 import threading
+from http.server import ThreadingHTTPServer
 from importlib import metadata
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,8 +33,8 @@ from prometheus_client import (
     Histogram,
     Info,
     disable_created_metrics,
-    start_http_server,
 )
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -44,7 +46,9 @@ OTHER_SITE = "other"
 # Reasons (InvalidInput.reason) a record goes to the dead-letter topic. Their series are
 # created at zero so "no dead letters" is a rate of 0, not a missing series.
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
-                       "processing_error", "late", "future_timestamp")
+                       "processing_error", "late", "future_timestamp", "too_large")
+# Where a record that does not decode was read: the changelog, the models topic, local state.
+UNDECODABLE_SOURCES = ("changelog", "models", "local_state")
 
 # The text format would carry a `*_created` series beside every counter and histogram:
 # twice the series for a timestamp nobody queries. Off for the whole worker process.
@@ -156,6 +160,10 @@ class Metrics:
             "The bandit's current reward estimate per arm in the empty context (set by the "
             "worker that learns the site).",
             ["site", "arm"], registry=r)
+        self.bandit_models_in_memory = Gauge(
+            "recoloop_bandit_models_in_memory",
+            "Sites whose bandit this worker holds in memory; sites idle for "
+            "RECOLOOP_SITE_IDLE_S wait on local disk until they return.", registry=r)
         self.bandit_choice_share = Gauge(
             "recoloop_bandit_arm_choice_share",
             "The share of decisions the bandit currently gives each arm in the empty context "
@@ -174,6 +182,13 @@ class Metrics:
             "Engine-state changelog records read back into local RocksDB when partitions are "
             "assigned: none after a clean restart, the last batches after a crash, all of "
             "them for a new data directory.", registry=r)
+        self.records_undecodable = Counter(
+            "recoloop_records_undecodable_total",
+            "Records of the worker's own topics or local state that did not decode (written by "
+            "someone else, or damaged): skipped, never run.",
+            ["source"], registry=r)
+        for source in UNDECODABLE_SOURCES:
+            self.records_undecodable.labels(source)
         self.build = Info("recoloop_build", "recoloop build information.", registry=r)
         self.build.info({"version": __version__,
                          "python_version": platform.python_version(),
@@ -190,10 +205,22 @@ class Metrics:
         self.bandit_choice_share.clear()
 
     def serve(self, port: int, host: str) -> None:
-        """Serve ``/metrics`` over HTTP from a daemon thread."""
+        """Serve ``/metrics`` (and nothing else: other paths are 404) from a daemon thread."""
         try:
-            start_http_server(port, addr=host, registry=self.registry)
+            server = ThreadingHTTPServer((host, port), _MetricsOnly.factory(self.registry))
         except OSError as exc:
             raise MetricsPortInUse(
                 exc.errno, f"cannot serve metrics on {host}:{port} ({exc.strerror}); every "
                 "worker on a host needs its own RECOLOOP_METRICS_PORT") from exc
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+class _MetricsOnly(MetricsHandler):
+    """prometheus_client's handler answers every path; a scrape target should not."""
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path != "/metrics":
+            self.send_error(404, "only /metrics is served here")
+            return
+        super().do_GET()

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
+from app.contract.decode import catalog_key
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE, SERVED
 from app.core.engine import DEFAULT_SESSION_ID, segment_key
 from app.core.events import Reaction, Served
@@ -366,7 +367,7 @@ class Simulator:
         """The sites' catalogs for ``reco.catalog`` (key ``site_id:item_id``)."""
         now = self.clock()
         self.counts["catalog"] += sum(len(items) for items in self.catalogs.values())
-        return [Outgoing(CATALOG, f"{site}:{i.item_id}",
+        return [Outgoing(CATALOG, catalog_key(site, i.item_id),
                          {"site_id": site, "item_id": i.item_id, "category": i.category,
                           "available": i.available, "price": i.price, "ts": now})
                 for site, items in self.catalogs.items() for i in items]

@@ -22,9 +22,10 @@ from functools import partial
 
 import orjson
 
+from app.contract.codec import check_size
 from app.contract.decode import (
-    DEAD_LETTER_KEPT_BYTES,
     InvalidInput,
+    dead_letter_key,
     dead_letter_value,
     decode,
     decode_catalog,
@@ -48,6 +49,9 @@ class Staged:
     counts: list[Callable[[], None]] = field(default_factory=list)
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Stage a record; :class:`RecordTooLarge` if it could not be sent (the loop then
+        dead-letters the input that caused it)."""
+        check_size(topic, key, value)
         self.records.append((topic, key, value))
 
     def count(self, update: Callable[[], None]) -> None:
@@ -154,14 +158,15 @@ class Agents:
                site_id: str | None = None, consumed: bool = True) -> None:
         """Keep an input the engine did not use, with why, on the dead-letter topic (and,
         unless it was counted when read, count it as consumed: invalid)."""
-        key = origin.key[:DEAD_LETTER_KEPT_BYTES] if origin.key else origin.key
-        out.send(self.channels.dead_letter, key, dead_letter_value(origin, error))
+        out.send(self.channels.dead_letter, dead_letter_key(origin),
+                 dead_letter_value(origin, error))
         m, site = self.metrics, self.metrics.site(site_id)
         out.count(m.dead_letters.labels(error.reason).inc)
         if consumed:
             out.count(m.events_consumed.labels(topic, site, "invalid").inc)
 
-    def failed(self, origin: Origin, problem: str, out: Staged) -> None:
-        """An input the engine failed on (a bug): kept, with the error, so it blocks nothing."""
+    def failed(self, origin: Origin, error: InvalidInput, out: Staged) -> None:
+        """An input the engine failed on (``processing_error``: a bug) or whose effects would
+        not fit a record (``too_large``): kept, with why, so it blocks nothing."""
         topic = self.channels.logical.get(origin.topic, origin.topic)
-        self.reject(origin, topic, InvalidInput("processing_error", problem), out)
+        self.reject(origin, topic, error, out)

@@ -32,6 +32,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -41,6 +42,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from app.contract.codec import MAX_RECORD_BYTES, RecordTooLarge, check_size, encode_state
 from app.contract.decode import InvalidInput, decode_catalog
 from app.core.catalog import apply_record
 from app.core.events import Origin
@@ -49,7 +51,7 @@ from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.stream.agents import Agents, Staged
-from app.stream.bandits import BanditModels
+from app.stream.bandits import BanditModels, SpilledModels
 from app.stream.channels import LOCAL_STATE_MAX_AGE_MS, Channels
 from app.stream.state import PartitionState, Record, restore_plan
 
@@ -62,12 +64,15 @@ RESTORE_BATCH = 5_000
 
 
 def received(message: Message) -> tuple[Origin, int]:
-    """A consumed message's origin and its Kafka timestamp in ms (now when it has none)."""
+    """A consumed message's origin and its Kafka timestamp in ms, a time no producer's clock
+    can push: the broker's (``LogAppendTime``, how ``topics apply`` makes the inputs), else the
+    producer's but never later than this worker's clock, and now when it has none."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     kind, timestamp_ms = message.timestamp()
-    if kind == TIMESTAMP_NOT_AVAILABLE:
-        timestamp_ms = int(time.time() * 1000)
+    if kind != TIMESTAMP_LOG_APPEND_TIME:
+        now_ms = int(time.time() * 1000)
+        timestamp_ms = now_ms if kind == TIMESTAMP_NOT_AVAILABLE else min(timestamp_ms, now_ms)
     return Origin(topic, partition, offset, message.key(), message.value()), timestamp_ms
 
 
@@ -115,7 +120,8 @@ class Runtime:
         self.channels = Channels.of(settings)
         self.partitions = partitions
         self.metrics = metrics
-        self.models = BanditModels(settings)
+        self.models = BanditModels(settings, lambda: self._count_undecodable("models"),
+                                   SpilledModels(Path(settings.data_dir) / "worker" / "models"))
         self.catalog = MemoryStore()
         self.agents = agents_for(self.models, self.catalog)
         self.states: dict[int, PartitionState] = {}
@@ -123,7 +129,10 @@ class Runtime:
         self._ready = False
         self.heartbeat = time.monotonic()  # the loop's last turn, for /health
         self._stopping = False
-        self._poisoned: dict[tuple[str, int, int], str] = {}
+        self._poisoned: dict[tuple[str, int, int], InvalidInput] = {}
+        # State keys whose changelog record came out too large, per partition: the redo of
+        # the batch checks them after each input to find the one that made them so.
+        self._oversized: dict[int, set[str]] = {}
         self._last_tick = 0.0
         worker_id = settings.instance_id
         common = {"bootstrap.servers": settings.bootstrap_servers}
@@ -178,6 +187,8 @@ class Runtime:
                 tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
                 if tick:
                     self._last_tick = time.monotonic()
+                    self.models.retire_idle()
+                    self.metrics.bandit_models_in_memory.set(self.models.in_memory())
                 if messages or (tick and self.states):
                     self._transaction(messages, tick)
         finally:
@@ -188,6 +199,7 @@ class Runtime:
             self.restorer.close()
             for state in self.states.values():
                 state.close()
+            self.models.spill.close()
 
     def _next_batch(self) -> list[Message]:
         """What has arrived, up to MAX_BATCH; when nothing has, wait up to POLL_S for the
@@ -217,10 +229,16 @@ class Runtime:
         for origin, timestamp_ms in inputs:
             try:
                 self._handle(origin, timestamp_ms, out)
-            except Exception as exc:  # a bug: set this record aside and redo the batch
-                log.exception("processing failed on %s[%s]@%s", origin.topic,
-                              origin.partition, origin.offset)
-                self._poisoned[(origin.topic, origin.partition, origin.offset)] = repr(exc)
+                self._check_oversized(origin.partition)
+            except Exception as exc:  # set this record aside and redo the batch
+                where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
+                if isinstance(exc, RecordTooLarge):
+                    log.warning("%s: %s; dead-lettering it", where, exc)
+                    error = InvalidInput("too_large", str(exc))
+                else:  # a bug
+                    log.exception("processing failed on %s", where)
+                    error = InvalidInput("processing_error", repr(exc))
+                self._poisoned[(origin.topic, origin.partition, origin.offset)] = error
                 self._abort(first)
                 return
         if tick:
@@ -235,9 +253,9 @@ class Runtime:
         self._commit(out, first, after)
 
     def _handle(self, origin: Origin, timestamp_ms: int, out: Staged) -> None:
-        problem = self._poisoned.pop((origin.topic, origin.partition, origin.offset), None)
-        if problem is not None:
-            self.agents.failed(origin, problem, out)
+        error = self._poisoned.pop((origin.topic, origin.partition, origin.offset), None)
+        if error is not None:
+            self.agents.failed(origin, error, out)
         elif origin.topic == self.channels.decisions:
             self.agents.decision(origin, out)
         elif origin.topic == self.channels.catalog:
@@ -256,6 +274,9 @@ class Runtime:
                     origin.offset, changelog_offsets.get(origin.partition, -1))
 
         changes = {p: state.changes() for p, state in self.states.items()}
+        if self._oversized_records(changes):
+            self._abort(first)
+            return
         model_changes = self.models.changes()
         try:
             for p, records in changes.items():
@@ -286,8 +307,40 @@ class Runtime:
             if records:
                 self.states[p].committed(records, changelog_offsets[p])
         self.models.committed(model_changes)
+        self._oversized.clear()
         for count in out.counts:
             count()
+
+    def _oversized_records(self, changes: dict[int, list[Record]]) -> bool:
+        """Whether a state record is over the limit; if so the batch is redone watching it.
+
+        Caps keep state small, so this is a last line of defence. Watched already, the key
+        was made too large by a tick rather than an input: it is dropped, so that the
+        partition goes on (logged, the only state ever given up)."""
+        found = False
+        for p, records in changes.items():
+            for key, value in records:
+                if len(key) + len(value or b"") <= MAX_RECORD_BYTES:
+                    continue
+                name = key.decode()
+                if name in self._oversized.get(p, set()):
+                    log.error("partition %s: state %r too large with no input to blame: "
+                              "dropped", p, name)
+                    self.states[p].delete(name)
+                    changes[p] = self.states[p].changes()
+                else:
+                    log.warning("partition %s: state %r would be %d bytes: redoing the batch "
+                                "to find the input", p, name, len(key) + len(value or b""))
+                    self._oversized.setdefault(p, set()).add(name)
+                    found = True
+        return found
+
+    def _check_oversized(self, partition: int) -> None:
+        state = self.states.get(partition)
+        for key in self._oversized.get(partition, ()):
+            value = None if state is None else state.get(key)
+            if value is not None:
+                check_size(f"state {key!r}", key.encode(), encode_state(value))
 
     @staticmethod
     def _retrying(call: Callable[[], None]) -> None:
@@ -349,7 +402,8 @@ class Runtime:
         for p in sorted(mine):
             state = self.states.get(p)
             if state is None:
-                state = self.states[p] = PartitionState(self.state_dir / str(p))
+                state = self.states[p] = PartitionState(
+                    self.state_dir / str(p), on_undecodable=self._count_undecodable)
             state.discard()  # another worker may have changed it since
             self._restore(state, p)
         self.models_tail.catch_up(self._beat)
@@ -366,6 +420,9 @@ class Runtime:
             if state is not None:
                 state.close()
         self.metrics.forget_assignment()
+
+    def _count_undecodable(self, source: str) -> None:
+        self.metrics.records_undecodable.labels(source).inc()
 
     def _restore(self, state: PartitionState, partition: int) -> None:
         tp = TopicPartition(self.channels.changelog, partition)
@@ -401,6 +458,4 @@ class Runtime:
             if origin.key is not None:
                 records.append((origin.key, origin.value))
                 last = origin.offset
-        if last is not None:
-            state.apply(records, last)
-        return len(records)
+        return 0 if last is None else state.restore(records, last)

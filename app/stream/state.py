@@ -14,19 +14,27 @@ No Kafka here: :mod:`app.stream.loop` produces the records and reads the changel
 
 from __future__ import annotations
 
-import pickle
+import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from app.contract.codec import UndecodableRecord, decode_state, encode_state
+
+log = logging.getLogger(__name__)
+
 # Keys of the engine's state are text; this one cannot collide with them.
 OFFSET_KEY = b"\x00changelog-offset"
 WRITTEN_AT_KEY = b"\x00written-at-ms"
+# The encoding of the values (app.contract.codec); a copy without it predates it and holds
+# pickles, which are never read: it is rebuilt from the changelog.
+FORMAT_KEY = b"\x00format"
+FORMAT = b"1"
 _DELETED = object()
 
 Record = tuple[bytes, bytes | None]  # a changelog record: key, and value or None (deleted)
@@ -68,24 +76,29 @@ class PartitionState:
 
     >>> import tempfile
     >>> state = PartitionState(Path(tempfile.mkdtemp()) / "0")
-    >>> state.set("session:a", {"n": 1})
+    >>> state.set("wake:7:0", {"session:shop:s1": None})
     >>> records = state.changes()
     >>> [key for key, _ in records]
-    [b'session:a']
+    [b'wake:7:0']
     >>> state.committed(records, changelog_offset=7)
     >>> state.discard()  # forget what is in memory: RocksDB has it
-    >>> state.get("session:a"), state.changelog_offset
-    ({'n': 1}, 7)
+    >>> state.get("wake:7:0"), state.changelog_offset
+    ({'session:shop:s1': None}, 7)
     >>> state.close()
     """
 
-    def __init__(self, path: Path, max_objects: int = 100_000) -> None:
+    def __init__(self, path: Path, max_objects: int = 10_000,
+                 on_undecodable: Callable[[str], None] = lambda source: None) -> None:
         self.path = path
         self.max_objects = max_objects
+        self.on_undecodable = on_undecodable
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), options=Options(raw_mode=True))
         self._objects: dict[str, Any] = {}
         self._changes: dict[str, Any] = {}
+        if self._db.get(FORMAT_KEY) != FORMAT and self.changelog_offset is not None:
+            log.warning("%s: local state of an older format: rebuilding it", path)
+            self.wipe()
 
     @property
     def written_at_ms(self) -> int | None:
@@ -112,7 +125,13 @@ class PartitionState:
         raw = self._db.get(key.encode())
         if raw is None:
             return None
-        value = pickle.loads(raw)
+        try:
+            value = decode_state(key, raw)
+        except UndecodableRecord as exc:  # only valid records are written: a damaged disk
+            log.error("%s: local state of %r does not decode, read as absent: %s",
+                      self.path, key, exc)
+            self.on_undecodable("local_state")
+            return None
         self._remember(key, value)
         return value
 
@@ -128,8 +147,7 @@ class PartitionState:
 
     def changes(self) -> list[Record]:
         """The open transaction's changes as changelog records, each key once, last value."""
-        return [(key.encode(), None if value is _DELETED
-                 else pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return [(key.encode(), None if value is _DELETED else encode_state(value))
                 for key, value in self._changes.items()]
 
     def committed(self, records: list[Record], changelog_offset: int) -> None:
@@ -142,6 +160,23 @@ class PartitionState:
         self._changes.clear()
         self._objects.clear()
 
+    def restore(self, records: Iterable[Record], changelog_offset: int) -> int:
+        """Apply changelog records read back from Kafka; one whose value does not decode
+        (anyone who can write the topic could have put it there) is skipped and counted.
+        Returns how many were applied."""
+        valid = []
+        for key, value in records:
+            if value is not None:
+                try:
+                    decode_state(key.decode("utf-8"), value)
+                except (UnicodeDecodeError, UndecodableRecord) as exc:
+                    log.warning("%s: skipped a changelog record: %s", self.path, exc)
+                    self.on_undecodable("changelog")
+                    continue
+            valid.append((key, value))
+        self.apply(valid, changelog_offset)
+        return len(valid)
+
     def apply(self, records: Iterable[Record], changelog_offset: int) -> None:
         """Write changelog records and the offset they reach, atomically."""
         batch = WriteBatch(raw_mode=True)
@@ -151,6 +186,7 @@ class PartitionState:
             else:
                 batch.put(key, value)
         batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        batch.put(FORMAT_KEY, FORMAT)
         batch.put(WRITTEN_AT_KEY, str(int(time.time() * 1000)).encode())
         self._db.write(batch)
 

@@ -189,8 +189,12 @@ def _partition_counts(metadata: ClusterMetadata) -> dict[str, int]:
             if topic.error is None}
 
 
+SPEC_CONFIGS = ("cleanup.policy", "retention.ms", "message.timestamp.type")
+
+
 def _configs(spec: TopicSpec) -> dict[str, str]:
-    return {"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms)}
+    return {"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms),
+            "message.timestamp.type": spec.timestamp_type}
 
 
 def _read_configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, str] | str]:
@@ -206,8 +210,7 @@ def _read_configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, s
         except KafkaException as exc:
             found[resource.name] = f"could not read its configs: {exc.args[0]}"
             continue
-        found[resource.name] = {key: entries[key].value for key in ("cleanup.policy",
-                                                                   "retention.ms")
+        found[resource.name] = {key: entries[key].value for key in SPEC_CONFIGS
                                 if key in entries}
     return found
 

@@ -1,13 +1,24 @@
-"""Dead letters: every input kept with its reason, and always small enough for Kafka."""
+"""Dead letters: every input kept with its reason, and always small enough for Kafka; event
+times that are JSON integers only."""
 
 from __future__ import annotations
 
 import base64
 
 import orjson
+import pytest
 
-from app.contract.decode import DEAD_LETTER_KEPT_BYTES, InvalidInput, dead_letter_value
+from app.contract.codec import MAX_RECORD_BYTES
+from app.contract.decode import (
+    DEAD_LETTER_KEY_BYTES,
+    DEAD_LETTER_VALUE_BYTES,
+    InvalidInput,
+    dead_letter_key,
+    dead_letter_value,
+    decode,
+)
 from app.contract.specs import validation_error
+from app.contract.topics import CLICKS
 from app.core.events import Origin
 
 
@@ -19,15 +30,40 @@ def test_a_dead_letter_keeps_the_exact_bytes_and_the_reason():
     assert (record["topic"], record["partition"], record["offset"], record["key"]) == \
         ("reco.clicks", 2, 17, "s1")
     assert record["reason"] == "invalid_json: bad" and record["value_bytes"] == 10
+    assert record["key_bytes"] == 2
     assert validation_error("reco.dead-letter", record) is None
 
 
-def test_a_huge_input_still_makes_a_dead_letter_under_a_kafka_record_limit():
-    huge = b'{"x": "' + b"a" * 3_000_000 + b'"}'
-    origin = Origin("reco.served", 0, 1, b"k" * 2_000_000, huge)
-    raw = dead_letter_value(origin, InvalidInput("schema", "y" * 100_000))
-    assert len(raw) < 1_000_000  # librdkafka's and the broker's default maximum
+@pytest.mark.parametrize("key, value", [
+    (b"k" * 2_000_000, b'{"x": "' + b"a" * 3_000_000 + b'"}'),  # huge key and value
+    (b"s1", b"\x01" * 200_000),  # control bytes: JSON escapes each one six-fold
+    (b"\x00" * 250_000, b"\x1f" * 250_000),  # a 250 KB key plus a 250 KB value
+    (b"s1", "\u2028".encode() * 60_000),  # valid UTF-8 whose text would not fit
+])
+def test_any_input_makes_a_dead_letter_well_under_a_kafka_record(key, value):
+    origin = Origin("reco.served", 0, 1, key, value)
+    raw = dead_letter_value(origin, InvalidInput("schema", "\x01" * 100_000))
+    assert len(dead_letter_key(origin) or b"") + len(raw) <= 300 * 1024 < MAX_RECORD_BYTES
     record = orjson.loads(raw)
-    assert record["value"] is None and record["value_bytes"] == len(huge)
-    assert base64.b64decode(record["value_base64"]) == huge[:DEAD_LETTER_KEPT_BYTES]
+    assert record["value_bytes"] == len(value) and record["key_bytes"] == len(key)
+    assert base64.b64decode(record["value_base64"]) == value[:DEAD_LETTER_VALUE_BYTES]
+    assert dead_letter_key(origin) == key[:DEAD_LETTER_KEY_BYTES]
     assert validation_error("reco.dead-letter", record) is None
+
+
+def test_a_reaction_waiting_in_the_join_keeps_a_bounded_copy_of_its_input():
+    value = {"event_id": "c1", "site_id": "shop", "session_id": "s1", "ts": 1_700_000_000_000,
+             "item_id": "i1", "padding": "x" * 600_000}
+    raw = orjson.dumps(value)
+    reaction = decode(CLICKS, Origin("reco.clicks", 0, 5, b"s1", raw))
+    assert reaction.origin is not None and len(reaction.origin.value or b"") <= 4096
+    assert reaction.origin.value_bytes == len(raw)  # what its dead letter will report
+
+
+@pytest.mark.parametrize("ts", ["1796160000000.0", "1e30", str(2**64), "-1"])
+def test_event_times_are_json_integers_in_range(ts):
+    raw = (b'{"event_id": "c1", "site_id": "shop", "session_id": "s1", "item_id": "i1", '
+           b'"ts": ' + ts.encode() + b"}")
+    with pytest.raises(InvalidInput) as error:
+        decode(CLICKS, Origin("reco.clicks", 0, 5, b"s1", raw))
+    assert error.value.reason == "schema" and "ts" in str(error.value)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from app.contract.codec import EncodedStore
 from app.core.candidates import SiteStats, arm_items, record_reaction
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.events import Reaction
 from app.core.session import Session
-from app.core.store import DictStore
+from app.core.store import MemoryStore
 
 T0 = 1_700_000_000_000
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
@@ -24,12 +25,12 @@ def react(stats: SiteStats, session: Session, kind: str, item: str, category: st
 
 
 @pytest.fixture
-def store() -> DictStore:
-    return DictStore()
+def store() -> EncodedStore:
+    return EncodedStore()
 
 
 @pytest.fixture
-def site(store: DictStore) -> SiteStats:
+def site(store: EncodedStore) -> SiteStats:
     """A site where other sessions engaged with shoes, hats and bags."""
     stats = SiteStats("shop", store.get, store.set)
     for n in range(30):
@@ -52,21 +53,21 @@ def test_category1_shows_the_most_engaged_category_and_category2_the_next(site, 
     react(site, session, "detail_view", "shoe1", "shoes", T0 + 100_000)
     react(site, session, "click", "shoe2", "shoes", T0 + 100_001)
     react(site, session, "click", "hat1", "hats", T0 + 100_002)
-    catalog = StoreCatalog(DictStore())
+    catalog = StoreCatalog(MemoryStore())
     first = items_of(arm_items("category1", session, site, catalog, T0 + 100_003, 3))
     assert {"shoe1", "shoe2", "shoe3", "shoe4", "shoe5"} >= set(first) and len(first) == 3
     assert items_of(arm_items("category2", session, site, catalog, T0 + 100_003, 1)) == ["hat1"]
 
 
 def test_every_arm_returns_a_full_list_even_for_a_new_session(site):
-    catalog = StoreCatalog(DictStore())
+    catalog = StoreCatalog(MemoryStore())
     for arm in ARMS:
         ranked = arm_items(arm, Session("shop", "new"), site, catalog, T0 + 100_000, 5)
         assert len(ranked) == 5, arm
 
 
 def test_a_brand_new_site_falls_back_to_available_catalog_items(store):
-    catalog_store = DictStore()
+    catalog_store = MemoryStore()
     for n in range(4):
         apply_record(catalog_store, "fresh", f"i{n}",
                      {"category": "c", "available": n != 2, "ts": 1})
@@ -78,7 +79,7 @@ def test_a_brand_new_site_falls_back_to_available_catalog_items(store):
 
 
 def test_basket_items_and_unavailable_items_are_never_recommended(site):
-    catalog_store = DictStore()
+    catalog_store = MemoryStore()
     apply_record(catalog_store, "shop", "shoe2", {"category": "shoes", "available": False,
                                                   "ts": 1})
     session = Session("shop", "s1")
@@ -98,7 +99,7 @@ def test_bestsellers_prefer_the_sessions_region(store):
     for n in range(9):
         buyer = Session("shop", f"us{n}", context={"region": "us"})
         react(stats, buyer, "basket_add", "us-item", "x", T0 + n)
-    catalog = StoreCatalog(DictStore())
+    catalog = StoreCatalog(MemoryStore())
     eu = Session("shop", "s", context={"region": "eu"})
     assert items_of(arm_items("bestsellers", eu, stats, catalog, T0 + 10, 2)) == [
         "eu-item", "us-item"]
@@ -110,7 +111,7 @@ def test_bestsellers_prefer_the_sessions_region(store):
 def test_similar_votes_for_items_co_engaged_with_the_sessions_recent_items(site):
     session = Session("shop", "s1")
     react(site, session, "detail_view", "hat1", "hats", T0 + 100_000)
-    shown = items_of(arm_items("similar", session, site, StoreCatalog(DictStore()),
+    shown = items_of(arm_items("similar", session, site, StoreCatalog(MemoryStore()),
                                T0 + 100_001, 2))
     assert shown[0] in {"shoe2", "bag1"}  # hat1's neighbours in other sessions
 
@@ -123,13 +124,13 @@ def test_trending_ranks_rising_items_above_steady_ones(store):
     for n in range(6):  # a burst in the last minutes
         react(stats, Session("shop", f"b{n}"), "detail_view", "rising", "x",
               T0 + 48 * hour + n * 10_000)
-    ranked = arm_items("trending", Session("shop", "s"), stats, StoreCatalog(DictStore()),
+    ranked = arm_items("trending", Session("shop", "s"), stats, StoreCatalog(MemoryStore()),
                        T0 + 48 * hour + 60_000, 2)
     assert items_of(ranked)[0] == "rising"
 
 
 def test_newer_catalog_records_win_and_tombstones_remove_items():
-    store = DictStore()
+    store = MemoryStore()
     catalog = StoreCatalog(store)
     assert apply_record(store, "shop", "a", {"category": "c", "available": False, "ts": 5})
     assert not apply_record(store, "shop", "a", {"category": "c", "available": True, "ts": 4})

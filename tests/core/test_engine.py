@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from app.contract.codec import EncodedStore
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Effects, Engine, session_key
 from app.core.events import Reaction, Served, Tick
 from app.core.policy import ContextualEpsilonGreedy
-from app.core.store import DictStore
+from app.core.store import MemoryStore
 from app.settings import Settings
 
 T0 = 1_700_000_000_000
@@ -28,12 +29,12 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def catalog_store() -> DictStore:
-    return DictStore()
+def catalog_store() -> MemoryStore:
+    return MemoryStore()
 
 
 @pytest.fixture
-def engine(settings: Settings, catalog_store: DictStore) -> Engine:
+def engine(settings: Settings, catalog_store: MemoryStore) -> Engine:
     return Engine(settings, FixedPolicies(settings), StoreCatalog(catalog_store))
 
 
@@ -52,7 +53,7 @@ def reaction(event_id: str, kind: str, ts: int, item="i1", session="s1", site="s
 KINDS = ("served", "click", "detail_view", "basket_add")
 
 
-def read_all_kinds_up_to(engine: Engine, store: DictStore, ts: int) -> Effects:
+def read_all_kinds_up_to(engine: Engine, store: EncodedStore, ts: int) -> Effects:
     """One event of every input kind at ``ts`` from an unrelated session: the watermark
     (the smallest of the kinds' latest times) reaches ``ts``, and sessions due before the
     second it is in are settled. Returns what that settled, for other sessions."""
@@ -68,12 +69,12 @@ def read_all_kinds_up_to(engine: Engine, store: DictStore, ts: int) -> Effects:
     return effects
 
 
-def everything_read_up_to(engine: Engine, store: DictStore, ts: int) -> list:
+def everything_read_up_to(engine: Engine, store: EncodedStore, ts: int) -> list:
     return read_all_kinds_up_to(engine, store, ts).rewards
 
 
 def test_basket_add_two_seconds_after_display_closes_at_once_with_reward_3(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     # Not decided while a topic may still hold an earlier display for this session.
     assert engine.handle(store, reaction("r1", "basket_add", T0 + 2_000)).rewards == []
@@ -83,7 +84,7 @@ def test_basket_add_two_seconds_after_display_closes_at_once_with_reward_3(engin
 
 
 def test_detail_view_gives_reward_1_when_stream_time_passes_window_and_grace(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     engine.handle(store, reaction("r1", "detail_view", T0 + 3_000))
     assert everything_read_up_to(engine, store, T0 + 25_000) == []  # not past window + grace
@@ -92,7 +93,7 @@ def test_detail_view_gives_reward_1_when_stream_time_passes_window_and_grace(eng
 
 
 def test_no_reaction_gives_reward_0_on_an_idle_partition_through_ticks(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     wall = 5_000_000
     for second in range(25):  # quiet: the first 5 ticks count it in, then the wall clock runs
@@ -105,7 +106,7 @@ def test_no_reaction_gives_reward_0_on_an_idle_partition_through_ticks(engine):
 
 
 def test_a_topic_that_went_quiet_does_not_hold_the_others_back(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     engine.handle(store, reaction("r1", "basket_add", T0 + 2_000))
     wall = 5_000_000
@@ -119,7 +120,7 @@ def test_a_topic_that_went_quiet_does_not_hold_the_others_back(engine):
 
 
 def test_a_repeated_event_id_is_applied_once(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is False
     assert engine.handle(store, reaction("r1", "click", T0 + 1_000)).duplicate is True
@@ -128,7 +129,7 @@ def test_a_repeated_event_id_is_applied_once(engine):
 
 
 def test_reaction_read_before_its_display_is_attributed_once_the_display_is_read(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, reaction("r1", "basket_add", T0 + 1_000, served_id="d1"))
     engine.handle(store, served("d1", T0))
     [decision] = everything_read_up_to(engine, store, T0 + 2_000)
@@ -136,7 +137,7 @@ def test_reaction_read_before_its_display_is_attributed_once_the_display_is_read
 
 
 def test_reaction_after_its_display_closed_is_late_and_not_applied(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0))
     [closed] = everything_read_up_to(engine, store, T0 + 26_000)
     assert closed.reward == 0.0
@@ -145,7 +146,7 @@ def test_reaction_after_its_display_closed_is_late_and_not_applied(engine):
 
 
 def test_a_reaction_without_a_display_is_unattributed_after_the_grace_period(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, reaction("r1", "click", T0, item="nowhere"))
     # A display produced late may still come within the grace period...
     assert read_all_kinds_up_to(engine, store, T0 + 4_000).unattributed == []
@@ -155,7 +156,7 @@ def test_a_reaction_without_a_display_is_unattributed_after_the_grace_period(eng
 
 
 def test_the_latest_display_showing_the_item_wins(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0, items=("a",)))
     assert engine.handle(store, served("d2", T0 + 1_000, items=("a",))).pending_displays == 2
     engine.handle(store, reaction("r1", "basket_add", T0 + 2_000, item="a"))
@@ -164,7 +165,7 @@ def test_the_latest_display_showing_the_item_wins(engine):
 
 
 def test_every_event_publishes_a_ranking_and_served_ranking_ids_are_authoritative(engine):
-    store = DictStore()
+    store = EncodedStore()
     [ranking] = engine.handle(store, reaction("r0", "click", T0, item="a")).rankings
     assert ranking.ranking_id == "rk-r0" and ranking.session_id == "s1"
     assert 0 < ranking.propensity <= 1
@@ -175,7 +176,7 @@ def test_every_event_publishes_a_ranking_and_served_ranking_ids_are_authoritativ
 
 
 def test_sites_do_not_share_sessions(engine):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, served("d1", T0, site="a"))
     engine.handle(store, reaction("r1", "basket_add", T0 + 1, site="b"))
     assert everything_read_up_to(engine, store, T0 + 1) == []
@@ -184,7 +185,7 @@ def test_sites_do_not_share_sessions(engine):
 
 
 def test_inactive_sessions_expire(engine, settings):
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, reaction("r1", "click", T0))
     read_all_kinds_up_to(engine, store, T0 + 1_000)
     assert store.get(session_key("shop", "s1")) is not None
@@ -195,7 +196,7 @@ def test_inactive_sessions_expire(engine, settings):
 
 def test_reactions_without_a_category_take_it_from_the_catalog(engine, catalog_store):
     apply_record(catalog_store, "shop", "x", {"category": "hats", "available": True, "ts": 1})
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, Reaction("r1", "click", "shop", "s1", T0, "x"))
     assert store.get(session_key("shop", "s1")).top_categories(1) == ["hats"]
 
@@ -204,7 +205,7 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
     from app.core.engine import home_partition
 
     home = home_partition("shop", 4)
-    store = DictStore()
+    store = EncodedStore()
     engine.handle(store, Tick(1_000, home, 4))
     engine.handle(store, reaction("r1", "click", T0))  # no context: the site-wide segment
     engine.handle(store, Reaction("r2", "click", "shop", "s2", T0, "a",
@@ -221,7 +222,7 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
     interval_ms = int(settings.default_ranking_interval_s * 1000)
     assert len(engine.handle(store, Tick(2_000 + interval_ms, home, 4)).rankings) == 2
 
-    elsewhere = DictStore()
+    elsewhere = EncodedStore()
     engine.handle(elsewhere, Tick(1_000, (home + 1) % 4, 4))
     engine.handle(elsewhere, reaction("r1", "click", T0))
     assert engine.handle(elsewhere, Tick(2_000, (home + 1) % 4, 4)).rankings == []
@@ -230,8 +231,8 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
 def test_a_site_can_override_the_window_and_the_rewards():
     settings = Settings(site_join={"quick": {"reward_window_s": 2, "grace_s": 1,
                                              "basket_add": 5}})
-    engine = Engine(settings, FixedPolicies(settings), StoreCatalog(DictStore()))
-    store = DictStore()
+    engine = Engine(settings, FixedPolicies(settings), StoreCatalog(MemoryStore()))
+    store = EncodedStore()
     engine.handle(store, served("q1", T0, site="quick", session="a"))
     engine.handle(store, served("s1", T0, site="shop", session="b"))
     engine.handle(store, reaction("qr", "basket_add", T0 + 1_500, site="quick", session="a",
@@ -245,3 +246,51 @@ def test_a_site_can_override_the_window_and_the_rewards():
     assert everything_read_up_to(engine, store, T0 + 25_000) == []
     [default] = everything_read_up_to(engine, store, T0 + 26_001)
     assert default.served_id == "s1"
+
+
+def test_idle_sites_get_no_more_default_rankings_and_leave_the_clock():
+    from app.core.engine import CLOCK_KEY, home_partition
+
+    settings = Settings(site_idle_s=60)
+    engine = Engine(settings, FixedPolicies(settings), StoreCatalog(MemoryStore()))
+    store = EncodedStore()
+    sites = [f"one-visit-{n}" for n in range(40)]
+    home = {site: home_partition(site, 1) for site in sites}
+    assert set(home.values()) == {0}
+    engine.handle(store, Tick(1_000, 0, 1))
+    for n, site in enumerate(sites):
+        engine.handle(store, reaction(f"r{n}", "click", T0, site=site, session=f"s{n}"))
+    assert len(engine.handle(store, Tick(2_000, 0, 1)).rankings) == len(sites)
+    engine.handle(store, reaction("busy", "click", T0 + 30_000, site="busy", session="b"))
+    # Stream time passes the idle limit (the wall clock, once the partition is quiet).
+    engine.handle(store, reaction("late-busy", "click", T0 + 61_000, site="busy", session="b"))
+    published = engine.handle(store, Tick(100_000, 0, 1)).rankings
+    assert {r.site_id for r in published} == {"busy"}
+    clock = store.get(CLOCK_KEY)
+    assert set(clock.segments) == {"busy"}
+    assert all("one-visit" not in key for key in clock.defaults_published)
+
+
+def test_a_session_keeps_its_newest_context_keys_and_a_bounded_basket():
+    from app.core.session import BASKET_KEPT, CONTEXT_KEYS_KEPT, Session
+
+    session = Session("shop", "s")
+    for n in range(100):
+        session.touch(T0 + n, {f"k{n}": "v"})
+    assert list(session.context) == [f"k{n}" for n in range(100 - CONTEXT_KEYS_KEPT, 100)]
+    for n in range(300):
+        session.engage(Reaction(f"b{n}", "basket_add", "shop", "s", T0 + n, f"i{n}"))
+    assert len(session.basket) == BASKET_KEPT and f"i{299}" in session.basket
+
+
+def test_a_display_lists_bounded_outcomes_but_keeps_its_best_reward(engine):
+    from app.core.join import OUTCOMES_KEPT
+
+    store = EncodedStore()
+    engine.handle(store, served("d1", T0))
+    for n in range(200):
+        engine.handle(store, reaction(f"c{n}", "click", T0 + 10 + n))
+    engine.handle(store, reaction("buy", "basket_add", T0 + 5_000))
+    [closed] = everything_read_up_to(engine, store, T0 + 6_000)
+    assert closed.reward == 3.0 and closed.closed_by == "max_reward"
+    assert len(closed.outcomes) == OUTCOMES_KEPT + 1 and closed.outcomes[-1].type == "basket_add"

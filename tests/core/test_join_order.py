@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from app.contract.codec import EncodedStore
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualEpsilonGreedy
-from app.core.store import DictStore
+from app.core.store import MemoryStore
 from app.settings import Settings
 
 T0 = 1_700_000_000_000
@@ -103,8 +104,8 @@ def run_engine(by_kind: dict[str, list[Any]], seed: int) -> dict[str, tuple[floa
     """Feed the topics to the engine in one random interleaving that keeps each topic's
     order, then read every topic far ahead so all decisions close."""
     rng = random.Random(seed)
-    engine = Engine(Settings(), Policies(), StoreCatalog(DictStore()))
-    store = DictStore()
+    engine = Engine(Settings(), Policies(), StoreCatalog(MemoryStore()))
+    store = EncodedStore()
     cursors = {kind: 0 for kind in KINDS}
     decided: dict[str, tuple[float, list]] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -85,10 +86,10 @@ def test_names_follow_prometheus_conventions():
         "recoloop_reactions_late": "counter",
         "recoloop_rankings_published": "counter", "recoloop_bandit_updates": "counter",
         "recoloop_join_pending_displays": "gauge", "recoloop_bandit_arm_estimate": "gauge",
-        "recoloop_bandit_arm_choice_share": "gauge",
+        "recoloop_bandit_arm_choice_share": "gauge", "recoloop_bandit_models_in_memory": "gauge",
         "recoloop_worker_ready": "gauge", "recoloop_reward_delay_seconds": "histogram",
         "recoloop_event_to_ranking_seconds": "histogram", "recoloop_build": "info",
-        "recoloop_state_restored_records": "counter",
+        "recoloop_state_restored_records": "counter", "recoloop_records_undecodable": "counter",
     }
     assert {name: f.type for name, f in families.items()} == expected
     text = generate_latest(exercised().registry).decode()
@@ -137,3 +138,18 @@ def test_a_taken_metrics_port_is_a_clear_error():
         port = taken.getsockname()[1]
         with pytest.raises(MetricsPortInUse, match="RECOLOOP_METRICS_PORT"):
             Metrics().serve(port, "127.0.0.1")
+
+
+def test_metrics_are_served_on_metrics_only():
+    metrics = exercised()
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+        assert answer.status == 200 and b"recoloop_build_info" in answer.read()
+    with urllib.request.urlopen(f"{base}/metrics?name[]=x", timeout=5) as answer:
+        assert answer.status == 200  # a query string is still the metrics
+    for path in ("/", "/favicon.ico", "/metrics/x", "/health"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{base}{path}", timeout=5)
+        assert error.value.code == 404, path

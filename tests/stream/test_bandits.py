@@ -1,11 +1,14 @@
-"""Each site's bandit: the newest committed version wins, and an aborted update vanishes."""
+"""Each site's bandit: the newest committed version wins, an aborted update vanishes, and
+only the plain encoding is ever read from the models topic."""
 
 from __future__ import annotations
 
 import pickle
 
+from app.contract.codec import decode_model, encode_model, model_version
 from app.settings import Settings
-from app.stream.bandits import BanditModels, encode, version_of
+from app.stream.bandits import BanditModels
+from tests.stream.test_state import Exploit
 
 SETTINGS = Settings(arms=("category1", "trending"))
 
@@ -25,7 +28,7 @@ def test_committed_updates_count_and_aborted_ones_vanish():
     assert models.current("shop")[1] == 4  # rankings in the open transaction see it
     models.aborted()
     assert models.current("shop")[1] == 3
-    assert version_of(dict(learn(models, "shop", 1))["shop"]) == 4
+    assert model_version(dict(learn(models, "shop", 1))["shop"]) == 4
 
 
 def test_the_newest_version_from_the_models_topic_wins():
@@ -38,12 +41,43 @@ def test_the_newest_version_from_the_models_topic_wins():
     assert version == 5 and policy.n_updates == 5
 
 
-def test_models_round_trip_through_pickle_and_follow_reconfigured_arms():
+def test_models_round_trip_through_the_plain_encoding_and_follow_reconfigured_arms():
     models = BanditModels(SETTINGS)
     raw = dict(learn(models, "shop", 2))["shop"]
-    assert pickle.loads(raw.partition(b"\n")[2]).n_updates == 2
+    assert decode_model(raw).n_updates == 2
     wider = BanditModels(Settings(arms=("category1", "trending", "similar")))
     wider.offer("shop", raw)
     policy, version = wider.current("shop")
     assert policy.arms == ("category1", "trending", "similar") and version == 2
-    assert encode(policy).startswith(b"2\n")
+    assert encode_model(policy).startswith(b"2\n")
+
+
+def test_a_crafted_pickle_on_the_models_topic_is_skipped_counted_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    skipped = []
+    models = BanditModels(SETTINGS, on_undecodable=lambda: skipped.append(1))
+    crafted = pickle.dumps(Exploit(str(marker)))
+    for raw in (b"9\n" + crafted, crafted, b"9\n\x01not msgpack", b""):
+        models.offer("shop", raw)
+    assert len(skipped) == 4 and not marker.exists()
+    assert models.current("shop")[1] == 0  # still the fresh bandit
+
+
+def test_idle_sites_leave_memory_and_come_back_from_disk(tmp_path):
+    from app.stream.bandits import SpilledModels
+
+    now = [0.0]
+    models = BanditModels(Settings(arms=("category1", "trending"), site_idle_s=60),
+                          spill=SpilledModels(tmp_path / "models"), clock=lambda: now[0])
+    for n in range(100):
+        learn(models, f"site-{n}", 2)
+    assert models.in_memory() == 100
+    now[0] = 30.0
+    learn(models, "site-0", 1)
+    now[0] = 61.0
+    assert models.retire_idle() == 99 and models.in_memory() == 1
+    assert models.current("site-7")[1] == 2  # back from disk, as learned
+    assert models.in_memory() == 2
+    models.offer("site-8", dict(learn(BanditModels(SETTINGS), "site-8", 5))["site-8"])
+    assert models.current("site-8")[1] == 5  # a newer version read while it was retired
+    models.spill.close()

@@ -9,6 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from app.contract.decode import catalog_key
 from app.contract.topics import (
     BASKET_ADDS,
     CATALOG,
@@ -33,7 +34,7 @@ def apply_catalog(s: Settings, records: list[dict]) -> None:
     all of those are dead-lettered, everything before them in each partition was applied.
     """
     produce(s.bootstrap_servers, [
-        (s.topic(CATALOG), f"{r['site_id']}:{r['item_id']}".encode(), orjson.dumps(r))
+        (s.topic(CATALOG), catalog_key(r['site_id'], r['item_id']).encode(), orjson.dumps(r))
         for r in records])
     from confluent_kafka import Producer
 

@@ -1,69 +1,111 @@
-"""A partition's state: RocksDB written only after commit, with the changelog offset."""
+"""A partition's state: RocksDB written only after commit, with the changelog offset, and
+nothing but the plain encoding ever read back (a pickle is skipped, never run)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 
+from app.contract.codec import encode_state
+from app.core.keys import state_key
 from app.stream.state import PartitionState, RestorePlan, restore_plan
+
+
+def wake(n: int) -> str:
+    """A state key of a real kind (the engine's wake-up shards hold ``dict[str, None]``)."""
+    return state_key("wake", n, 0)
 
 
 def test_reads_see_the_open_transaction_and_rocksdb_only_what_committed(tmp_path):
     state = PartitionState(tmp_path / "0")
-    state.set("a", {"n": 1})
+    state.set(wake(1), {"one": None})
     state.committed(state.changes(), changelog_offset=0)
-    state.set("a", {"n": 2})
-    state.set("b", [1])
-    state.delete("b")
-    assert state.get("a") == {"n": 2} and state.get("b") is None
+    state.set(wake(1), {"two": None})
+    state.set(wake(2), {"x": None})
+    state.delete(wake(2))
+    assert state.get(wake(1)) == {"two": None} and state.get(wake(2)) is None
     records = dict(state.changes())
-    assert records == {b"a": pickle.dumps({"n": 2}, protocol=pickle.HIGHEST_PROTOCOL),
-                       b"b": None}
+    assert records == {wake(1).encode(): encode_state({"two": None}), wake(2).encode(): None}
     state.close()  # a crash before the commit: RocksDB still has the committed value only
     reopened = PartitionState(tmp_path / "0")
-    assert reopened.get("a") == {"n": 1} and reopened.changelog_offset == 0
+    assert reopened.get(wake(1)) == {"one": None} and reopened.changelog_offset == 0
     reopened.close()
 
 
 def test_discard_forgets_changes_and_objects_changed_in_place(tmp_path):
     state = PartitionState(tmp_path / "0")
-    state.set("session", {"clicks": 1})
+    state.set(wake(1), {"a": None})
     state.committed(state.changes(), changelog_offset=4)
-    session = state.get("session")
-    session["clicks"] += 1  # an aborted batch changed the cached object
+    state.get(wake(1))["b"] = None  # an aborted batch changed the cached object
     state.discard()
-    assert state.get("session") == {"clicks": 1}
+    assert state.get(wake(1)) == {"a": None}
     assert state.changes() == []
     state.close()
 
 
 def test_changelog_records_rebuild_the_same_state_elsewhere(tmp_path):
     state = PartitionState(tmp_path / "a")
-    state.set("x", 1)
-    state.set("y", 2)
+    state.set(wake(1), {"x": None})
+    state.set(wake(2), {"y": None})
     first = state.changes()
     state.committed(first, changelog_offset=1)
-    state.delete("x")
+    state.delete(wake(1))
     second = state.changes()
     state.committed(second, changelog_offset=2)
 
     rebuilt = PartitionState(tmp_path / "b")
-    rebuilt.apply(first, 1)
-    rebuilt.apply(second, 2)
-    assert (rebuilt.get("x"), rebuilt.get("y"), rebuilt.changelog_offset) == (None, 2, 2)
+    assert rebuilt.restore(first, 1) == 2 and rebuilt.restore(second, 2) == 1
+    assert (rebuilt.get(wake(1)), rebuilt.get(wake(2)), rebuilt.changelog_offset) == \
+        (None, {"y": None}, 2)
     rebuilt.wipe()
-    assert rebuilt.get("y") is None and rebuilt.changelog_offset is None
+    assert rebuilt.get(wake(2)) is None and rebuilt.changelog_offset is None
     state.close()
     rebuilt.close()
+
+
+class Exploit:
+    """Unpickling this would create a file: the proof that a pickle ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_the_changelog_is_skipped_counted_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    skipped: list[str] = []
+    state = PartitionState(tmp_path / "0", on_undecodable=skipped.append)
+    records = [(wake(1).encode(), pickle.dumps(Exploit(str(marker)))),
+               (b"session:shop:s1", pickle.dumps(Exploit(str(marker)))),
+               (wake(2).encode(), encode_state({"ok": None}))]
+    assert state.restore(records, changelog_offset=3) == 1
+    assert state.get(wake(1)) is None and state.get(wake(2)) == {"ok": None}
+    assert skipped == ["changelog", "changelog"] and not marker.exists()
+    state.close()
+
+
+def test_local_state_of_the_pickle_era_is_rebuilt_not_read(tmp_path):
+    from rocksdict import Options, Rdict
+
+    db = Rdict(str(tmp_path / "0"), options=Options(raw_mode=True))
+    db[wake(1).encode()] = pickle.dumps({"old": None})
+    db[b"\x00changelog-offset"] = b"41"
+    db.close()
+    state = PartitionState(tmp_path / "0")
+    assert state.changelog_offset is None and state.get(wake(1)) is None
+    state.close()
 
 
 def test_forgetting_decoded_objects_past_the_limit_loses_nothing(tmp_path):
     state = PartitionState(tmp_path / "0", max_objects=4)
     for n in range(10):
-        state.set(f"k{n}", n)
-    assert all(state.get(f"k{n}") == n for n in range(10))  # still in the open transaction
+        state.set(wake(n), {str(n): None})
+    assert all(state.get(wake(n)) == {str(n): None} for n in range(10))  # still open
     state.committed(state.changes(), changelog_offset=9)
     for n in range(10):
-        assert state.get(f"k{n}") == n
+        assert state.get(wake(n)) == {str(n): None}
     assert len(state._objects) <= 4
     state.close()
 
