@@ -37,6 +37,7 @@ class TopicReader:
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "isolation.level": "read_committed",
         })
+        self.topics = topics
         self.consumer.subscribe(topics)
         self.messages: list[Message] = []
         self.parsed = 0  # for callers that decode incrementally

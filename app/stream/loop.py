@@ -253,7 +253,8 @@ class Runtime:
         self._commit(out, first, after)
 
     def _handle(self, origin: Origin, timestamp_ms: int, out: Staged) -> None:
-        error = self._poisoned.pop((origin.topic, origin.partition, origin.offset), None)
+        # Kept until a batch holding it commits: a batch may be redone more than once.
+        error = self._poisoned.get((origin.topic, origin.partition, origin.offset))
         if error is not None:
             self.agents.failed(origin, error, out)
         elif origin.topic == self.channels.decisions:
@@ -308,6 +309,8 @@ class Runtime:
                 self.states[p].committed(records, changelog_offsets[p])
         self.models.committed(model_changes)
         self._oversized.clear()
+        for where in [w for w in self._poisoned if w[2] < after.get(w[:2], -1)]:
+            del self._poisoned[where]  # dead-lettered for good
         for count in out.counts:
             count()
 
