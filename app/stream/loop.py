@@ -126,7 +126,7 @@ class Runtime:
         self._poisoned: dict[tuple[str, int, int], str] = {}
         self._last_tick = 0.0
         worker_id = settings.instance_id
-        common = {"bootstrap.servers": settings.bootstrap_servers}
+        common = settings.kafka_config()
         self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
                                "enable.auto.commit": False, "isolation.level": "read_committed",
                                "auto.offset.reset": "earliest"}
