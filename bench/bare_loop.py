@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": args.group,
+    consumer = Consumer({**settings.kafka_config(), "group.id": args.group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"})
-    producer_config = {"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5}
+    producer_config = {**settings.kafka_config(), "linger.ms": 5}
     if args.transactional:
         producer_config["transactional.id"] = f"{args.group}-tx"
     producer = Producer(producer_config)

@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,27 @@ def free_port() -> int:
 
 def bootstrap_servers() -> str:
     """RECOLOOP_BOOTSTRAP_SERVERS, or the local broker on 9092 (started when needed)."""
-    return os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS") or local_kafka.up(
-        port=9092, data_dir=Path("var/kafka"))
+    external = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS")
+    if not external and Settings.from_env().kafka_security:
+        raise SystemExit("RECOLOOP_KAFKA_* security settings need RECOLOOP_BOOTSTRAP_SERVERS: "
+                         "the local broker is plaintext")
+    return external or local_kafka.up(port=9092, data_dir=Path("var/kafka"))
+
+
+def settings_for(bootstrap: str) -> Settings:
+    """The RECOLOOP_* settings (Kafka security included) on ``bootstrap``."""
+    return replace(Settings.from_env(), bootstrap_servers=bootstrap)
+
+
+def kafka_config(bootstrap: str) -> dict[str, str]:
+    """The properties every bench client starts from: ``bootstrap`` plus the security ones."""
+    return settings_for(bootstrap).kafka_config()
 
 
 def fresh_topics(bootstrap: str, partitions: int = 8) -> Settings:
     """Settings under a new topic prefix, with the contract topics created."""
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
-                        partitions=partitions)
+    settings = replace(settings_for(bootstrap), topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
+                       partitions=partitions)
     report = topic_admin.apply(settings)
     assert report.ok, report.describe()
     return settings
@@ -198,7 +211,7 @@ class CommittedOffsets:
     from outside the group (this consumer never joins it)."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+        self.consumer = Consumer({**kafka_config(bootstrap), "group.id": group,
                                   "enable.auto.commit": False,
                                   "isolation.level": "read_committed"})
         metadata = self.consumer.list_topics(timeout=30)
@@ -243,7 +256,7 @@ class CommittedOffsets:
 def count_records(bootstrap: str, topic: str, timeout_s: float = 300.0) -> tuple[int, int]:
     """``(records, records whose key contains b"|*|")`` on ``topic`` (committed ones only,
     read_committed) from the beginning up to its end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+    consumer = Consumer({**kafka_config(bootstrap), "group.id": uuid.uuid4().hex,
                          "enable.auto.commit": False, "enable.partition.eof": True,
                          "isolation.level": "read_committed"})
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions

@@ -55,6 +55,7 @@ from bench.common import (
     Record,
     bootstrap_servers,
     fresh_topics,
+    kafka_config,
     machine,
     send_all,
     start_worker,
@@ -118,7 +119,7 @@ class Rankings:
     """Reads ``reco.rankings`` from the start; notes when the last of a set of ids came."""
 
     def __init__(self, settings: Settings) -> None:
-        self.consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+        self.consumer = Consumer({**settings.kafka_config(),
                                   "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest",
                                   "fetch.wait.max.ms": 5})
         self.consumer.subscribe([settings.topic(RANKINGS)])
@@ -191,7 +192,7 @@ def main() -> int:
     burst = burst_events(t0, preload, args.burst, args.sessions, rng)
     worker = start_worker(settings)
     rankings = Rankings(settings)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+    producer = Producer({**kafka_config(bootstrap), "linger.ms": 5,
                          "queue.buffering.max.messages": 200_000})
     try:
         probe = {"event_id": "ready", "site_id": "site0", "session_id": "ready", "ts": t0,

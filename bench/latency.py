@@ -31,6 +31,7 @@ from bench.common import (
     bootstrap_servers,
     delete_topics,
     fresh_topics,
+    kafka_config,
     latency_summary,
     machine,
     start_worker,
@@ -55,7 +56,7 @@ def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
     finished = False
 
     def read_rankings() -> None:
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+        consumer = Consumer({**kafka_config(bootstrap), "group.id": uuid.uuid4().hex,
                              "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
                              "isolation.level": "read_committed"})
         consumer.subscribe([settings.topic(RANKINGS)])
@@ -72,7 +73,7 @@ def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
 
     try:
         # Wait for the worker: one event must come back as a ranking first.
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        producer = Producer({**kafka_config(bootstrap), "linger.ms": 1})
         reader = threading.Thread(target=read_rankings, daemon=True)
         reader.start()
         ready_probe = {"event_id": "ready", "site_id": "site0", "session_id": "ready",

@@ -64,6 +64,7 @@ from bench.common import (
     count_records,
     delete_topics,
     fresh_topics,
+    kafka_config,
     machine_info,
     send_all,
     start_worker,
@@ -111,7 +112,7 @@ def prepare_inputs(bootstrap: str, options: Options, sessions: int, items: int) 
     step_ms = 1_000 / options.event_time_rate
     first_ts = int(time.time() * 1000 - options.events * step_ms)
     records = itertools.islice(mixed_events(options.seed, sessions, items), options.events)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+    producer = Producer({**kafka_config(bootstrap), "linger.ms": 20,
                          "queue.buffering.max.messages": 200_000})
     send_all(producer, settings, (
         (topic, {**value, "ts": first_ts + int(n * step_ms)})
@@ -168,7 +169,7 @@ def step_growth_run(bootstrap: str, options: Options, sessions: int, items: int
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_config(bootstrap))
     for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
         future.result(30)
 

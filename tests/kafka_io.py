@@ -10,10 +10,20 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Message, Producer
 
+from app.settings import Settings
 
-def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
+# Where a helper's client connects: a plaintext bootstrap address, or settings (whose
+# kafka_config() adds the security properties).
+Target = str | Settings
+
+
+def client_config(target: Target) -> dict[str, Any]:
+    return {"bootstrap.servers": target} if isinstance(target, str) else target.kafka_config()
+
+
+def produce(bootstrap: Target, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
     """Send ``(topic, key, value)`` records and wait until the broker has them all."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**client_config(bootstrap), "enable.idempotence": True})
     for topic, key, value in records:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0, "records were not delivered"
@@ -31,9 +41,9 @@ def event(topic: str, value: dict[str, Any]) -> tuple[str, bytes, bytes]:
 class TopicReader:
     """Reads topics from the start and keeps what it read, for tests that wait repeatedly."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    def __init__(self, bootstrap: Target, topics: list[str]) -> None:
         self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+            **client_config(bootstrap), "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "isolation.level": "read_committed",
         })
@@ -56,7 +66,7 @@ class TopicReader:
         self.consumer.close()
 
 
-def collect(bootstrap: str, topics: list[str], done: Callable[[list[Message]], bool],
+def collect(bootstrap: Target, topics: list[str], done: Callable[[list[Message]], bool],
             timeout_s: float = 90.0) -> list[Message]:
     """Read ``topics`` from the start until ``done(messages)`` holds or the time runs out."""
     reader = TopicReader(bootstrap, topics)

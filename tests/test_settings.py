@@ -84,3 +84,114 @@ def test_the_worker_id_is_stable_per_data_dir_unless_set(tmp_path):
     assert a.instance_id != b.instance_id  # two workers on one host need two data dirs
     named = Settings.from_env({"RECOLOOP_WORKER_ID": "eu-1", "RECOLOOP_DATA_DIR": str(tmp_path)})
     assert named.instance_id == "eu-1"
+
+
+SCRAM = {"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+         "RECOLOOP_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+         "RECOLOOP_KAFKA_SASL_USERNAME": "worker-1", "RECOLOOP_KAFKA_SASL_PASSWORD": "s3cr3t-pw"}
+
+
+def test_kafka_security_variables_become_librdkafka_properties_of_every_client():
+    settings = Settings.from_env({**SCRAM, "RECOLOOP_BOOTSTRAP_SERVERS": "kafka:9093",
+                                  "RECOLOOP_KAFKA_LIB_DIR": "/opt/kafka/libs"})  # not a property
+    assert settings.kafka_config() == {
+        "bootstrap.servers": "kafka:9093", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "worker-1",
+        "sasl.password": "s3cr3t-pw"}
+    assert Settings().kafka_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+def test_a_config_file_holds_the_base_and_variables_override_it(tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed by recoloop")
+    config = tmp_path / "client.properties"
+    config.write_text(f"# secured\nsecurity.protocol = SSL\n\nssl.ca.location={ca}\n"
+                      "ssl.key.password=key-pw\n")
+    settings = Settings.from_env({"RECOLOOP_KAFKA_CONFIG_FILE": str(config),
+                                  "RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                  "RECOLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
+                                  "RECOLOOP_KAFKA_SASL_USERNAME": "u",
+                                  "RECOLOOP_KAFKA_SASL_PASSWORD": "p"})
+    assert settings.kafka_security == {
+        "security.protocol": "SASL_SSL", "ssl.ca.location": str(ca),
+        "ssl.key.password": "key-pw", "sasl.mechanism": "PLAIN", "sasl.username": "u",
+        "sasl.password": "p"}
+
+
+def test_secrets_never_show_in_repr_str_or_errors(tmp_path: Path):
+    secrets = {"RECOLOOP_KAFKA_SASL_PASSWORD": "s3cr3t-pw",
+               "RECOLOOP_KAFKA_SSL_KEY_PASSWORD": "key-pw-1",
+               "RECOLOOP_KAFKA_SSL_KEY_PEM": "-----BEGIN PRIVATE KEY-----xyz"}
+    settings = Settings.from_env({**SCRAM, **secrets})
+    for shown in (repr(settings), str(settings), f"{settings}", repr(settings.kafka_security)):
+        assert not any(secret in shown for secret in secrets.values()), shown
+        assert "'sasl.username': 'worker-1'" in shown and "'sasl.password': '***'" in shown
+    # Built directly, too.
+    direct = Settings(kafka_security={"security.protocol": "SASL_SSL",
+                                      "sasl.mechanism": "OAUTHBEARER",
+                                      "sasl.oauthbearer.method": "oidc",
+                                      "sasl.oauthbearer.client.secret": "oidc-secret"})
+    assert "oidc-secret" not in repr(direct) and "'sasl.oauthbearer.method': 'oidc'" in repr(direct)
+    # Errors name the variable, never the value of a secret.
+    bad = [{**SCRAM, **secrets, "RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
+           {**secrets, "RECOLOOP_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+           {**SCRAM, "RECOLOOP_KAFKA_SASL_USERNAME": ""}]
+    for env in bad:
+        with pytest.raises(SettingsError, match="RECOLOOP_KAFKA_") as error:
+            Settings.from_env(env)
+        assert not any(secret in str(error.value) for secret in secrets.values()), error.value
+    config = tmp_path / "client.properties"
+    config.write_text("sasl.password s3cr3t-pw\n")  # no '=': the line is not echoed
+    with pytest.raises(SettingsError, match="line 1") as error:
+        Settings.from_env({"RECOLOOP_KAFKA_CONFIG_FILE": str(config)})
+    assert "s3cr3t-pw" not in str(error.value)
+
+
+@pytest.mark.parametrize("env, variable", [
+    # Only security properties: exactly-once depends on the rest being recoloop's own.
+    ({"RECOLOOP_KAFKA_TRANSACTIONAL_ID": "x"}, "RECOLOOP_KAFKA_TRANSACTIONAL_ID"),
+    ({"RECOLOOP_KAFKA_ISOLATION_LEVEL": "read_uncommitted"}, "RECOLOOP_KAFKA_ISOLATION_LEVEL"),
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "TLS"}, "RECOLOOP_KAFKA_SECURITY_PROTOCOL"),
+    # SASL or TLS properties the protocol would silently ignore.
+    ({"RECOLOOP_KAFKA_SASL_USERNAME": "u"}, "RECOLOOP_KAFKA_SASL_USERNAME"),
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+      "RECOLOOP_KAFKA_SSL_CA_LOCATION": "probe", "RECOLOOP_KAFKA_SASL_MECHANISM": "PLAIN"},
+     "RECOLOOP_KAFKA_SSL_CA_LOCATION"),
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "RECOLOOP_KAFKA_SASL_MECHANISM"),
+    ({**SCRAM, "RECOLOOP_KAFKA_SASL_MECHANISM": "scram-sha-512"},
+     "RECOLOOP_KAFKA_SASL_MECHANISM"),
+    ({**SCRAM, "RECOLOOP_KAFKA_SASL_MECHANISMS": "PLAIN"}, "RECOLOOP_KAFKA_SASL_MECHANISM"),
+    ({**SCRAM, "RECOLOOP_KAFKA_SASL_PASSWORD": ""}, "RECOLOOP_KAFKA_SASL_PASSWORD"),
+    # OAUTHBEARER without OIDC or unsecured tokens would wait for a token forever.
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+      "RECOLOOP_KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, "RECOLOOP_KAFKA_SASL_OAUTHBEARER_METHOD"),
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SSL",
+      "RECOLOOP_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION": "maybe"},
+     "RECOLOOP_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION"),
+    ({"RECOLOOP_KAFKA_SECURITY_PROTOCOL": "SSL",
+      "RECOLOOP_KAFKA_SSL_CA_LOCATION": "/nonexistent/ca.pem"}, "RECOLOOP_KAFKA_SSL_CA_LOCATION"),
+    ({"RECOLOOP_KAFKA_CONFIG_FILE": "/nonexistent/client.properties"},
+     "RECOLOOP_KAFKA_CONFIG_FILE"),
+])
+def test_a_bad_kafka_security_setting_stops_start_up_naming_the_variable(env, variable):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(env)
+
+
+def test_a_config_file_may_set_only_security_properties(tmp_path: Path):
+    config = tmp_path / "client.properties"
+    config.write_text("security.protocol=SSL\nenable.idempotence=false\n")
+    with pytest.raises(SettingsError, match=r"RECOLOOP_KAFKA_CONFIG_FILE .*line 2.*"
+                                            "enable.idempotence"):
+        Settings.from_env({"RECOLOOP_KAFKA_CONFIG_FILE": str(config)})
+
+
+def test_every_kafka_client_starts_from_the_settings_config():
+    """No client builds its own connection config (it would miss the security properties):
+    only settings.py names bootstrap.servers, and local_kafka, whose status check probes
+    the local plaintext broker."""
+    root = Path(__file__).resolve().parents[1]
+    naming = sorted(str(path.relative_to(root)) for folder in ("app", "bench")
+                    for path in (root / folder).rglob("*.py")
+                    if '"bootstrap.servers"' in path.read_text())
+    assert naming == ["app/dev/local_kafka.py", "app/settings.py"]

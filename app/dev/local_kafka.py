@@ -6,6 +6,10 @@ Central through ``deploy/kafka/pom.xml`` (resolved once into a cache), and the b
 as a plain background ``java`` process with its config, storage, logs and pid file in one
 data directory. Only 127.0.0.1 is used: data port ``port``, KRaft controller port
 ``port + 1``. ``docker-compose.kafka.yml`` is the same broker for people who have Docker.
+
+By default the data port is PLAINTEXT and nothing else listens. ``up`` can add client
+listeners (e.g. SASL_SSL for the security tests), broker properties and SCRAM users; the
+plaintext port stays, so ``status`` and the broker's own traffic keep working unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -37,6 +43,16 @@ class LocalKafkaError(RuntimeError):
     """The local broker could not be prepared, started or stopped; the message says why."""
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An extra client listener on 127.0.0.1:``port``. ``name`` is what the broker's
+    ``listener.name.<name lower-cased>.*`` properties refer to."""
+
+    name: str
+    port: int
+    protocol: str  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+
+
 def status(port: int = 9092, timeout: float = 2.0) -> bool:
     """Whether a Kafka broker answers a metadata request on 127.0.0.1:``port``."""
     try:
@@ -52,31 +68,38 @@ def status(port: int = 9092, timeout: float = 2.0) -> bool:
         return False
 
 
-def up(port: int = 9092, data_dir: Path = Path("var/kafka")) -> str:
-    """Start a broker on 127.0.0.1:``port`` (no-op if one answers) and return its address."""
+def up(port: int = 9092, data_dir: Path = Path("var/kafka"), *,
+       listeners: Sequence[Listener] = (), properties: Mapping[str, str] | None = None,
+       scram: Sequence[str] = ()) -> str:
+    """Start a broker on 127.0.0.1:``port`` (no-op if one answers) and return its address.
+
+    ``listeners`` are added beside the plaintext one, ``properties`` override or extend the
+    broker's config, and each of ``scram`` (``SCRAM-SHA-256=[name=u,password=p]``) creates
+    a SCRAM user when the storage is first formatted (``kafka-storage format --add-scram``).
+    """
     address = f"{HOST}:{port}"
     if status(port):
         return address
     data_dir = data_dir.resolve()
     pid = _running_pid(data_dir)
-    if pid is None and not _ports_free(port):
+    if pid is None and not _ports_free(port, [listener.port for listener in listeners]):
         # Perhaps another `up` (another test session) is starting a broker there right now.
         if _wait_for(port, timeout=20.0):
             return address
         raise LocalKafkaError(
-            f"cannot start Kafka on {address}: port {port} or the controller port {port + 1} "
-            f"is taken by something that does not answer as a Kafka broker"
+            f"cannot start Kafka on {address}: port {port}, the controller port {port + 1} "
+            f"or a listener's port is taken by something that does not answer as a Kafka broker"
         )
     if pid is None:  # not still starting from an earlier `up`: start it now
         java = _require("java", "Java 17+ (e.g. `apt-get install openjdk-17-jre-headless`)")
         lib = _lib_dir()
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        props = _write_config(port, data_dir)
+        props = _write_config(port, data_dir, listeners, properties or {})
         log4j = data_dir / "log4j2.properties"
         jvm = ["-cp", str(lib / "*"), f"-Dlog4j2.configurationFile={log4j}"]
         if not (data_dir / "data" / "meta.properties").exists():
-            _format([java, *jvm], props)
+            _format([java, *jvm], props, scram)
         with open(logs / "stdout.log", "ab") as out:
             proc = subprocess.Popen(
                 [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", *jvm,
@@ -134,9 +157,9 @@ def _wait_for(port: int, timeout: float, pid: int | None = None) -> bool:
     return False
 
 
-def _ports_free(port: int) -> bool:
-    """Whether the broker port and the controller port (port + 1) can both be bound."""
-    for p in (port, port + 1):
+def _ports_free(port: int, extra: Sequence[int] = ()) -> bool:
+    """Whether the broker port, the controller port (port + 1) and ``extra`` can be bound."""
+    for p in (port, port + 1, *extra):
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -183,15 +206,18 @@ def _lib_dir() -> Path:
     return lib
 
 
-def _write_config(port: int, data_dir: Path) -> Path:
+def _write_config(port: int, data_dir: Path, listeners: Sequence[Listener],
+                  properties: Mapping[str, str]) -> Path:
+    extra = "".join(f",{x.name}://{HOST}:{x.port}" for x in listeners)
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{port + 1}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{port + 1}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{port + 1}{extra}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}{extra}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        + "".join(f",{x.name}:{x.protocol}" for x in listeners),
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": (data_dir / "data").as_posix(),
         "num.partitions": "8",
@@ -207,6 +233,7 @@ def _write_config(port: int, data_dir: Path) -> Path:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "log.segment.bytes": str(64 * 1024 * 1024),
+        **properties,
     }
     props = data_dir / "server.properties"
     props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
@@ -235,13 +262,14 @@ def _write_config(port: int, data_dir: Path) -> Path:
     return props
 
 
-def _format(base: list[str], props: Path) -> None:
-    """Format the KRaft storage once, with a fresh cluster id."""
+def _format(base: list[str], props: Path, scram: Sequence[str]) -> None:
+    """Format the KRaft storage once, with a fresh cluster id (and the SCRAM users)."""
     cluster_id = "-"
     while cluster_id.startswith("-"):  # Kafka's ids never start with "-" (CLI-safe)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     done = subprocess.run(
-        [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+         *(arg for user in scram for arg in ("--add-scram", user))],
         capture_output=True, text=True,
     )
     if done.returncode != 0:

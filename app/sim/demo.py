@@ -130,8 +130,11 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     summary: dict[str, Any] | None = None
     status = 0
     try:
-        bootstrap = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS") or local_kafka.up(
-            port=9092, data_dir=settings.data_dir / "kafka")
+        external = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS")
+        if not external and settings.kafka_security:
+            raise DemoError("RECOLOOP_KAFKA_* security settings need RECOLOOP_BOOTSTRAP_SERVERS:"
+                            " the demo's local broker is plaintext")
+        bootstrap = external or local_kafka.up(port=9092, data_dir=settings.data_dir / "kafka")
         # A fresh prefix is also a fresh consumer group and state (app_id derives from it).
         run_settings = replace(settings, bootstrap_servers=bootstrap,
                                topic_prefix=f"{settings.topic_prefix}demo{uuid.uuid4().hex[:6]}-")

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app.contract.topics import RANKINGS
 from app.settings import Settings
 from app.sim.world import GROUPS, Outgoing, SimConfig, Simulator
+from app.stream import topic_admin
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def run(settings: Settings, options: SimOptions,
         if error is not None:
             failures.append(str(error))
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5,
                          "enable.idempotence": True, "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
     sim = Simulator(config, random.Random(options.seed), _now_ms)
@@ -173,15 +174,19 @@ def _rankings_consumer(settings: Settings, since_ms: int) -> Consumer:
     """A consumer of every ``reco.rankings`` partition from ``since_ms`` on (no group
     membership: assigned directly, so it reads at once, without a rebalance)."""
     topic = settings.topic(RANKINGS)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    try:  # through the admin client: it says so when the broker refuses our login
+        found = topic_admin.cluster_metadata(topic_admin.admin_client(settings)).topics
+    except KafkaException as exc:
+        raise SimulatorError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                             f"{exc.args[0]}") from None
+    metadata = found.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise SimulatorError(f"topic {topic} is missing on {settings.bootstrap_servers}: "
+                             "run `recoloop topics apply` with the same RECOLOOP_TOPIC_PREFIX")
+    consumer = Consumer({**settings.kafka_config(),
                          "group.id": f"{settings.app_id}-simulator-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "auto.offset.reset": "latest",
                          "logger": log})
-    metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        consumer.close()
-        raise SimulatorError(f"topic {topic} is missing on {settings.bootstrap_servers}: "
-                             "run `recoloop topics apply` with the same RECOLOOP_TOPIC_PREFIX")
     wanted = [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
     consumer.assign(consumer.offsets_for_times(wanted, timeout=15))
     return consumer

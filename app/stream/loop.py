@@ -135,7 +135,7 @@ class Runtime:
         self._oversized: dict[int, set[str]] = {}
         self._last_tick = 0.0
         worker_id = settings.instance_id
-        common = {"bootstrap.servers": settings.bootstrap_servers}
+        common = settings.kafka_config()
         self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
                                "enable.auto.commit": False, "isolation.level": "read_committed",
                                "auto.offset.reset": "earliest"}

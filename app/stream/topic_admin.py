@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 15.0
 MAX_REPLICATION = 3
 METADATA_WAIT_S = 3.0
+# Errors retrying cannot fix: the broker refused our credentials or our TLS.
+REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+REFUSAL_CHECK_S = 1.0
 _FIX = ("run `recoloop topics apply` to create missing topics; a topic with the wrong "
         "partition count must be deleted and recreated (Kafka cannot shrink partitions, and "
         "adding some would move existing sessions to other partitions)")
@@ -65,11 +69,38 @@ class ApplyReport:
         self.lines.append(line)
 
 
+class _Admin(AdminClient):
+    """An admin client that keeps librdkafka's recent errors, so that a request that failed
+    can say why (librdkafka reports a refused login as an error event, not to the request)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.errors: deque[KafkaError] = deque(maxlen=16)
+        with_errors: dict[str, Any] = {**config, "error_cb": self.errors.append}
+        super().__init__(with_errors)
+
+
 def admin_client(settings: Settings) -> AdminClient:
     # The logger routes librdkafka's own messages (e.g. connection refused) to Python logging.
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers,
-                              "client.id": f"{settings.app_id}-topic-admin", "logger": log}
-    return AdminClient(config)
+    return _Admin({**settings.kafka_config(), "client.id": f"{settings.app_id}-topic-admin",
+                   "logger": log})
+
+
+def cluster_metadata(admin: AdminClient, timeout_s: float | None = None) -> ClusterMetadata:
+    """``admin.list_topics()`` within ``timeout_s`` (default TIMEOUT_S); a broker refusing
+    our credentials or TLS fails it at once with librdkafka's reason, where librdkafka alone
+    would retry the login until the timeout and then only report a transport failure."""
+    deadline = time.monotonic() + (TIMEOUT_S if timeout_s is None else timeout_s)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(0.1, min(REFUSAL_CHECK_S, left)))
+        except KafkaException:
+            admin.poll(0)  # serves the error events into admin.errors
+            refused = [e for e in getattr(admin, "errors", ()) if e.code() in REFUSED]
+            if refused:
+                raise KafkaException(refused[-1]) from None
+            if time.monotonic() >= deadline:
+                raise
 
 
 def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
@@ -84,7 +115,7 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
 
 
 def _apply(settings: Settings, admin: AdminClient, report: ApplyReport) -> None:
-    metadata = admin.list_topics(timeout=TIMEOUT_S)
+    metadata = cluster_metadata(admin)
     existing = _partition_counts(metadata)
     specs = {settings.topic(name): spec for name, spec in load_specs().items()}
     missing = [name for name in specs if name not in existing]
@@ -177,7 +208,7 @@ def _wait_for_topics(admin: AdminClient, names: list[str],
     ``wait_s`` (default TIMEOUT_S) passes: new topics reach broker metadata with a delay."""
     deadline = time.monotonic() + (TIMEOUT_S if wait_s is None else wait_s)
     while True:
-        existing = _partition_counts(admin.list_topics(timeout=TIMEOUT_S))
+        existing = _partition_counts(cluster_metadata(admin))
         found = {name: existing[name] for name in names if name in existing}
         if len(found) == len(names) or time.monotonic() >= deadline:
             return found
@@ -252,7 +283,7 @@ def ensure_internal_topics(settings: Settings, topics: Mapping[str, InternalTopi
     """Create the worker's own topics (not part of the contract) when missing, and refuse
     ones whose partition count differs (a partition's state lives beside its input)."""
     admin = admin or admin_client(settings)
-    metadata = admin.list_topics(timeout=TIMEOUT_S)
+    metadata = cluster_metadata(admin)
     existing = _partition_counts(metadata)
     replication = min(MAX_REPLICATION, len(metadata.brokers))  # as the contract's topics
     wrong = {name: existing[name] for name, spec in topics.items()
