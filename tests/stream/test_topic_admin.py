@@ -47,7 +47,8 @@ def create(admin: AdminClient, name: str, partitions: int,
 def topic_configs(admin: AdminClient, name: str) -> dict[str, str]:
     resource = ConfigResource(ResourceType.TOPIC, name)
     entries = admin.describe_configs([resource], request_timeout=15)[resource].result()
-    return {key: entries[key].value for key in ("cleanup.policy", "retention.ms")}
+    return {key: entries[key].value for key in ("cleanup.policy", "retention.ms",
+                                               "message.timestamp.type")}
 
 
 def all_topics(settings: Settings) -> list[str]:
@@ -71,8 +72,12 @@ def test_apply_creates_every_contract_topic_as_specified(settings: Settings,
         real = settings.topic(name)
         assert len(topics[real].partitions) == PARTITIONS, real
         assert topic_configs(admin, real) == {
-            "cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms)}
+            "cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms),
+            "message.timestamp.type": spec.timestamp_type}
     assert topic_configs(admin, settings.topic(contract.CATALOG))["cleanup.policy"] == "compact"
+    for name in contract.JOIN_INPUT_TOPICS:  # the broker's clock stamps what sites send
+        assert topic_configs(admin, settings.topic(name))["message.timestamp.type"] == \
+            "LogAppendTime", name
 
 
 def test_second_apply_is_a_no_op(settings: Settings, admin: AdminClient) -> None:
@@ -113,6 +118,17 @@ def test_config_drift_is_reported_but_does_not_fail(settings: Settings,
     assert report.ok, report.describe()
     assert any(d.startswith(f"{catalog}: cleanup.policy=delete") for d in report.drift)
     assert topic_configs(admin, catalog)["cleanup.policy"] == "delete"  # not altered
+
+
+def test_an_input_stamped_by_producers_is_drift(settings: Settings, admin: AdminClient) -> None:
+    served = settings.topic(contract.SERVED)
+    create(admin, served, PARTITIONS, {"message.timestamp.type": "CreateTime"})
+
+    report = apply(settings)
+
+    assert report.ok, report.describe()
+    assert f"{served}: message.timestamp.type=CreateTime, spec wants LogAppendTime" in \
+        report.drift
 
 
 def test_check_copartitioned_names_missing_topics(settings: Settings, admin: AdminClient,
