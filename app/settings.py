@@ -14,7 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# The bandit's exploration rules (app.core.policy implements them; not imported here, as it
+# would load River into every command; tests/test_settings.py checks they agree).
+EXPLORATION_RULES = ("epsilon", "squarecb")
 DEFAULT_ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
+# Every arm the engine has; those beyond the defaults are chosen with RECOLOOP_ARMS.
+KNOWN_ARMS = (*DEFAULT_ARMS, "session_knn")
 # Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 
@@ -91,6 +96,12 @@ class Settings:
     # Per-site arm sets: "shop-a=category1,bestsellers;shop-b=trending,similar".
     site_arms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exploration: float = 0.1
+    # How the bandit explores: "epsilon" (a fixed share, RECOLOOP_EXPLORATION) or "squarecb"
+    # (shrinking with evidence; RECOLOOP_SQUARECB_GAMMA scales how fast).
+    exploration_rule: str = "epsilon"
+    squarecb_gamma: float = 1.0
+    # Per-site exploration: "shop-a=squarecb:2;shop-b=epsilon:0.05" (rule:parameter).
+    site_exploration: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     ranking_size: int = 10
     # Default rankings per site and context segment are republished at least this often.
     default_ranking_interval_s: float = 10.0
@@ -122,13 +133,22 @@ class Settings:
                      "site_idle_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
         _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
+        _check(self.exploration_rule in EXPLORATION_RULES, "RECOLOOP_EXPLORATION_RULE",
+               f"must be one of {EXPLORATION_RULES}")
+        _check(0.0 < self.squarecb_gamma < 1e6, "RECOLOOP_SQUARECB_GAMMA",
+               "must be a positive number")
+        for site, (rule, value) in self.site_exploration.items():
+            _check(rule in EXPLORATION_RULES and (0.0 <= value <= 1.0 if rule == "epsilon"
+                                                  else 0.0 < value < 1e6),
+                   "RECOLOOP_SITE_EXPLORATION", f"site {site!r}: expected epsilon:<0..1> or "
+                   f"squarecb:<gamma above 0>, got {rule}:{value}")
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")
-        unknown = sorted(set(self.arms) - set(DEFAULT_ARMS))
-        _check(not unknown, "RECOLOOP_ARMS", f"unknown arms {unknown}; known: {DEFAULT_ARMS}")
+        unknown = sorted(set(self.arms) - set(KNOWN_ARMS))
+        _check(not unknown, "RECOLOOP_ARMS", f"unknown arms {unknown}; known: {KNOWN_ARMS}")
         for site, arms in self.site_arms.items():
-            unknown = sorted(set(arms) - set(DEFAULT_ARMS))
+            unknown = sorted(set(arms) - set(KNOWN_ARMS))
             _check(bool(arms) and not unknown, "RECOLOOP_SITE_ARMS",
-                   f"site {site!r}: needs known arms, got {list(arms)}; known: {DEFAULT_ARMS}")
+                   f"site {site!r}: needs known arms, got {list(arms)}; known: {KNOWN_ARMS}")
         _check(1 <= self.ranking_size <= 100, "RECOLOOP_RANKING_SIZE",
                "must be from 1 to 100 (a ranking record stays small)")
         _check(all(0 <= r < float("inf") for r in self.rewards.values())
@@ -181,6 +201,16 @@ class Settings:
 
     def arms_for(self, site_id: str) -> tuple[str, ...]:
         return self.site_arms.get(site_id, self.arms)
+
+    def exploration_for(self, site_id: str) -> tuple[str, float, float]:
+        """``(rule, epsilon, squarecb_gamma)`` of a site, with its override applied."""
+        override = self.site_exploration.get(site_id)
+        if override is None:
+            return self.exploration_rule, self.exploration, self.squarecb_gamma
+        rule, value = override
+        if rule == "epsilon":
+            return rule, value, self.squarecb_gamma
+        return rule, self.exploration, value
 
     def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
         """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
@@ -342,6 +372,15 @@ def _parse_site_arms(raw: str) -> dict[str, tuple[str, ...]]:
     return _per_site(raw, lambda site, arms: _parse_arms(arms))
 
 
+def _parse_site_exploration(raw: str) -> dict[str, tuple[str, float]]:
+    def parse(site: str, text: str) -> tuple[str, float]:
+        rule, sep, value = text.partition(":")
+        if not sep:
+            raise ValueError(f"site {site!r}: expected rule:value, e.g. squarecb:2")
+        return rule.strip(), _parse_float(value)
+    return _per_site(raw, parse)
+
+
 SITE_JOIN_KEYS = ("reward_window_s", "grace_s", *DEFAULT_REWARDS)
 
 
@@ -371,4 +410,5 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rewards": _parse_rewards,
     "site_arms": _parse_site_arms,
     "site_join": _parse_site_join,
+    "site_exploration": _parse_site_exploration,
 }

@@ -27,7 +27,7 @@ from app.core.candidates import SiteStats
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine, session_key
 from app.core.events import Reaction, Served
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.shoppers import mixed_events
@@ -38,9 +38,9 @@ BATCH = 500
 
 class Policies:
     def __init__(self, settings: Settings) -> None:
-        self.policy = ContextualEpsilonGreedy(settings.arms, settings.exploration, seed=1)
+        self.policy = ContextualBandit(settings.arms, settings.exploration, seed=1)
 
-    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, self.policy.n_updates
 
 

@@ -195,3 +195,21 @@ def test_every_kafka_client_starts_from_the_settings_config():
                     for path in (root / folder).rglob("*.py")
                     if '"bootstrap.servers"' in path.read_text())
     assert naming == ["app/dev/local_kafka.py", "app/settings.py"]
+
+
+def test_exploration_rules_per_site_and_the_ones_the_bandit_implements():
+    from app.core import policy
+    from app.settings import EXPLORATION_RULES
+
+    assert EXPLORATION_RULES == policy.EXPLORATION_RULES
+    settings = Settings.from_env({"RECOLOOP_EXPLORATION_RULE": "squarecb",
+                                  "RECOLOOP_SQUARECB_GAMMA": "3",
+                                  "RECOLOOP_SITE_EXPLORATION": "a=epsilon:0.05;b=squarecb:8"})
+    assert settings.exploration_for("other") == ("squarecb", 0.1, 3.0)
+    assert settings.exploration_for("a") == ("epsilon", 0.05, 3.0)
+    assert settings.exploration_for("b") == ("squarecb", 0.1, 8.0)
+    for bad in ("a=greedy:1", "a=epsilon:2", "a=squarecb:0", "a=squarecb"):
+        with pytest.raises(SettingsError, match="RECOLOOP_SITE_EXPLORATION"):
+            Settings.from_env({"RECOLOOP_SITE_EXPLORATION": bad})
+    with pytest.raises(SettingsError, match="RECOLOOP_EXPLORATION_RULE"):
+        Settings.from_env({"RECOLOOP_EXPLORATION_RULE": "ucb"})

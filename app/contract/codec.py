@@ -18,9 +18,10 @@ from typing import Any
 import msgspec
 
 from app.core.decay import DecayedScores
-from app.core.engine import PartitionClock
+from app.core.engine import PartitionClock, SiteDefaults
 from app.core.keys import key_kind
-from app.core.policy import MAX_FEATURE_CHARS, ContextualEpsilonGreedy, PolicyState
+from app.core.knn import SessionIndex
+from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit, PolicyState
 from app.core.session import Session
 
 # librdkafka's default message.max.bytes: a larger record is refused and stops the batch.
@@ -35,6 +36,8 @@ STATE_TYPES: dict[str, Any] = {
     "clock": PartitionClock,
     "wake": dict[str, None],
     "stat": DecayedScores,
+    "defaults": SiteDefaults,
+    "knn": SessionIndex,
 }
 
 _encoder = msgspec.msgpack.Encoder()
@@ -115,7 +118,7 @@ class EncodedStore:
 # -- bandit models ---------------------------------------------------------------------
 
 
-def encode_model(policy: ContextualEpsilonGreedy) -> bytes:
+def encode_model(policy: ContextualBandit) -> bytes:
     """``b"<version>\\n"``, then the format byte and the policy's state: readers learn the
     version without decoding the rest."""
     return b"%d\n" % policy.n_updates + FORMAT_V1 + _encoder.encode(policy.to_state())
@@ -128,13 +131,13 @@ def model_version(raw: bytes) -> int:
     return int(head)
 
 
-def decode_model(raw: bytes) -> ContextualEpsilonGreedy:
+def decode_model(raw: bytes) -> ContextualBandit:
     version = model_version(raw)
     body = raw.partition(b"\n")[2]
     if body[:1] != FORMAT_V1:
         raise UndecodableRecord("model: not format 1")
     try:
-        policy = ContextualEpsilonGreedy.from_state(_model_decoder.decode(body[1:]))
+        policy = ContextualBandit.from_state(_model_decoder.decode(body[1:]))
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise UndecodableRecord(f"model: {exc}") from None
     if policy.n_updates != version:

@@ -20,7 +20,8 @@ from app.core.catalog import CatalogView
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
-from app.core.session import ENGAGEMENT_WEIGHT, Session
+from app.core.knn import SessionIndex
+from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
 # name: (half-life, capacity)
@@ -54,6 +55,18 @@ class SiteStats:
         self._put = put
         self._loaded: dict[str, DecayedScores] = {}
         self._dirty: set[str] = set()
+        self._sessions: SessionIndex | None = None
+        self._sessions_changed = False
+
+    def sessions(self) -> SessionIndex:
+        """The site's recent sessions by their items, for session kNN."""
+        if self._sessions is None:
+            self._sessions = self._get(state_key("knn", self.site_id)) or SessionIndex()
+        return self._sessions
+
+    def observe_session(self, session_id: str, items: list[str]) -> None:
+        self.sessions().observe(session_id, items)
+        self._sessions_changed = True
 
     def scores(self, name: str, part: str = "") -> DecayedScores:
         key = stat_key(self.site_id, name, part)
@@ -74,6 +87,9 @@ class SiteStats:
         for key in self._dirty:
             self._put(key, self._loaded[key])
         self._dirty.clear()
+        if self._sessions_changed:
+            self._put(state_key("knn", self.site_id), self._sessions)
+            self._sessions_changed = False
 
 
 def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> None:
@@ -94,6 +110,9 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> N
         previous = session.recent_items[-1]
         stats.add("cooc", item, previous, weight, ts)
         stats.add("cooc", previous, item, weight, ts)
+    if item not in session.recent_items[-1:]:  # the session's items, as engage will have them
+        items = [i for i in session.recent_items if i != item][-(RECENT_ITEMS_KEPT - 1):]
+        stats.observe_session(session.session_id, [*items, item])
 
 
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
@@ -140,6 +159,8 @@ def _own_items(arm: str, session: Session, stats: SiteStats, ts: int,
         return _trending(stats, ts, n)
     if arm == "similar":
         return _similar(session, stats, ts, n)
+    if arm == "session_knn":
+        return stats.sessions().vote(session.recent_items, n, session.session_id)
     raise ValueError(f"unknown arm {arm!r}")
 
 

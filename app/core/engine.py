@@ -30,7 +30,7 @@ from app.core.catalog import CatalogView
 from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.core.join import JoinResult, JoinRules, PendingDisplay
 from app.core.keys import state_key
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.core.session import IssuedRanking, Session
 from app.core.store import Store
 
@@ -73,7 +73,7 @@ class EngineSettings(Protocol):
 
 
 class Policies(Protocol):
-    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         """The site's bandit and its model version (read only: learning happens elsewhere)."""
         ...
 
@@ -87,18 +87,27 @@ class Segment:
 
 
 @dataclass
+class SiteDefaults:
+    """A site's default rankings, kept by its home partition: the context segments its
+    sessions were seen in (forgotten after ``site_idle_s`` without traffic), and when each
+    segment's default ranking was last published: (wall ms, model version)."""
+
+    segments: dict[str, Segment] = field(default_factory=dict)
+    published: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
 class PartitionClock:
     stream_time: int | None = None
     swept_bucket: int = 0  # wake-up buckets below this one have been visited
     buckets: set[int] = field(default_factory=set)  # buckets with sessions registered
     pending_displays: int = 0  # open displays on this partition
-    # Context segments seen per site (home partition only, forgotten after ``site_idle_s``
-    # without traffic), and when each default ranking was last published: (wall ms, model
-    # version), keyed by published_key(site, segment).
-    segments: dict[str, dict[str, Segment]] = field(default_factory=dict)
+    # The sites seen on this partition and their latest event time; a site leaves after
+    # ``site_idle_s`` without traffic (its defaults are under defaults_key(site)).
+    sites: dict[str, int] = field(default_factory=dict)
     partition: int = 0
     partitions: int = 0  # 0 until the first tick says how many there are
-    defaults_published: dict[str, tuple[int, int]] = field(default_factory=dict)
+    wall_ms: int = 0  # the last tick's wall clock
     # The watermark's inputs: per input kind, its largest event time, that time at the last
     # tick, and for how many ticks it has not moved (see Engine._on_tick).
     kind_times: dict[str, int] = field(default_factory=dict)
@@ -132,9 +141,8 @@ def session_key(site_id: str, session_id: str) -> str:
     return state_key("session", site_id, session_id)
 
 
-def published_key(site_id: str, segment: str) -> str:
-    """Where :attr:`PartitionClock.defaults_published` keeps a site's segment."""
-    return state_key("default", site_id, segment)
+def defaults_key(site_id: str) -> str:
+    return state_key("defaults", site_id)
 
 
 def segment_key(context: Context) -> str:
@@ -207,15 +215,17 @@ class Engine:
             join.add_display(session.join, self._display(session, event))
         else:
             event = self._with_category(event)
-            join.add_reaction(session.join, event)
+            if not event.organic:  # organic views feed the session and statistics only
+                join.add_reaction(session.join, event)
             record_reaction(stats, session, event)
             session.engage(event)
         if clock.stream_time is not None:
             effects.absorb(join.advance(session.join, clock.stream_time,
                                         self.rules_for(session.site_id)))
         session.touch(event.ts, event.context)
-        self._note_segment(clock, session)
-        effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts))
+        effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts,
+                                           trigger_event_id=event.event_id))
+        self._note_site(store, clock, session, effects)
         stats.flush()
         self._register(store, clock, key, session)
         store.set(key, session)
@@ -234,66 +244,92 @@ class Engine:
         return PendingDisplay(served, served.arm, served.propensity, served.context)
 
     def _rank(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
-              segment: str | None = None) -> Ranking:
+              segment: str | None = None, trigger_event_id: str | None = None) -> Ranking:
         policy, version = self.policies.current(session.site_id)
         context = dict(session.context)
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
         items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size)
-        session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version))
+        rules = self.rules_for(session.site_id)
+        session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
+                                 keep_ms=rules.window_ms + rules.grace_ms)
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
-                       tuple(items), version, context, segment)
+                       tuple(items), version, context, segment, trigger_event_id)
 
     # -- default rankings -----------------------------------------------------------------
 
-    def _note_segment(self, clock: PartitionClock, session: Session) -> None:
-        """Remember the session's context segment for its site's default rankings."""
-        if clock.partitions and home_partition(session.site_id, clock.partitions) != \
-                clock.partition:
-            return
-        seen = clock.segments.setdefault(session.site_id, {})
-        key = segment_key(session.context)
-        seen.pop(key, None)
-        seen[key] = Segment(dict(session.context), session.last_ts)
-        while len(seen) > SEGMENTS_KEPT_PER_SITE:
-            dropped = next(iter(seen))
-            del seen[dropped]
-            clock.defaults_published.pop(published_key(session.site_id, dropped), None)
+    def _note_site(self, store: Store, clock: PartitionClock, session: Session,
+                   effects: Effects) -> None:
+        """Remember the site, and at its home the session's segment for default rankings. A
+        site this partition has not seen gets its site-wide default at once, not a tick later
+        (from whichever partition sees it first)."""
+        site_id = session.site_id
+        first = site_id not in clock.sites
+        clock.sites[site_id] = max(session.last_ts, clock.sites.get(site_id, session.last_ts))
+        home = not clock.partitions or home_partition(site_id, clock.partitions) == \
+            clock.partition
+        defaults: SiteDefaults | None = None
+        if home:
+            defaults = store.get(defaults_key(site_id)) or SiteDefaults()
+            segment = segment_key(session.context)
+            defaults.segments.pop(segment, None)
+            defaults.segments[segment] = Segment(dict(session.context), session.last_ts)
+            while len(defaults.segments) > SEGMENTS_KEPT_PER_SITE:
+                dropped = next(iter(defaults.segments))
+                del defaults.segments[dropped]
+                defaults.published.pop(dropped, None)
+        if first:
+            stats = SiteStats(site_id, store.get, store.set)
+            effects.rankings.append(self._default(site_id, "", {}, stats, clock, defaults))
+        if defaults is not None:
+            store.set(defaults_key(site_id), defaults)
+
+    def _default(self, site_id: str, segment: str, context: Context, stats: SiteStats,
+                 clock: PartitionClock, defaults: SiteDefaults | None) -> Ranking:
+        """The default ranking of a site's segment, noted as published in ``defaults``."""
+        version = self.policies.current(site_id)[1]
+        if defaults is not None:
+            defaults.published[segment] = (clock.wall_ms, version)
+        blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
+        # The segment as a digest: a ranking id stays short enough to echo in a display.
+        digest = hashlib.blake2b(segment.encode(), digest_size=8).hexdigest()
+        ranking_id = f"default:{site_id}:{digest}:{clock.wall_ms}"
+        now = max(clock.kind_times.values())  # the latest event time read here
+        return self._rank(blank, stats, ranking_id, now, segment)
 
     def _publish_defaults(self, store: Store, clock: PartitionClock, tick: Tick,
                           effects: Effects) -> None:
-        """Rankings for sessions with no history, per site and segment, from its home."""
+        """Rankings for sessions with no history, per site and segment, from its home; sites
+        and segments without traffic for ``site_idle_s`` are forgotten (a thousand one-visit
+        sites must not be ranked forever). Time is the stream time, which follows the wall
+        clock when the partition is quiet."""
         interval_ms = self.settings.default_ranking_interval_s * 1000
-        now = max(clock.kind_times.values())  # the latest event time read here
-        self._forget_idle_segments(clock, now)
-        for site_id, segments in clock.segments.items():
-            if home_partition(site_id, clock.partitions) != clock.partition:
+        now = max(max(clock.kind_times.values()), clock.stream_time or 0)
+        for site_id, seen_ts in list(clock.sites.items()):
+            home = home_partition(site_id, clock.partitions) == clock.partition
+            if now - seen_ts > self._site_idle_ms:
+                del clock.sites[site_id]
+                if home:
+                    store.delete(defaults_key(site_id))
+                continue
+            if not home:
                 continue  # noted before the first tick told this partition who it is
+            defaults = store.get(defaults_key(site_id))
+            if defaults is None:
+                continue
+            for segment in [k for k, s in defaults.segments.items()
+                            if now - s.seen_ts > self._site_idle_ms]:
+                del defaults.segments[segment]
+                defaults.published.pop(segment, None)
             stats = SiteStats(site_id, store.get, store.set)
-            for segment, context in [("", {}), *((k, s.context) for k, s in segments.items())]:
-                _, version = self.policies.current(site_id)
-                published = clock.defaults_published.get(published_key(site_id, segment))
-                if published is not None and published[1] == version \
-                        and tick.wall_ms - published[0] < interval_ms:
-                    continue
-                clock.defaults_published[published_key(site_id, segment)] = (tick.wall_ms,
-                                                                              version)
-                blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
-                ranking_id = f"default:{site_id}:{segment}:{tick.wall_ms}"
-                effects.rankings.append(self._rank(blank, stats, ranking_id, now, segment))
-
-    def _forget_idle_segments(self, clock: PartitionClock, now: int) -> None:
-        """Segments (and sites) without traffic for ``site_idle_s`` get no default rankings
-        and leave the clock: a thousand one-visit sites must not be ranked forever. Time is
-        the stream time, which follows the wall clock when the partition is quiet."""
-        now = max(now, clock.stream_time or now)
-        for site_id in list(clock.segments):
-            segments = clock.segments[site_id]
-            for segment in [k for k, s in segments.items() if now - s.seen_ts > self._site_idle_ms]:
-                del segments[segment]
-                clock.defaults_published.pop(published_key(site_id, segment), None)
-            if not segments:
-                del clock.segments[site_id]
-                clock.defaults_published.pop(published_key(site_id, ""), None)
+            version = self.policies.current(site_id)[1]
+            for segment, context in [("", {}), *((k, s.context)
+                                                for k, s in defaults.segments.items())]:
+                published = defaults.published.get(segment)
+                if published is None or published[1] != version \
+                        or tick.wall_ms - published[0] >= interval_ms:
+                    effects.rankings.append(self._default(site_id, segment, context, stats,
+                                                          clock, defaults))
+            store.set(defaults_key(site_id), defaults)
 
     # -- time -----------------------------------------------------------------------------
 
@@ -315,6 +351,7 @@ class Engine:
         went quiet plus the wall time elapsed since.
         """
         clock.partition, clock.partitions = tick.partition, tick.partitions
+        clock.wall_ms = tick.wall_ms
         if not clock.kind_times:
             return
         self._publish_defaults(store, clock, tick, effects)

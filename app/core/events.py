@@ -90,6 +90,8 @@ class Reaction:
     category: str | None = None
     context: Context = field(default_factory=dict)
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # ``"source": "organic"``: the visitor found the item on their own; never attributed.
+    organic: bool = False
 
     @classmethod
     def from_value(cls, reaction_type: str, value: dict[str, Any],
@@ -105,6 +107,7 @@ class Reaction:
             category=value.get("category"),
             context=dict(value.get("context") or {}),
             origin=origin,
+            organic=value.get("source") == "organic",
         )
 
 
@@ -180,6 +183,7 @@ class Ranking:
     model_version: int
     context: Context
     segment: str | None = None  # set on default rankings, whose session_id is "*"
+    trigger_event_id: str | None = None  # the session event it answers; None for defaults
 
     @property
     def key(self) -> str:
@@ -200,6 +204,7 @@ class Ranking:
             "items": [{"item_id": item, "score": score} for item, score in self.items],
             "model_version": self.model_version,
             "context": self.context,
+            "trigger_event_id": self.trigger_event_id,
         }
         if self.segment is not None:
             value["segment"] = self.segment

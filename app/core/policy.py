@@ -12,6 +12,7 @@ posterior mean does, at about 5 µs per choice and 8 µs per update.)
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from river import linear_model
 
 # Estimates this close are ties; ties share the greedy probability equally.
 TIE_TOLERANCE = 1e-9
+EXPLORATION_RULES = ("epsilon", "squarecb")
 # A context feature ("key=value") longer than this is not learned: the model is published
 # after every batch, and its size must stay bounded (see app.contract.codec).
 MAX_FEATURE_CHARS = 128
@@ -41,7 +43,7 @@ class ArmState:
 
 @dataclass(frozen=True)
 class PolicyState:
-    """Everything a :class:`ContextualEpsilonGreedy` has learned, as plain values."""
+    """Everything a :class:`ContextualBandit` has learned, as plain values."""
 
     arms: tuple[str, ...]
     epsilon: float
@@ -51,17 +53,27 @@ class PolicyState:
     n_updates: int
     features: tuple[str, ...]
     models: dict[str, ArmState]
+    rule: str = "epsilon"
+    squarecb_gamma: float = 1.0
 
 
-class ContextualEpsilonGreedy:
-    """Epsilon-greedy contextual bandit over named arms.
+class ContextualBandit:
+    """A contextual bandit over named arms, exploring epsilon-greedy or by SquareCB.
 
     Parameters
     ----------
     arms
         The arm names, in a fixed order.
     epsilon
-        Exploration: the share of probability spread uniformly over all arms.
+        With ``rule="epsilon"``: the share of probability spread uniformly over all arms.
+    rule
+        ``"epsilon"`` (epsilon-greedy) or ``"squarecb"``: SquareCB (Foster & Rakhlin,
+        2020), whose exploration shrinks with evidence and with how far behind an arm is.
+        Each arm behind the best by ``gap`` gets ``1 / (K + gamma * gap)``, the best arms
+        share the rest, with ``gamma = squarecb_gamma * sqrt(K * (1 + n_updates))``: a
+        closed form, so propensities stay exact.
+    squarecb_gamma
+        SquareCB's learning-rate scale: larger exploits sooner.
     seed
         Seed of the random draws, so a run can be replayed.
     alpha
@@ -74,7 +86,7 @@ class ContextualEpsilonGreedy:
 
     Examples
     --------
-    >>> policy = ContextualEpsilonGreedy(["bestsellers", "trending"], epsilon=0.2, seed=1)
+    >>> policy = ContextualBandit(["bestsellers", "trending"], epsilon=0.2, seed=1)
     >>> for _ in range(200):
     ...     policy.update("trending", {"season": "winter"}, 3.0)
     ...     policy.update("bestsellers", {"season": "winter"}, 0.0)
@@ -82,17 +94,30 @@ class ContextualEpsilonGreedy:
     {'bestsellers': 0.1, 'trending': 0.9}
     >>> policy.n_updates
     400
-    >>> restored = ContextualEpsilonGreedy.from_state(policy.to_state())
+    >>> restored = ContextualBandit.from_state(policy.to_state())
     >>> restored.probabilities({"season": "winter"}) == policy.probabilities({"season": "winter"})
     True
+    >>> policy.rule = "squarecb"  # an arm ~3 behind: 1 / (2 + gamma * 3), gamma = sqrt(2 * 401)
+    >>> {arm: round(p, 4) for arm, p in policy.probabilities({"season": "winter"}).items()}
+    {'bestsellers': 0.0115, 'trending': 0.9885}
+
+    References
+    ----------
+    Foster, D. and Rakhlin, A. (2020). Beyond UCB: Optimal and Efficient Contextual Bandits
+    with Regression Oracles. ICML.
     """
 
     def __init__(self, arms: Iterable[str], epsilon: float = 0.1, seed: int | None = None,
-                 alpha: float = 1.0, max_features: int = 128) -> None:
+                 alpha: float = 1.0, max_features: int = 128, rule: str = "epsilon",
+                 squarecb_gamma: float = 1.0) -> None:
         self.arms = tuple(arms)
         if not self.arms:
             raise ValueError("a bandit needs at least one arm")
+        if rule not in EXPLORATION_RULES:
+            raise ValueError(f"rule must be one of {EXPLORATION_RULES}")
         self.epsilon = epsilon
+        self.rule = rule
+        self.squarecb_gamma = squarecb_gamma
         self.seed = seed
         self.alpha = alpha
         self.max_features = max_features
@@ -104,10 +129,10 @@ class ContextualEpsilonGreedy:
             for arm in self.arms
         }
 
-    def with_arms(self, arms: Iterable[str]) -> ContextualEpsilonGreedy:
+    def with_arms(self, arms: Iterable[str]) -> ContextualBandit:
         """A policy over ``arms`` that keeps what this one learned about the arms in common."""
-        policy = ContextualEpsilonGreedy(arms, self.epsilon, self.seed, self.alpha,
-                                         self.max_features)
+        policy = ContextualBandit(arms, self.epsilon, self.seed, self.alpha,
+                                  self.max_features, self.rule, self.squarecb_gamma)
         policy._known_features = set(self._known_features)
         policy._models.update({a: m for a, m in self._models.items() if a in policy._models})
         policy.n_updates = self.n_updates
@@ -133,7 +158,14 @@ class ContextualEpsilonGreedy:
         estimates = self.estimates(context)
         best = max(estimates.values())
         greedy = [arm for arm, value in estimates.items() if value >= best - TIE_TOLERANCE]
-        explore = self.epsilon / len(self.arms)
+        k = len(self.arms)
+        if self.rule == "squarecb":
+            gamma = self.squarecb_gamma * math.sqrt(k * (1 + self.n_updates))
+            behind = {arm: 1.0 / (k + gamma * (best - value))
+                      for arm, value in estimates.items() if arm not in greedy}
+            share = (1.0 - sum(behind.values())) / len(greedy)
+            return {arm: behind.get(arm, share) for arm in self.arms}
+        explore = self.epsilon / k
         exploit = (1.0 - self.epsilon) / len(greedy)
         return {arm: explore + (exploit if arm in greedy else 0.0) for arm in self.arms}
 
@@ -180,12 +212,13 @@ class ContextualEpsilonGreedy:
                 precision=model._ss_arr[:n, :n][upper].astype(_FLOAT).tobytes(),
                 natural_mean=model._eta_arr[:n].astype(_FLOAT).tobytes())
         return PolicyState(self.arms, self.epsilon, self.seed, self.alpha, self.max_features,
-                           self.n_updates, names, models)
+                           self.n_updates, names, models, self.rule, self.squarecb_gamma)
 
     @classmethod
-    def from_state(cls, state: PolicyState) -> ContextualEpsilonGreedy:
+    def from_state(cls, state: PolicyState) -> ContextualBandit:
         """The policy ``state`` describes; ValueError when it is not self-consistent."""
-        policy = cls(state.arms, state.epsilon, state.seed, state.alpha, state.max_features)
+        policy = cls(state.arms, state.epsilon, state.seed, state.alpha, state.max_features,
+                     state.rule, state.squarecb_gamma)
         if len(state.features) > state.max_features or set(state.models) - set(state.arms):
             raise ValueError("more features than max_features, or models of unknown arms")
         policy._known_features = set(state.features)

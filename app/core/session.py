@@ -13,7 +13,7 @@ from app.core.join import SessionJoin
 ENGAGEMENT_WEIGHT = {"click": 1.0, "detail_view": 2.0, "basket_add": 4.0}
 CATEGORY_HALF_LIFE_MS = 10 * 60_000
 RECENT_ITEMS_KEPT = 10
-ISSUED_RANKINGS_KEPT = 8
+ISSUED_RANKINGS_KEPT = 64
 SEEN_EVENT_IDS_KEPT = 512
 # Caps that keep one session's state small whatever a site (or a bot) sends.
 CONTEXT_KEYS_KEPT = 32
@@ -28,6 +28,7 @@ class IssuedRanking:
     propensity: float
     context: Context
     model_version: int
+    ts: int = 0  # event time it was published at
 
 
 @dataclass
@@ -76,10 +77,14 @@ class Session:
         if reaction.type == "basket_add":
             _add_capped(self.basket, reaction.item_id, BASKET_KEPT)
 
-    def remember_ranking(self, ranking_id: str, issued: IssuedRanking) -> None:
+    def remember_ranking(self, ranking_id: str, issued: IssuedRanking, keep_ms: int) -> None:
+        """Keep every ranking published in the last ``keep_ms`` (the reward window and
+        grace: a display can only answer those), at most ISSUED_RANKINGS_KEPT."""
         self.issued[ranking_id] = issued
-        while len(self.issued) > ISSUED_RANKINGS_KEPT:
+        oldest = next(iter(self.issued.values()))
+        while len(self.issued) > ISSUED_RANKINGS_KEPT or oldest.ts < issued.ts - keep_ms:
             del self.issued[next(iter(self.issued))]
+            oldest = next(iter(self.issued.values()))
 
     def top_categories(self, n: int) -> list[str]:
         return [category for category, _ in self.categories.top(n, ts=self.last_ts)]

@@ -43,6 +43,8 @@ from app import __version__
 
 MAX_SITE_LABELS = 100
 OTHER_SITE = "other"
+# Context segments per site given their own choice-share series; the rest fold into "other".
+MAX_SEGMENT_LABELS = 20
 # Reasons (InvalidInput.reason) a record goes to the dead-letter topic. Their series are
 # created at zero so "no dead letters" is a rate of 0, not a missing series.
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
@@ -83,6 +85,28 @@ class SiteLabels:
         return OTHER_SITE
 
 
+class SegmentLabels:
+    """Maps (site label, segment) to a segment label, at most ``cap`` per site.
+
+    >>> segment = SegmentLabels(cap=2)
+    >>> [segment("shop", s) for s in ("", "device=mobile", "device=tablet", "")]
+    ['', 'device=mobile', 'other', '']
+    """
+
+    def __init__(self, cap: int = MAX_SEGMENT_LABELS) -> None:
+        self.cap = cap
+        self._known: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, site_label: str, segment: str) -> str:
+        with self._lock:
+            known = self._known.setdefault(site_label, set())
+            if segment in known or len(known) < self.cap:
+                known.add(segment)
+                return segment
+        return OTHER_SITE
+
+
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
@@ -97,6 +121,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.site = SiteLabels()
+        self.segment = SegmentLabels()
         # Standard process_* and python_* series (CPU, memory, open fds, GC) of this worker.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -166,11 +191,12 @@ class Metrics:
             "RECOLOOP_SITE_IDLE_S wait on local disk until they return.", registry=r)
         self.bandit_choice_share = Gauge(
             "recoloop_bandit_arm_choice_share",
-            "The share of decisions the bandit currently gives each arm in the empty context "
-            "(its choice probability; set by the worker that learns the site). The share it "
-            "actually chose across contexts is the recording rule "
-            "site_arm:recoloop_rankings_published:share_rate5m.",
-            ["site", "arm"], registry=r)
+            "The share of decisions the bandit currently gives each arm (its choice "
+            "probability) per context segment the site sends (segment \"\" is the empty "
+            "context; at most 20 segments per site, the rest \"other\"); set by the worker "
+            "that learns the site. The share it actually chose across contexts is the "
+            "recording rule site_arm:recoloop_rankings_published:share_rate5m.",
+            ["site", "segment", "arm"], registry=r)
 
         # -- the worker -------------------------------------------------------------------
         self.worker_ready = Gauge(

@@ -31,7 +31,7 @@ from app.contract.decode import (
     decode_catalog,
 )
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
-from app.core.engine import Effects, Engine
+from app.core.engine import Effects, Engine, segment_key
 from app.core.events import Origin, Reaction, Served, Tick
 from app.core.store import Store
 from app.observability.metrics import Metrics
@@ -131,14 +131,18 @@ class Agents:
         policy = self.models.learning(site_id)
         policy.update(decision["arm"], decision["context"], decision["reward"])
         m, label = self.metrics, self.metrics.site(site_id)
-        estimates, shares = policy.estimates({}), policy.probabilities({})
+        estimates = policy.estimates({})
+        shares = {segment: policy.probabilities(context) for segment, context in (
+            ("", {}), (segment_key(decision["context"]), decision["context"]))}
 
         def learned() -> None:
             m.bandit_updates.labels(label).inc()
             for arm, estimate in estimates.items():
                 m.bandit_estimate.labels(label, arm).set(estimate)
-            for arm, share in shares.items():
-                m.bandit_choice_share.labels(label, arm).set(share)
+            for segment, probabilities in shares.items():
+                segment_label = m.segment(label, segment)
+                for arm, share in probabilities.items():
+                    m.bandit_choice_share.labels(label, segment_label, arm).set(share)
         out.count(learned)
 
     # -- the catalog ----------------------------------------------------------------------

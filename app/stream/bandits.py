@@ -28,7 +28,7 @@ from pathlib import Path
 from rocksdict import Options, Rdict
 
 from app.contract.codec import UndecodableRecord, decode_model, encode_model, model_version
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,14 @@ class BanditModels:
         self.spill = MemorySpill() if spill is None else spill
         self.clock = clock
         self._committed: dict[str, bytes] = {}  # newest committed encoding per site
-        self._decoded: dict[str, ContextualEpsilonGreedy] = {}
+        self._decoded: dict[str, ContextualBandit] = {}
         self._learning: set[str] = set()  # sites updated in the open transaction
         self._used_at: dict[str, float] = {}  # the sites in memory, and when last used
 
     def in_memory(self) -> int:
         return len(self._used_at)
 
-    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         self._recall(site_id)
         policy = self._decoded.get(site_id)
         if policy is None:
@@ -115,7 +115,7 @@ class BanditModels:
             self._decoded[site_id] = policy
         return policy, policy.n_updates
 
-    def learning(self, site_id: str) -> ContextualEpsilonGreedy:
+    def learning(self, site_id: str) -> ContextualBandit:
         """The site's bandit, to update in the open transaction."""
         policy = self.current(site_id)[0]  # the newest committed model, before marking it
         self._learning.add(site_id)
@@ -177,10 +177,16 @@ class BanditModels:
         known = self._committed.get(site_id)
         return known is None or model_version(known) < model_version(raw)
 
-    def _fresh(self, site_id: str) -> ContextualEpsilonGreedy:
-        return ContextualEpsilonGreedy(self.settings.arms_for(site_id),
-                                       self.settings.exploration, seed=self.settings.seed)
+    def _fresh(self, site_id: str) -> ContextualBandit:
+        return self._fit(site_id, ContextualBandit(self.settings.arms_for(site_id),
+                                                   seed=self.settings.seed))
 
-    def _fit(self, site_id: str, policy: ContextualEpsilonGreedy) -> ContextualEpsilonGreedy:
+    def _fit(self, site_id: str, policy: ContextualBandit) -> ContextualBandit:
+        """The policy under the site's current settings: its arms (what it learned of the
+        arms it keeps stays) and its exploration."""
         arms = self.settings.arms_for(site_id)
-        return policy if policy.arms == arms else policy.with_arms(arms)  # arms reconfigured
+        if policy.arms != arms:
+            policy = policy.with_arms(arms)
+        policy.rule, policy.epsilon, policy.squarecb_gamma = self.settings.exploration_for(
+            site_id)
+        return policy

@@ -10,9 +10,10 @@ from app.core.catalog import StoreCatalog, apply_record
 from app.core.events import Reaction
 from app.core.session import Session
 from app.core.store import MemoryStore
+from app.settings import KNOWN_ARMS
 
 T0 = 1_700_000_000_000
-ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
+ARMS = KNOWN_ARMS
 
 
 def react(stats: SiteStats, session: Session, kind: str, item: str, category: str,
@@ -174,3 +175,30 @@ def test_decayed_scores_with_a_small_capacity_never_lead_with_an_evicted_key():
     for n in range(50):
         scores.add(f"k{n}", float(n % 7), ts=n)
         assert all(key in scores.raw for key, _ in scores.top(10, ts=n)), n
+
+
+def test_session_knn_recommends_what_similar_sessions_engaged(site):
+    # Earlier sessions: shoes go with socks and laces; hats go with scarves.
+    for n in range(6):
+        react(site, Session("shop", f"feet{n}"), "click", "shoe", "x", T0 + n)
+    for n in range(6):
+        feet, head = Session("shop", f"f{n}"), Session("shop", f"h{n}")
+        for item in ("shoe", "sock", "lace"):
+            react(site, feet, "click", item, "x", T0 + 100 + n)
+        for item in ("hat", "scarf"):
+            react(site, head, "click", item, "x", T0 + 100 + n)
+    session = Session("shop", "now")
+    react(site, session, "click", "shoe", "x", T0 + 1_000)
+    shown = items_of(arm_items("session_knn", session, site, StoreCatalog(MemoryStore()),
+                               T0 + 1_000, 2))
+    assert sorted(shown) == ["lace", "sock"]
+
+
+def test_the_session_index_stays_bounded():
+    from app.core.knn import MAX_ITEMS, MAX_SESSIONS, PER_ITEM, SessionIndex
+
+    index = SessionIndex()
+    for n in range(5_000):
+        index.observe(f"s{n}", [f"i{n % 3_000}", "common"])
+    assert len(index.sessions) == MAX_SESSIONS and len(index.postings) <= MAX_ITEMS
+    assert all(len(posting) <= PER_ITEM for posting in index.postings.values())

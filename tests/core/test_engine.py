@@ -8,7 +8,7 @@ from app.contract.codec import EncodedStore
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Effects, Engine, session_key
 from app.core.events import Reaction, Served, Tick
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.core.store import MemoryStore
 from app.settings import Settings
 
@@ -17,9 +17,9 @@ T0 = 1_700_000_000_000
 
 class FixedPolicies:
     def __init__(self, settings: Settings) -> None:
-        self.policy = ContextualEpsilonGreedy(settings.arms, settings.exploration, seed=1)
+        self.policy = ContextualBandit(settings.arms, settings.exploration, seed=1)
 
-    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, self.policy.n_updates
 
 
@@ -166,8 +166,12 @@ def test_the_latest_display_showing_the_item_wins(engine):
 
 def test_every_event_publishes_a_ranking_and_served_ranking_ids_are_authoritative(engine):
     store = EncodedStore()
-    [ranking] = engine.handle(store, reaction("r0", "click", T0, item="a")).rankings
+    ranking, default = engine.handle(store, reaction("r0", "click", T0, item="a")).rankings
     assert ranking.ranking_id == "rk-r0" and ranking.session_id == "s1"
+    # A site's first event also gets it a site-wide default ranking, without a tick.
+    assert (default.session_id, default.segment, default.site_id) == ("*", "", "shop")
+    assert engine.handle(store, reaction("r00", "click", T0, item="a")).rankings[0].segment \
+        is None
     assert 0 < ranking.propensity <= 1
     engine.handle(store, served("d1", T0 + 1, items=("a",), ranking_id=ranking.ranking_id))
     engine.handle(store, reaction("r1", "basket_add", T0 + 5, item="a"))
@@ -207,10 +211,12 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
     home = home_partition("shop", 4)
     store = EncodedStore()
     engine.handle(store, Tick(1_000, home, 4))
-    engine.handle(store, reaction("r1", "click", T0))  # no context: the site-wide segment
+    # The site's first event: its site-wide default at once.
+    first = engine.handle(store, reaction("r1", "click", T0)).rankings  # no context
+    assert [r.segment for r in first] == [None, ""]
     engine.handle(store, Reaction("r2", "click", "shop", "s2", T0, "a",
                                   context={"region": "eu", "device": "mobile"}))
-    defaults = engine.handle(store, Tick(2_000, home, 4)).rankings
+    defaults = [first[1], *engine.handle(store, Tick(2_000, home, 4)).rankings]
     assert sorted(r.segment for r in defaults) == ["", "device=mobile|region=eu"]
     for ranking in defaults:
         assert ranking.session_id == "*" and ranking.key == f"shop|*|{ranking.segment}"
@@ -258,17 +264,18 @@ def test_idle_sites_get_no_more_default_rankings_and_leave_the_clock():
     home = {site: home_partition(site, 1) for site in sites}
     assert set(home.values()) == {0}
     engine.handle(store, Tick(1_000, 0, 1))
-    for n, site in enumerate(sites):
-        engine.handle(store, reaction(f"r{n}", "click", T0, site=site, session=f"s{n}"))
-    assert len(engine.handle(store, Tick(2_000, 0, 1)).rankings) == len(sites)
+    firsts = [engine.handle(store, reaction(f"r{n}", "click", T0, site=site, session=f"s{n}"))
+              for n, site in enumerate(sites)]
+    assert sum(len(effects.rankings) - 1 for effects in firsts) == len(sites)  # at once
+    assert len(engine.handle(store, Tick(11_000, 0, 1)).rankings) == len(sites)  # interval
     engine.handle(store, reaction("busy", "click", T0 + 30_000, site="busy", session="b"))
     # Stream time passes the idle limit (the wall clock, once the partition is quiet).
     engine.handle(store, reaction("late-busy", "click", T0 + 61_000, site="busy", session="b"))
     published = engine.handle(store, Tick(100_000, 0, 1)).rankings
     assert {r.site_id for r in published} == {"busy"}
-    clock = store.get(CLOCK_KEY)
-    assert set(clock.segments) == {"busy"}
-    assert all("one-visit" not in key for key in clock.defaults_published)
+    assert set(store.get(CLOCK_KEY).sites) == {"busy"}
+    assert [key for key in store.data if "one-visit" in key and key.startswith(
+        "defaults:")] == []  # their defaults are gone (statistics stay, on disk)
 
 
 def test_a_session_keeps_its_newest_context_keys_and_a_bounded_basket():
@@ -294,3 +301,27 @@ def test_a_display_lists_bounded_outcomes_but_keeps_its_best_reward(engine):
     [closed] = everything_read_up_to(engine, store, T0 + 6_000)
     assert closed.reward == 3.0 and closed.closed_by == "max_reward"
     assert len(closed.outcomes) == OUTCOMES_KEPT + 1 and closed.outcomes[-1].type == "basket_add"
+
+
+def test_organic_reactions_feed_the_session_but_are_never_attributed(engine):
+    store = EncodedStore()
+    engine.handle(store, served("d1", T0, items=("a", "b")))
+    organic = Reaction("o1", "detail_view", "shop", "s1", T0 + 100, "a", category="hats",
+                       organic=True)
+    effects = engine.handle(store, organic)
+    assert effects.attributed == 0
+    assert store.get(session_key("shop", "s1")).top_categories(1) == ["hats"]
+    [closed] = everything_read_up_to(engine, store, T0 + 26_000)
+    assert (closed.served_id, closed.reward, closed.outcomes) == ("d1", 0.0, ())
+
+
+def test_every_ranking_names_its_trigger_and_a_burst_keeps_the_shown_one(engine):
+    store = EncodedStore()
+    shown = engine.handle(store, reaction("r0", "click", T0, item="a")).rankings[0]
+    assert shown.trigger_event_id == "r0" and shown.ranking_id == "rk-r0"
+    for n in range(40):  # a burst of browsing within the window publishes 40 more
+        engine.handle(store, reaction(f"b{n}", "click", T0 + 10 + n, item="x"))
+    engine.handle(store, served("d1", T0 + 100, items=("a",), ranking_id="rk-r0"))
+    engine.handle(store, reaction("buy", "basket_add", T0 + 200, item="a"))
+    [decision] = everything_read_up_to(engine, store, T0 + 1_200)
+    assert (decision.arm, decision.propensity) == (shown.arm, shown.propensity)

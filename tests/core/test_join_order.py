@@ -17,7 +17,7 @@ from app.contract.codec import EncodedStore
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
 from app.core.events import Reaction, Served
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.core.store import MemoryStore
 from app.settings import Settings
 
@@ -29,9 +29,9 @@ KINDS = ("served", "click", "detail_view", "basket_add")
 
 class Policies:
     def __init__(self) -> None:
-        self.policy = ContextualEpsilonGreedy(Settings().arms, seed=1)
+        self.policy = ContextualBandit(Settings().arms, seed=1)
 
-    def current(self, site_id: str) -> tuple[ContextualEpsilonGreedy, int]:
+    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, 0
 
 

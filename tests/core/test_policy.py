@@ -16,7 +16,7 @@ from app.contract.codec import (
     model_bytes_bound,
 )
 from app.core.engine import stable_uniform
-from app.core.policy import MAX_FEATURE_CHARS, ContextualEpsilonGreedy
+from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit
 from app.settings import DEFAULT_ARMS
 
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
@@ -24,7 +24,7 @@ ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
 BEST = {"winter": "trending", "summer": "bestsellers"}
 
 
-def train(policy: ContextualEpsilonGreedy, decisions: int, seed: int = 0) -> None:
+def train(policy: ContextualBandit, decisions: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     for n in range(decisions):
         season = rng.choice(sorted(BEST))
@@ -35,7 +35,7 @@ def train(policy: ContextualEpsilonGreedy, decisions: int, seed: int = 0) -> Non
 
 
 def test_propensities_are_a_distribution_with_epsilon_spread_evenly():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.2, seed=1)
+    policy = ContextualBandit(ARMS, epsilon=0.2, seed=1)
     train(policy, 500)
     probabilities = policy.probabilities({"season": "winter"})
     assert abs(sum(probabilities.values()) - 1.0) < 1e-12
@@ -43,7 +43,7 @@ def test_propensities_are_a_distribution_with_epsilon_spread_evenly():
 
 
 def test_choice_frequencies_match_the_published_propensities():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.3, seed=1)
+    policy = ContextualBandit(ARMS, epsilon=0.3, seed=1)
     train(policy, 300)
     context = {"season": "summer", "region": "eu"}
     draws = 20_000
@@ -57,7 +57,7 @@ def test_choice_frequencies_match_the_published_propensities():
 
 
 def test_after_a_few_thousand_decisions_it_picks_the_right_arm_per_context():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=3)
+    policy = ContextualBandit(ARMS, epsilon=0.1, seed=3)
     train(policy, 3_000)
     for season, best in BEST.items():
         for region in ("eu", "us"):
@@ -71,7 +71,7 @@ def test_after_a_few_thousand_decisions_it_picks_the_right_arm_per_context():
 
 
 def test_state_round_trips_through_the_plain_encoding_and_keeps_deciding_the_same():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5)
+    policy = ContextualBandit(ARMS, epsilon=0.1, seed=5)
     train(policy, 400)
     copy = decode_model(encode_model(policy))
     assert copy.n_updates == policy.n_updates == 400
@@ -87,7 +87,7 @@ def test_state_round_trips_through_the_plain_encoding_and_keeps_deciding_the_sam
 
 
 def test_with_arms_keeps_what_was_learned_about_the_arms_in_common():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5)
+    policy = ContextualBandit(ARMS, epsilon=0.1, seed=5)
     train(policy, 1_000)
     narrowed = policy.with_arms(["trending", "fresh"])
     assert narrowed.arms == ("trending", "fresh")
@@ -98,7 +98,7 @@ def test_with_arms_keeps_what_was_learned_about_the_arms_in_common():
 
 
 def test_unbounded_context_values_do_not_grow_the_model_without_bound():
-    policy = ContextualEpsilonGreedy(ARMS, epsilon=0.1, seed=5, max_features=20)
+    policy = ContextualBandit(ARMS, epsilon=0.1, seed=5, max_features=20)
     for n in range(500):
         policy.update("trending", {"visitor": f"v{n}", "season": "winter"}, 1.0)
     small = len(encode_model(policy))
@@ -110,7 +110,7 @@ def test_unbounded_context_values_do_not_grow_the_model_without_bound():
 
 def test_a_site_with_every_feature_it_may_learn_still_fits_a_kafka_record():
     """130+ page categories once grew a model past 1 MB; now the worst case is bounded."""
-    policy = ContextualEpsilonGreedy(DEFAULT_ARMS, epsilon=0.1, seed=5)
+    policy = ContextualBandit(DEFAULT_ARMS, epsilon=0.1, seed=5)
     for n in range(400):  # far more distinct long values than max_features
         context = {"category": f"{n:03d}" + "é" * (MAX_FEATURE_CHARS - 13), "device": "mobile"}
         for arm in DEFAULT_ARMS:
@@ -125,4 +125,4 @@ def test_a_site_with_every_feature_it_may_learn_still_fits_a_kafka_record():
 
 def test_context_features_too_long_to_publish_are_not_learned():
     long_value = "x" * MAX_FEATURE_CHARS
-    assert set(ContextualEpsilonGreedy.features({"k": long_value, "d": "m"})) == {"d=m", "bias"}
+    assert set(ContextualBandit.features({"k": long_value, "d": "m"})) == {"d=m", "bias"}

@@ -62,7 +62,7 @@ def exercised() -> Metrics:
     m.rankings_published.labels(site, "trending").inc()
     m.bandit_updates.labels(site).inc()
     m.bandit_estimate.labels(site, "trending").set(0.7)
-    m.bandit_choice_share.labels(site, "trending").set(0.92)
+    m.bandit_choice_share.labels(site, "device=mobile", "trending").set(0.92)
     m.worker_ready.set(1)
     m.state_restored_records.inc(3)
     return m

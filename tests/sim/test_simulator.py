@@ -15,7 +15,7 @@ from app.contract.specs import validation_error
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from app.core.engine import segment_key
 from app.core.events import Reaction, Served
-from app.core.policy import ContextualEpsilonGreedy
+from app.core.policy import ContextualBandit
 from app.settings import DEFAULT_ARMS
 from app.sim.world import (
     CHAIN,
@@ -123,7 +123,7 @@ def test_the_engines_policy_learns_the_hidden_table_in_a_few_minutes_of_decision
     uniform choice clearly after the number of decisions one site gets in a 5-minute demo."""
     rng = random.Random(3)
     model = HiddenModel.draw(rng, DEFAULT_ARMS, window_shares(Delays(), WINDOW_MS))
-    policy = ContextualEpsilonGreedy(DEFAULT_ARMS, epsilon=0.1, seed=1)
+    policy = ContextualBandit(DEFAULT_ARMS, epsilon=0.1, seed=1)
     contexts = all_contexts()
     weights = [context_weight(c) for c in contexts]
     per_s, pending = 6, deque()

@@ -233,7 +233,10 @@ def test_one_visit_sites_stop_being_ranked_and_leave_memory(start_worker, worker
     # quarter of these one-session sites.
     reader.read_until(lambda ms: len(defaults(ms)) >= 30, timeout_s=60)
     assert len(defaults(reader.messages)) >= 30
-    assert worker.metric("recoloop_bandit_models_in_memory") >= 30
+    deadline = time.monotonic() + 30  # the gauge is set on the worker's next tick
+    while worker.metric("recoloop_bandit_models_in_memory") < 30:
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
     # Past the idle time (stream time follows the wall clock once the partition is quiet)
     # nothing more is published for them (at 1 s intervals they would go on forever)...
     deadline = time.monotonic() + 40

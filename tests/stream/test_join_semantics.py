@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW_S, GRACE_S, IDLE_CLOSE_S = 2, 1, 2
 WINDOW_MS, GRACE_MS = WINDOW_S * 1000, GRACE_S * 1000
-PARTITIONS = 10
+PARTITIONS = 11
 PROBE_PARTITION = 0  # the readiness probe's click
 WAIT_S = 60.0  # upper bound of every wait; the slowest close (idle) takes about 6 s
 IDLE_BOUND_S = 20.0
@@ -413,3 +413,20 @@ def test_every_display_gets_exactly_one_rewards_record(join_run):
     rewards = {r["served_id"]: r["reward"] for r in join_run.rewards()}
     assert {s: rewards[s] for s in join_run.displays("many")} == {
         "ma-d0": 3.0, "ma-d1": 1.0, "ma-d2a": 0.0, "ma-d2b": 1.0, "ma-d3": 0.0, "ma-d4": 0.0}
+
+
+# -- organic reactions ------------------------------------------------------------------------
+
+@scenario(partition=10)
+def organic(t: int) -> list[list[Record]]:
+    # The visitor finds the displayed item on their own: the display earned nothing.
+    return [[served("og-d", "og", t, ["g", "h"]),
+             reaction(DETAIL_VIEWS, "og-v", "og", t + 300, "g", source="organic"),
+             reaction(CLICKS, "og-c", "og", t + 400, "h", source="organic"),
+             reaction(CLICKS, "og-rec", "og", t + 500, "z", source="recommendation")]]
+
+
+def test_an_organic_reaction_is_never_attributed_to_a_display(join_run):
+    record = join_run.one_reward("og-d")
+    assert (record["reward"], record["outcomes"]) == (0.0, []), join_run.worker.log_tail()
+    assert not [d for d in join_run.dead_letters() if d["key"] == "og"]  # all were valid

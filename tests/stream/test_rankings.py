@@ -17,6 +17,7 @@ from app.contract.topics import (
     DEAD_LETTER,
     DETAIL_VIEWS,
     RANKINGS,
+    REWARDS,
     SERVED,
 )
 from app.settings import Settings
@@ -196,3 +197,32 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
             assert all(after[arm] == chosen[season][arm] for arm in after.keys() & chosen[season])
         worker.stop()
     reader.close()
+
+
+def test_triggers_first_defaults_and_a_burst_that_keeps_the_shown_ranking(
+        start_worker, worker_settings):
+    s: Settings = worker_settings
+    worker = start_worker(reward_window_s="3", grace_s="1", arms="session_knn,trending,similar")
+    t = now_ms()
+    click = {"site_id": "brand-new", "session_id": "b1", "item_id": "i1"}
+    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {**click, "event_id": "c0", "ts": t})])
+    messages = collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: len(
+        values(ms, s.topic(RANKINGS))) >= 2)
+    first = values(messages, s.topic(RANKINGS))
+    session = next(r for r in first if r["session_id"] == "b1")
+    default = next(r for r in first if r["session_id"] == "*")
+    assert session["trigger_event_id"] == "c0" and session["ranking_id"] == "rk-c0"
+    assert (default["site_id"], default["segment"], default["trigger_event_id"]) == \
+        ("brand-new", "", None)  # without waiting for a tick
+    # A burst of browsing publishes 30 more rankings before the site shows the first one.
+    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+        **click, "event_id": f"burst{n}", "ts": t + 10 + n, "item_id": f"x{n}"})
+        for n in range(30)] + [event(s.topic(SERVED), {
+            "event_id": "d1", "site_id": "brand-new", "session_id": "b1", "ts": t + 100,
+            "items": [item["item_id"] for item in session["items"]] or ["i1"],
+            "ranking_id": "rk-c0", "arm": "made-up", "propensity": 0.99})])
+    rewards = collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: bool(
+        values(ms, s.topic(REWARDS))), timeout_s=60)
+    [reward] = values(rewards, s.topic(REWARDS))
+    assert (reward["arm"], reward["propensity"]) == (session["arm"], session["propensity"]), \
+        worker.log_tail()
