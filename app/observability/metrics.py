@@ -86,7 +86,7 @@ class SiteLabels:
 
 
 class SegmentLabels:
-    """Maps (site label, segment) to a segment label, at most ``cap`` per site.
+    """Maps (site label, segment) to a segment label: :class:`SiteLabels` per site.
 
     >>> segment = SegmentLabels(cap=2)
     >>> [segment("shop", s) for s in ("", "device=mobile", "device=tablet", "")]
@@ -95,16 +95,13 @@ class SegmentLabels:
 
     def __init__(self, cap: int = MAX_SEGMENT_LABELS) -> None:
         self.cap = cap
-        self._known: dict[str, set[str]] = {}
+        self._per_site: dict[str, SiteLabels] = {}
         self._lock = threading.Lock()
 
     def __call__(self, site_label: str, segment: str) -> str:
         with self._lock:
-            known = self._known.setdefault(site_label, set())
-            if segment in known or len(known) < self.cap:
-                known.add(segment)
-                return segment
-        return OTHER_SITE
+            labels = self._per_site.setdefault(site_label, SiteLabels(self.cap))
+        return labels(segment)
 
 
 def _version(distribution: str) -> str:
