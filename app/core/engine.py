@@ -370,8 +370,10 @@ class Engine:
             return
         assert clock.idle_base_time is not None
         idle_for = tick.wall_ms - clock.idle_since_wall_ms
-        self._advance(store, clock, clock.idle_base_time + self._idle_ms + idle_for, "idle",
-                      effects)
+        # Never past the wall clock: event times a little ahead of it (within the skew
+        # allowed) would otherwise carry stream time ahead of every event that follows.
+        self._advance(store, clock, min(clock.idle_base_time + self._idle_ms + idle_for,
+                                        tick.wall_ms), "idle", effects)
 
     def _advance(self, store: Store, clock: PartitionClock, ts: int | None, closed_by: str,
                  effects: Effects) -> None:

@@ -16,6 +16,7 @@ from app.contract.topics import (
     CATALOG,
     CLICKS,
     DEAD_LETTER,
+    DETAIL_VIEWS,
     RANKINGS,
     REWARDS,
     SERVED,
@@ -252,3 +253,32 @@ def test_one_visit_sites_stop_being_ranked_and_leave_memory(start_worker, worker
     while worker.metric("recoloop_bandit_models_in_memory") > 0:
         assert time.monotonic() < deadline + 20, worker.log_tail()
         time.sleep(0.5)
+
+
+def test_events_stamped_ahead_then_a_quiet_spell_leave_live_traffic_joined_right(
+        start_worker, worker_settings):
+    """Event times a little ahead of the clocks (allowed skew), a quiet spell, then live
+    traffic: stream time waited for the wall clock, so the live display gets its click."""
+    s: Settings = worker_settings
+    worker = start_worker(reward_window_s="2", grace_s="1", idle_close_s="2")
+    ahead = now_ms() + 10_000
+    first = {"site_id": "shop", "session_id": "early", "ts": ahead}
+    send(s.bootstrap_servers, [
+        (*event(s.topic(SERVED), {**first, "event_id": "e-d", "items": ["a"]}), 0),
+        *[(*event(s.topic(topic), {**first, "event_id": f"e-{topic}", "item_id": "z"}), 0)
+          for topic in (CLICKS, DETAIL_VIEWS, BASKET_ADDS)]])
+    reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards_of(reader, 1, timeout_s=60)  # the early display closed: the partition is warm
+    time.sleep(8)  # a quiet spell: the partition's stream time follows the wall clock
+    live = now_ms()
+    send(s.bootstrap_servers, [
+        (*event(s.topic(SERVED), {"event_id": "live-d", "site_id": "shop",
+                                  "session_id": "live", "ts": live, "items": ["b"]}), 0),
+        (*event(s.topic(CLICKS), {"event_id": "live-c", "site_id": "shop",
+                                  "session_id": "live", "ts": live + 500, "item_id": "b"}), 0)])
+
+    def live_reward(ms: list) -> list[dict]:
+        return [r for r in of(ms, s.topic(REWARDS)) if r["served_id"] == "live-d"]
+    found = live_reward(reader.read_until(live_reward, timeout_s=60))
+    reader.close()
+    assert [r["reward"] for r in found] == [1.0], worker.log_tail()
