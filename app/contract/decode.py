@@ -47,7 +47,7 @@ def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
         raise InvalidInput("future_timestamp", f"ts {value['ts']} is later than {latest_ts}, "
                            "the broker's (or the worker's) time of the message plus "
                            "RECOLOOP_MAX_CLOCK_SKEW_S")
-    if key is None or key.decode("utf-8", "replace") != value["session_id"]:
+    if key != value["session_id"].encode("utf-8"):  # byte for byte: b"\xff" is no id
         raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
                            "(inputs are co-partitioned by session)")
     if logical_topic == SERVED:

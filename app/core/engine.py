@@ -29,7 +29,7 @@ from app.core.candidates import SiteStats, arm_items, record_reaction
 from app.core.catalog import CatalogView
 from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.core.join import JoinResult, JoinRules, PendingDisplay
-from app.core.keys import state_key
+from app.core.keys import escape, state_key
 from app.core.policy import ContextualBandit
 from app.core.session import IssuedRanking, Session
 from app.core.store import Store
@@ -146,8 +146,14 @@ def defaults_key(site_id: str) -> str:
 
 
 def segment_key(context: Context) -> str:
-    """``"device=mobile|region=eu"``: a context segment as sorted key=value pairs."""
-    return "|".join(f"{key}={value}" for key, value in sorted(context.items()))
+    """``"device=mobile|region=eu"``: a context segment as sorted key=value pairs, each key
+    and value escaped (:mod:`app.core.keys`, and ``=``) so two contexts never share one.
+
+    >>> segment_key({"region": "eu", "device": "m"}), segment_key({"device": "m|region=eu"})
+    ('device=m|region=eu', 'device=m%7Cregion%3Deu')
+    """
+    return "|".join(f"{escape(str(key), '=')}={escape(str(value), '=')}"
+                    for key, value in sorted(context.items()))
 
 
 def home_partition(site_id: str, partitions: int) -> int:
@@ -292,7 +298,7 @@ class Engine:
         blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
         # The segment as a digest: a ranking id stays short enough to echo in a display.
         digest = hashlib.blake2b(segment.encode(), digest_size=8).hexdigest()
-        ranking_id = f"default:{site_id}:{digest}:{clock.wall_ms}"
+        ranking_id = f"default:{escape(site_id)}:{digest}:{clock.wall_ms}"
         now = max(clock.kind_times.values())  # the latest event time read here
         return self._rank(blank, stats, ranking_id, now, segment)
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import re
 
-_ESCAPES = {"%": "%25", ":": "%3A", "|": "%7C"}
+_ESCAPES = {"%": "%25", ":": "%3A", "|": "%7C", "=": "%3D"}
 _ESCAPED = re.compile("|".join(re.escape(code) for code in _ESCAPES.values()))
 _BY_CODE = {code: char for char, code in _ESCAPES.items()}
 
 
-def escape(part: str) -> str:
-    """``part`` with no ``:`` or ``|`` left in it; :func:`unescape` gives it back."""
-    if "%" not in part and ":" not in part and "|" not in part:
+def escape(part: str, *also: str) -> str:
+    """``part`` with no ``:``, ``|`` (or the ``also`` characters, of ``=``) left in it;
+    :func:`unescape` gives it back."""
+    special = ("%", ":", "|", *also)
+    if not any(char in part for char in special):
         return part  # the common case, and keys of such ids read as before
-    return "".join(_ESCAPES.get(char, char) for char in part)
+    return "".join(_ESCAPES[char] if char in special else char for char in part)
 
 
 def unescape(part: str) -> str:

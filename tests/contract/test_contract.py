@@ -67,3 +67,14 @@ def test_event_times_are_json_integers_in_range(ts):
     with pytest.raises(InvalidInput) as error:
         decode(CLICKS, Origin("reco.clicks", 0, 5, b"s1", raw))
     assert error.value.reason == "schema" and "ts" in str(error.value)
+
+
+def test_a_key_must_be_the_session_id_byte_for_byte():
+    value = b'{"event_id": "c1", "site_id": "shop", "session_id": "nu\\ufffd", "item_id": "i", ' \
+            b'"ts": 1700000000000}'
+    for key in (b"nu\xff", b"nu\xfe", b"NU\xef\xbf\xbd"):  # invalid UTF-8 once read as U+FFFD
+        with pytest.raises(InvalidInput) as error:
+            decode(CLICKS, Origin("reco.clicks", 0, 5, key, value))
+        assert error.value.reason == "key_mismatch"
+    assert decode(CLICKS, Origin("reco.clicks", 0, 5, "nu\ufffd".encode(), value)).session_id \
+        == "nu\ufffd"
