@@ -218,11 +218,11 @@ class Engine:
         stats = SiteStats(event.site_id, store.get, store.set)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            join.add_display(session.join, self._display(session, event))
+            effects.absorb(join.add_display(session.join, self._display(session, event)))
         else:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
-                join.add_reaction(session.join, event)
+                effects.absorb(join.add_reaction(session.join, event))
             record_reaction(stats, session, event)
             session.engage(event)
         if clock.stream_time is not None:

@@ -32,6 +32,10 @@ from app.core.events import ClosedDecision, Context, Outcome, Reaction, Served
 RECENTLY_CLOSED_KEPT = 16
 # Outcomes a display lists at most (and then only ones that raised its reward).
 OUTCOMES_KEPT = 32
+# A session's open displays and waiting reactions at most: far more than a shopper makes
+# within a reward window; a bot's burst must not grow one state record past Kafka's limit.
+PENDING_KEPT = 128
+WAITING_KEPT = 256
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,25 @@ class JoinResult:
     attributed: int = 0
 
 
-def add_display(state: SessionJoin, display: PendingDisplay) -> None:
+def add_display(state: SessionJoin, display: PendingDisplay) -> JoinResult:
+    """Open a display; past PENDING_KEPT open ones (a bot, not a shopper) the oldest closes
+    early with the reward it has, ``closed_by: evicted``."""
+    result = JoinResult()
     state.pending[display.served.event_id] = display
+    while len(state.pending) > PENDING_KEPT:
+        _close(state, next(iter(state.pending)), "evicted", result)
+    return result
 
 
-def add_reaction(state: SessionJoin, reaction: Reaction) -> None:
+def add_reaction(state: SessionJoin, reaction: Reaction) -> JoinResult:
+    """Queue a reaction until the watermark reaches it; past WAITING_KEPT waiting ones the
+    earliest is given up as unattributed (a session's state stays small)."""
+    result = JoinResult()
     keys = [(r.ts, r.event_id) for r in state.waiting]
     state.waiting.insert(bisect.bisect(keys, (reaction.ts, reaction.event_id)), reaction)
+    if len(state.waiting) > WAITING_KEPT:
+        result.unattributed.append(state.waiting.pop(0))
+    return result
 
 
 def advance(state: SessionJoin, watermark: int, rules: JoinRules,

@@ -343,3 +343,22 @@ def test_events_stamped_ahead_of_the_wall_clock_do_not_carry_stream_time_ahead(e
     engine.handle(store, reaction("r1", "detail_view", live + 3_000, session="b"))
     closed = everything_read_up_to(engine, store, live + 26_001)
     assert [(d.served_id, d.reward) for d in closed if d.served_id == "d1"] == [("d1", 1.0)]
+
+
+def test_a_bot_session_keeps_bounded_join_state_and_every_display_one_reward(engine):
+    from app.core.join import PENDING_KEPT, WAITING_KEPT
+
+    store = EncodedStore()
+    closed, unattributed = [], 0
+    for n in range(PENDING_KEPT + 50):  # every display open at once
+        closed += engine.handle(store, served(f"d{n}", T0 + n, items=("a",))).rewards
+    for n in range(WAITING_KEPT + 40):  # reactions ahead of the watermark: they wait
+        unattributed += len(engine.handle(store, reaction(f"r{n}", "click", T0 + 1_000 + n,
+                                                          item="b")).unattributed)
+    session = store.get(session_key("shop", "s1"))
+    assert len(session.join.pending) == PENDING_KEPT and len(session.join.waiting) == WAITING_KEPT
+    assert [d.closed_by for d in closed] == ["evicted"] * 50
+    assert [d.served_id for d in closed] == [f"d{n}" for n in range(50)]  # the oldest
+    assert unattributed == 40
+    closed += everything_read_up_to(engine, store, T0 + 60_000)
+    assert sorted(d.served_id for d in closed) == sorted(f"d{n}" for n in range(PENDING_KEPT + 50))
