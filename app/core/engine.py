@@ -19,6 +19,7 @@ time visits only the sessions that are due, never the whole partition.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass, field, replace
@@ -141,6 +142,12 @@ def session_key(site_id: str, session_id: str) -> str:
     return state_key("session", site_id, session_id)
 
 
+@functools.lru_cache(maxsize=4_096)
+def wake_keys(bucket: int) -> tuple[str, ...]:
+    """The keys of a wake-up bucket's shards (every sweep reads them all)."""
+    return tuple(state_key("wake", bucket, shard) for shard in range(WAKE_SHARDS))
+
+
 def defaults_key(site_id: str) -> str:
     return state_key("defaults", site_id)
 
@@ -152,7 +159,7 @@ def segment_key(context: Context) -> str:
     >>> segment_key({"region": "eu", "device": "m"}), segment_key({"device": "m|region=eu"})
     ('device=m|region=eu', 'device=m%7Cregion%3Deu')
     """
-    return "|".join(f"{escape(str(key), '=')}={escape(str(value), '=')}"
+    return "|".join(f"{escape(str(key), equals=True)}={escape(str(value), equals=True)}"
                     for key, value in sorted(context.items()))
 
 
@@ -395,8 +402,7 @@ class Engine:
     def _sweep(self, store: Store, clock: PartitionClock, bucket: int, closed_by: str,
                effects: Effects) -> None:
         assert clock.stream_time is not None
-        shards = {state_key("wake", bucket, shard): store.get(state_key("wake", bucket, shard))
-                  for shard in range(WAKE_SHARDS)}
+        shards = {key: store.get(key) for key in wake_keys(bucket)}
         keys = {key: None for registered in shards.values() if registered for key in registered}
         for key in keys:
             session: Session | None = store.get(key)
@@ -433,7 +439,7 @@ class Engine:
         bucket = max(bucket, clock.swept_bucket)
         if session.wake_bucket is not None and clock.swept_bucket <= session.wake_bucket <= bucket:
             return  # registered in a bucket still to come that is early enough
-        wake_key = state_key("wake", bucket, zlib.crc32(key.encode()) % WAKE_SHARDS)
+        wake_key = wake_keys(bucket)[zlib.crc32(key.encode()) % WAKE_SHARDS]
         keys = store.get(wake_key) or {}
         keys[key] = None
         store.set(wake_key, keys)

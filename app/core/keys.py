@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import re
 
-_ESCAPES = {"%": "%25", ":": "%3A", "|": "%7C", "=": "%3D"}
-_ESCAPED = re.compile("|".join(re.escape(code) for code in _ESCAPES.values()))
-_BY_CODE = {code: char for char, code in _ESCAPES.items()}
+_ESCAPES = {"%": "%25", ":": "%3A", "|": "%7C"}
+_WITH_EQUALS = {**_ESCAPES, "=": "%3D"}
+_TABLES = (str.maketrans(_ESCAPES), str.maketrans(_WITH_EQUALS))  # translate runs in C
+_ESCAPED = re.compile("|".join(re.escape(code) for code in _WITH_EQUALS.values()))
+_BY_CODE = {code: char for char, code in _WITH_EQUALS.items()}
 
 
-def escape(part: str, *also: str) -> str:
-    """``part`` with no ``:``, ``|`` (or the ``also`` characters, of ``=``) left in it;
-    :func:`unescape` gives it back."""
-    special = ("%", ":", "|", *also)
-    if not any(char in part for char in special):
-        return part  # the common case, and keys of such ids read as before
-    return "".join(_ESCAPES[char] if char in special else char for char in part)
+def escape(part: str, *, equals: bool = False) -> str:
+    """``part`` with no ``:`` or ``|`` (nor ``=``, with ``equals``) left in it;
+    :func:`unescape` gives it back. Ids without them read as they are."""
+    if "%" in part or ":" in part or "|" in part or (equals and "=" in part):
+        return part.translate(_TABLES[equals])
+    return part  # the common case: each check is a C scan, translate is not free
 
 
 def unescape(part: str) -> str:
@@ -36,7 +37,12 @@ def unescape(part: str) -> str:
 
 def state_key(kind: str, *parts: object) -> str:
     """``kind:part:...``, each part escaped: one key per (kind, parts) tuple."""
-    return ":".join([kind, *(escape(str(part)) for part in parts)])
+    key = kind
+    for part in parts:  # written out: a key is built for every state read
+        text = part if type(part) is str else str(part)
+        key += ":" + (text.translate(_TABLES[False]) if "%" in text or ":" in text
+                      or "|" in text else text)
+    return key
 
 
 def key_kind(key: str) -> str:
