@@ -27,7 +27,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from app.contract.topics import RANKINGS
 from app.settings import Settings
-from app.sim.world import GROUPS, Outgoing, SimConfig, Simulator
+from app.sim.common import GROUPS, Outgoing
+from app.sim.world import SimConfig, Simulator
 from app.stream import topic_admin
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from confluent_kafka import Message
 from app import cli
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED
 from app.settings import Settings
+from app.sim.common import CHAIN, GROUPS, SUMMARY_FIELDS
 from app.sim.demo import wait_ready
-from app.sim.world import CHAIN, GROUPS, SUMMARY_FIELDS
 from tests.kafka_io import collect, values
 from tests.worker_process import WorkerProcess
 
