@@ -25,6 +25,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.settings": ("app.contract.topics",),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
     "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
+    "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),
+    "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.world"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

@@ -229,6 +229,7 @@ class Display:
 class Settled(NamedTuple):
     """One settled display, as the figures need it."""
 
+    served_id: str
     ts: int
     site_id: str
     session_id: str
@@ -418,6 +419,11 @@ class World:
         if shopper is not None:
             shopper.scheduled += 1
 
+    @property
+    def unsettled(self) -> int:
+        """Displays served whose window has not passed yet."""
+        return len(self._open)
+
     def next_due_ms(self) -> int | None:
         """When the next record is due (ms), or None when nothing is scheduled."""
         return self._timeline[0][0] if self._timeline else None
@@ -580,8 +586,9 @@ class World:
         shopper, served = display.shopper, display.served
         reward = self.reward_of(served, shopper)
         organic = reward - self.reward_of(served, shopper, shopper.organic) if reward else 0.0
-        record = Settled(served.ts, shopper.site_id, shopper.session_id, display.group, reward,
-                         display.clicked, display.expected, display.oracle, organic)
+        record = Settled(served.event_id, served.ts, shopper.site_id, shopper.session_id,
+                         display.group, reward, display.clicked, display.expected,
+                         display.oracle, organic)
         self.settled.append(record)
         self.tallies[display.group].add(record)
         self.site_tallies.setdefault((shopper.site_id, display.group), Tally()).add(record)
@@ -652,7 +659,7 @@ class World:
             "decisions": {"total": sum(t.decisions for t in self.tallies.values()),
                           **{g: self.tallies[g].decisions for g in GROUPS},
                           "engine_from_default": self.counts["engine_from_default"],
-                          "unsettled": len(self._open),
+                          "unsettled": self.unsettled,
                           "served": {g: self.counts[f"served_{g}"] for g in GROUPS}},
             "reward_per_decision": {**rates, "oracle": engine.per_decision(engine.oracle),
                                     "engine_expected": engine.per_decision(engine.expected),
@@ -702,6 +709,37 @@ class World:
                          "regret": round(regret, 3), "cumulative_regret": round(cumulative, 3)})
         return rows
 
+
+
+class SimClock:
+    """Simulated time (ms) that :func:`run_simulated` moves: a world runs without waiting."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def run_simulated(world: World, clock: SimClock, until_ms: int,
+                  respond: Callable[[list[Outgoing]], None]) -> None:
+    """Run ``world`` on ``clock`` up to ``until_ms``: jump to each moment something is due
+    and hand what the world emits then to ``respond``, which may answer with rankings
+    (:meth:`World.on_ranking`) before the world goes on, as an engine does.
+
+    >>> from app.sim.items import ItemConfig, ItemWorld
+    >>> clock = SimClock(0)
+    >>> world = ItemWorld(ItemConfig(rate=20), 1, clock)
+    >>> emitted = []
+    >>> run_simulated(world, clock, 60_000, emitted.extend)
+    >>> clock.now, 600 < len(emitted) < 1_800
+    (60000, True)
+    """
+    while (due := world.next_due_ms()) is not None and due <= until_ms:
+        clock.now = due
+        respond(world.advance())
+    clock.now = until_ms
+    respond(world.advance())
 
 
 def _mean(values: Sequence[float]) -> float | None:
