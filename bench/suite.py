@@ -485,8 +485,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{' (with uncommitted changes)' if m['git_tracked_changes'] else ''} on "
             f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
             f"Kafka {m['kafka_version']}; broker, worker and load generator on this machine.\n"
-            f"Throughput: {RATE_DEFINITION}.\n\n" + render_table(report["steps"])
-            + comparison_table(report["steps"]))
+            f"Throughput: {RATE_DEFINITION}.\n" + kept_steps(report)
+            + "\n" + render_table(report["steps"]) + comparison_table(report["steps"]))
+
+
+def kept_steps(report: dict[str, Any]) -> str:
+    """A line naming the steps an ``--only`` run kept from earlier runs, with their dates and
+    commits, so the header's commit is not taken for theirs."""
+    started = report["machine"]["date"]
+    kept = [f"{step} ({figures.get('date', '?')[:10]}, commit "
+            f"{(figures.get('git_commit') or '?')[:10]})"
+            for step, figures in report["steps"].items() if figures.get("date", "") < started]
+    return f"Kept from earlier runs: {', '.join(kept)}.\n" if kept else ""
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -540,7 +550,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
     steps: dict[str, dict[str, Any]] = {}
     if args.only and json_path.exists():  # keep the other steps' figures
-        steps = json.loads(json_path.read_text()).get("steps", {})
+        previous = json.loads(json_path.read_text())
+        steps = previous.get("steps", {})
+        for kept in steps.values():  # a step measured in that run: that run's commit
+            if "git_commit" not in kept and kept.get("date", "") >= previous["machine"]["date"]:
+                kept["git_commit"] = previous["machine"].get("git_commit")
     command = " ".join(["python -m bench.suite", *argv])
     runners: dict[str, Callable[[Any, Options], dict[str, Any]]] = {
         "throughput": step_throughput, "latency": step_latency,
@@ -559,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps[step] = {"command": step_command(step, argv), "run_by": command,
                        "date": datetime.now(UTC).isoformat(timespec="seconds"),
                        "seconds": round(time.monotonic() - started, 1),
+                       "git_commit": machine["git_commit"],
                        "options": asdict(options), "figures": figures}
         print(f"bench.suite: {step} done in {steps[step]['seconds']} s", file=sys.stderr,
               flush=True)
