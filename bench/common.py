@@ -293,7 +293,7 @@ def _first_line_value(path: str, key: str) -> str | None:
                 None)
 
 
-def machine_info(bootstrap: str) -> dict[str, Any]:
+def machine_info(bootstrap: str | None) -> dict[str, Any]:
     """What the figures were measured on, and when, at which commit."""
     memory_kb = _first_line_value("/proc/meminfo", "MemTotal")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,

@@ -25,11 +25,15 @@ some; the others keep their figures from the existing results file):
 - ``growth``: the throughput measurement of the worker (with its memory: RSS when done and
   peak, VmHWM) at the baseline, at ``--growth`` times more sessions and at ``--growth``
   times more items. The baseline is the throughput step's run when both ran together.
-- ``learning``: ``recoloop simulate`` (``app.sim.runner``) for ``--learning-seconds`` at
-  ``--learning-rate`` against one worker on fresh topics: reward per decision of the engine,
-  of the sessions shown a uniformly random arm (the simulator's control group) and of the
-  oracle (the best arm of the simulator's hidden table). Recorded as not available when the
-  checkout has no simulator.
+- ``learning``: ``recoloop simulate --world items`` (``app.sim.runner``) for
+  ``--learning-seconds`` at ``--learning-rate`` against one worker on fresh topics: CTR and
+  reward per decision of the engine, of the sessions shown a uniformly random list (the
+  simulator's control group) and of the oracle (the best items for each shopper), overall
+  and per fifth of the run. Recorded as not available when the checkout has no simulator.
+- ``baselines``: ``bench.baselines`` (in-process, no Kafka) on the same world, seed, rate and
+  length: a random list, the most popular items and a co-view counter, each learned online
+  from the records the world emits and facing the same shoppers as the engine in
+  ``learning``. The report sets the engine's figures beside theirs.
 
 Writes ``bench/results/suite.json`` (machine, every figure, the exact command) and
 ``bench/results/suite.md`` (a table for the README); ``--quick`` writes ``suite-quick.*``.
@@ -54,7 +58,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.contract.topics import JOIN_INPUT_TOPICS, RANKINGS, REWARDS
 from app.settings import Settings
-from bench import latency
+from bench import baselines, latency
 from bench.common import (
     REPO,
     RESULTS,
@@ -72,7 +76,8 @@ from bench.common import (
 from bench.common import bootstrap_servers as default_bootstrap
 from bench.shoppers import mixed_events
 
-STEPS = ("throughput", "latency", "growth", "learning")
+STEPS = ("throughput", "latency", "growth", "learning", "baselines")
+KAFKA_FREE_STEPS = ("baselines",)
 PARTITIONS = 8
 SAMPLE_INTERVAL_S = 0.1
 SATURATED_P50_MS = 1_000.0
@@ -269,7 +274,7 @@ def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
     worker = start_worker(settings, cwd=Path(options.worker_checkout))
     summary_path = worker.data_dir / "simulation.json"
     simulate = start_worker(settings, (
-        "-m", "app.cli", "simulate", "--rate", str(options.learning_rate),
+        "-m", "app.cli", "simulate", "--world", "items", "--rate", str(options.learning_rate),
         "--duration-s", str(options.learning_seconds), "--seed", str(options.seed),
         "--summary", str(summary_path)))
     try:
@@ -283,12 +288,21 @@ def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
         worker.stop()
     delete_topics(settings)
     rewards = summary["reward_per_decision"]
-    return {"status": "ok", "engine": rewards.get("engine"), "random": rewards.get("control"),
+    return {"status": "ok", "world": summary["run"].get("world"), "seed": options.seed,
+            "engine": rewards.get("engine"), "random": rewards.get("control"),
             "oracle": rewards.get("oracle"), "uplift_vs_random": summary.get("uplift_vs_control"),
             "regret_per_decision": summary.get("regret", {}).get("per_decision"),
             "rate_events_per_s": options.learning_rate, "seconds": options.learning_seconds,
             "decisions": summary.get("decisions"), "events": summary.get("events", {}).get("total"),
+            "ctr": summary.get("ctr"), "standard_error": summary.get("standard_error"),
+            "by_fifth": summary.get("by_fifth"),
             "summary": {k: v for k, v in summary.items() if k != "timeline"}}
+
+
+def step_baselines(_bootstrap: str | None, options: Options) -> dict[str, Any]:
+    """``bench.baselines`` on the ``learning`` step's world, seed, rate and length."""
+    return baselines.run(baselines.Options(duration_s=options.learning_seconds,
+                                           rate=options.learning_rate, seed=options.seed))
 
 
 # --- reporting --------------------------------------------------------------------------
@@ -370,14 +384,78 @@ def growth_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def learning_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
-    what = "reward per decision over a simulated run: engine / random / oracle"
+    world = figures.get("world") or "arms"  # results from before the item world: arms
+    what = f"reward per decision over a simulated run ({world} world): engine / random / oracle"
     if figures.get("status") != "ok":
         return [(what, f"{figures.get('status', 'not available')}: {figures.get('reason', '')}")]
     uplift = figures.get("uplift_vs_random")
-    return [(what, f"{number(figures['engine'])} / {number(figures['random'])} / "
+    run = f"; {figures['seconds']:g} s at {figures['rate_events_per_s']:g} events/s"
+    rows = [(what, f"{number(figures['engine'])} / {number(figures['random'])} / "
                    f"{number(figures['oracle'])}"
-                   + ("" if uplift is None else f" (engine vs random {uplift:+.0%})")
-                   + f"; {figures['seconds']:g} s at {figures['rate_events_per_s']:g} events/s")]
+                   + ("" if uplift is None else f" (engine vs random {uplift:+.0%})") + run)]
+    ctr, se = figures.get("ctr"), figures.get("standard_error")
+    if ctr and se:
+        rows.append((f"clicks on displayed items per display (CTR) ({world} world): "
+                     "engine / random",
+                     f"{plus_minus(ctr['engine'], se['ctr']['engine'])} / "
+                     f"{plus_minus(ctr['control'], se['ctr']['control'])}" + run))
+    return rows
+
+
+def baselines_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    o = figures["options"]
+    rows = []
+    for name, c in figures["contenders"].items():
+        f = c["engine_group"]
+        rows.append((f"baseline `{name}` on the engine's shoppers (in-process): "
+                     "CTR / reward per display",
+                     f"{plus_minus(f['ctr'], f['ctr_se'])} / "
+                     f"{plus_minus(f['reward'], f['reward_se'])}; {o['duration_s']:g} s at "
+                     f"{o['rate']:g} events/s"))
+    if not figures["same_shoppers"]:
+        rows.append(("baselines' control groups", "NOT identical: the shoppers differed"))
+    return rows
+
+
+def plus_minus(value: float | None, se: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
+def comparison_table(steps: dict[str, dict[str, Any]]) -> str:
+    """The engine (``learning``) beside the baselines, when both ran on the same item
+    world, seed, rate and length: CTR and reward per display, overall and per fifth."""
+    learning = steps.get("learning", {}).get("figures", {})
+    base = steps.get("baselines", {}).get("figures")
+    if not base or learning.get("status") != "ok" or learning.get("world") != "items" \
+            or not learning.get("by_fifth"):
+        return ""
+    o = base["options"]
+    if (learning.get("seed"), learning["seconds"], learning["rate_events_per_s"]) != (
+            o["seed"], o["duration_s"], o["rate"]):
+        return ""
+    se = learning["standard_error"]
+    rows = [("engine (through Kafka)", learning["ctr"]["engine"], se["ctr"]["engine"],
+             learning["engine"], se["reward_per_decision"]["engine"],
+             [f["engine"] for f in learning["by_fifth"]])]
+    for name, c in base["contenders"].items():
+        f = c["engine_group"]
+        rows.append((f"baseline `{name}`", f["ctr"], f["ctr_se"], f["reward"], f["reward_se"],
+                     [x["engine"] for x in c["by_fifth"]]))
+    rows.append(("random control group (engine run)", learning["ctr"]["control"],
+                 se["ctr"]["control"], learning["random"], se["reward_per_decision"]["control"],
+                 [f["control"] for f in learning["by_fifth"]]))
+    lines = [f"\nEngine and baselines on the same shoppers (item world, seed {o['seed']}, "
+             f"{o['duration_s']:g} s at {o['rate']:g} events/s; oracle "
+             f"{number(learning['oracle'])} per display):\n",
+             "| contender | CTR | reward / display | CTR by fifth | reward by fifth |",
+             "|---|---|---|---|---|"]
+    for name, ctr, ctr_se, reward, reward_se, fifths in rows:
+        lines.append(f"| {name} | {plus_minus(ctr, ctr_se)} | {plus_minus(reward, reward_se)} | "
+                     + " ".join(number(x["ctr"]) for x in fifths) + " | "
+                     + " ".join(number(x["reward"]) for x in fifths) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def number(value: float | None) -> str:
@@ -386,7 +464,7 @@ def number(value: float | None) -> str:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "throughput": throughput_rows, "latency": latency_rows, "growth": growth_rows,
-    "learning": learning_rows}
+    "learning": learning_rows, "baselines": baselines_rows}
 
 
 def render_table(steps: dict[str, dict[str, Any]]) -> str:
@@ -407,7 +485,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{' (with uncommitted changes)' if m['git_tracked_changes'] else ''} on "
             f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
             f"Kafka {m['kafka_version']}; broker, worker and load generator on this machine.\n"
-            f"Throughput: {RATE_DEFINITION}.\n\n" + render_table(report["steps"]))
+            f"Throughput: {RATE_DEFINITION}.\n" + kept_steps(report)
+            + "\n" + render_table(report["steps"]) + comparison_table(report["steps"]))
+
+
+def kept_steps(report: dict[str, Any]) -> str:
+    """A line naming the steps an ``--only`` run kept from earlier runs, with their dates and
+    commits, so the header's commit is not taken for theirs."""
+    started = report["machine"]["date"]
+    kept = [f"{step} ({figures.get('date', '?')[:10]}, commit "
+            f"{(figures.get('git_commit') or '?')[:10]})"
+            for step, figures in report["steps"].items() if figures.get("date", "") < started]
+    return f"Kept from earlier runs: {', '.join(kept)}.\n" if kept else ""
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -453,24 +542,29 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, options = parse_args(argv)
-    bootstrap = default_bootstrap()
+    selected = [step for step in STEPS if not args.only or step in args.only]
+    # The in-process steps need no broker: do not start one for them alone.
+    needs_kafka = any(step not in KAFKA_FREE_STEPS for step in selected)
+    bootstrap = default_bootstrap() if needs_kafka else None
     stem = "suite-quick" if args.quick else "suite"
     json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
     steps: dict[str, dict[str, Any]] = {}
     if args.only and json_path.exists():  # keep the other steps' figures
-        steps = json.loads(json_path.read_text()).get("steps", {})
+        previous = json.loads(json_path.read_text())
+        steps = previous.get("steps", {})
+        for kept in steps.values():  # a step measured in that run: that run's commit
+            if "git_commit" not in kept and kept.get("date", "") >= previous["machine"]["date"]:
+                kept["git_commit"] = previous["machine"].get("git_commit")
     command = " ".join(["python -m bench.suite", *argv])
-    runners: dict[str, Callable[[str, Options], dict[str, Any]]] = {
+    runners: dict[str, Callable[[Any, Options], dict[str, Any]]] = {
         "throughput": step_throughput, "latency": step_latency,
-        "learning": step_learning,
+        "learning": step_learning, "baselines": step_baselines,
         "growth": lambda b, o: step_growth(b, o, baseline),
     }
     baseline = None
     machine = machine_info(bootstrap)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for step in STEPS:
-        if args.only and step not in args.only:
-            continue
+    for step in selected:
         print(f"bench.suite: {step} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         figures = runners[step](bootstrap, options)
@@ -479,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps[step] = {"command": step_command(step, argv), "run_by": command,
                        "date": datetime.now(UTC).isoformat(timespec="seconds"),
                        "seconds": round(time.monotonic() - started, 1),
+                       "git_commit": machine["git_commit"],
                        "options": asdict(options), "figures": figures}
         print(f"bench.suite: {step} done in {steps[step]['seconds']} s", file=sys.stderr,
               flush=True)

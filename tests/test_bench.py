@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench.common import committed_rate, latency_summary, quantile
-from bench.suite import QUICK, parse_args, render_table, saturated, step_command
+from bench.suite import QUICK, parse_args, render_markdown, render_table, saturated, step_command
 
 
 def test_quantile_is_the_nearest_rank_rounding_down() -> None:
@@ -134,3 +134,21 @@ def test_learning_row_with_a_simulation() -> None:
         "uplift_vs_random": 0.3743, "seconds": 600.0, "rate_events_per_s": 50.0}}}
     assert "| 0.412 / 0.300 / 0.550 (engine vs random +37%); 600 s at 50 events/s |" \
         in render_table(steps)
+
+
+def test_the_header_names_the_steps_kept_from_earlier_runs() -> None:
+    machine = {"date": "2026-12-01T10:00:00+00:00", "git_commit": "b" * 40,
+               "git_tracked_changes": False, "cpu_model": "cpu", "cores": 2, "memory_gb": 1.0,
+               "python": "3.11", "kafka_version": "4.1.1"}
+    learning = {"command": "learn", "figures": {"status": "not available", "reason": "x"}}
+    steps = {"learning": {**learning, "date": "2026-12-01T10:05:00+00:00",
+                          "git_commit": "b" * 40},
+             "baselines": {**learning, "date": "2026-11-21T08:00:00+00:00",
+                           "git_commit": "a" * 40, "figures": {
+                               "options": {"duration_s": 1, "rate": 1}, "contenders": {},
+                               "same_shoppers": True}}}
+    text = render_markdown({"machine": machine, "steps": steps})
+    assert "Kept from earlier runs: baselines (2026-11-21, commit aaaaaaaaaa)." in text
+    assert "learning (" not in text.split("Kept from earlier runs:")[1].splitlines()[0]
+    del steps["baselines"]
+    assert "Kept from earlier runs" not in render_markdown({"machine": machine, "steps": steps})

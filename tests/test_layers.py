@@ -23,7 +23,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.observability": ("app.observability", "app.__init__", "prometheus_client"),
     "app.dev": ("app.dev", "confluent_kafka"),
     "app.settings": ("app.contract.topics",),
-    "app.sim.world": ("app.core", "app.contract", "app.settings"),
+    "app.sim.common": ("app.core", "app.contract", "app.settings"),
+    "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
+    "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),
+    "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.world"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

@@ -36,6 +36,7 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 # Reward per decision is plotted as a moving average over this long.
 PLOT_WINDOW_S = 60.0
+ORACLE_LABEL = {"items": "best items for each shopper", "arms": "best arm per context"}
 
 
 class DemoError(RuntimeError):
@@ -147,8 +148,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         worker.wait_ready()
         print(f"worker ready; metrics on http://127.0.0.1:{worker.metrics_port}/metrics\n"
               f"simulating {args.sites} site(s) at about {args.rate:g} events/s for "
-              f"{args.duration_s:g} s ({args.control_share:.0%} of sessions are a random "
-              "control group; Ctrl-C stops early)", flush=True)
+              f"{args.duration_s:g} s in the {args.world} world ({args.control_share:.0%} "
+              "of sessions are a random control group; Ctrl-C stops early)", flush=True)
         summary = runner.run(run_settings, runner.options_from(args),
                                  runner.ProgressPrinter())
     except KeyboardInterrupt:
@@ -232,9 +233,10 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     window = max(1, round(PLOT_WINDOW_S / summary["run"]["bucket_s"]))
     times = [row["t_s"] + summary["run"]["bucket_s"] for row in timeline]
     rewards = summary["reward_per_decision"]
+    world = summary["run"].get("world", "arms")
     figure, axes = plt.subplots(figsize=(9, 5))
     for value, count, label, style in (
-            ("oracle", "engine_decisions", f"oracle (best arm per context) "
+            ("oracle", "engine_decisions", f"oracle ({ORACLE_LABEL.get(world, 'best')}) "
              f"{_fmt(rewards['oracle'])}", dict(color="tab:green", linestyle="--")),
             ("engine", "engine_decisions", f"engine {_fmt(rewards['engine'])}",
              dict(color="tab:blue", linewidth=2)),
@@ -246,7 +248,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     axes.set_xlabel("seconds since the start (by display time)")
     axes.set_ylabel(f"reward per decision ({PLOT_WINDOW_S:.0f} s moving average)")
     events = summary["events"]
-    axes.set_title(f"recoloop demo: {summary['decisions']['total']} decisions, "
+    axes.set_title(f"recoloop demo ({world} world): {summary['decisions']['total']} decisions, "
                    f"{events['per_s']} events/s, {len(summary['run']['sites'])} site(s)")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)

@@ -1,7 +1,9 @@
-"""``recoloop simulate``: plays :mod:`app.sim.world`'s shops against a running engine.
+"""``recoloop simulate``: plays a simulated world's shops against a running engine.
 
-The thin Kafka side of the simulator: it produces the catalog, then, in real time, the
-displays and reactions the model emits (keyed by session, in event-time order), and feeds
+The world is the item world (:mod:`app.sim.items`, ``--world items``, the default) or the
+arm-table world (:mod:`app.sim.world`, ``--world arms``). This is the thin Kafka side of the
+simulator: it produces the catalog, then, in real time, the displays and reactions the
+model emits (keyed by session, in event-time order), and feeds
 every ``reco.rankings`` record back into the model. It never waits for a ranking: the model
 shows what the engine has published so far, or a default, or a random fallback.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import signal
 import sys
 import time
@@ -27,7 +28,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from app.contract.topics import RANKINGS
 from app.settings import Settings
-from app.sim.world import GROUPS, Outgoing, SimConfig, Simulator
+from app.sim.common import GROUPS, Outgoing
+from app.sim.worlds import WORLDS, build_world, site_ids
 from app.stream import topic_admin
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class SimOptions:
     seed: int = 1
     control_share: float = 0.2
     summary: Path | None = None
+    world: str = WORLDS[0]
 
 
 def add_arguments(parser: argparse.ArgumentParser, duration_s: float, sites: int) -> None:
@@ -62,16 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser, duration_s: float, sites: int
                         help=f"client sites to simulate (default {sites})")
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulation")
     parser.add_argument("--control-share", type=float, default=0.2,
-                        help="share of sessions shown a uniformly random arm (default 0.2)")
+                        help="share of sessions shown a uniformly random list of items (or, "
+                             "with --world arms, a random arm) (default 0.2)")
+    parser.add_argument("--world", choices=WORLDS, default=WORLDS[0],
+                        help="items: shoppers with tastes react to the items shown (default); "
+                             "arms: a hidden reward table per arm and context")
 
 
 def options_from(args: argparse.Namespace, summary: Path | None = None) -> SimOptions:
     return SimOptions(args.rate, args.duration_s, args.sites, args.seed, args.control_share,
-                      summary)
-
-
-def site_ids(count: int) -> tuple[str, ...]:
-    return tuple(f"shop-{n}" for n in range(1, count + 1))
+                      summary, args.world)
 
 
 def run(settings: Settings, options: SimOptions,
@@ -84,18 +87,19 @@ def run(settings: Settings, options: SimOptions,
     settings
         Broker, topic prefix, reward window and rewards, and each site's arms.
     options
-        Rate, duration, sites, seed, control share and where to write the summary.
+        Rate, duration, sites, seed, control share, world and where to write the summary.
     on_progress
-        Called about every ``progress_every_s`` with :meth:`Simulator.progress`.
+        Called about every ``progress_every_s`` with :meth:`app.sim.common.World.progress`.
     progress_every_s
         Seconds between progress calls.
 
     Returns
     -------
     dict
-        The simulator's summary (see :data:`app.sim.world.SUMMARY_FIELDS`), with the seed,
-        the topic prefix, whether Ctrl-C or SIGTERM stopped the run early, and how many
-        records Kafka failed to take added to ``run``. Also written to ``options.summary``.
+        The simulator's summary (see :data:`app.sim.common.SUMMARY_FIELDS`), with the
+        world, the seed, the topic prefix, whether Ctrl-C or SIGTERM stopped the run early,
+        and how many records Kafka failed to take added to ``run``. Also written to
+        ``options.summary``.
 
     Raises
     ------
@@ -104,12 +108,9 @@ def run(settings: Settings, options: SimOptions,
     """
     if options.sites < 1 or options.duration_s <= 0:
         raise SimulatorError("--sites must be at least 1 and --duration-s positive")
+    if options.world not in WORLDS:
+        raise SimulatorError(f"--world must be one of {', '.join(WORLDS)}")
     sites = site_ids(options.sites)
-    config = SimConfig(sites=sites, rate=options.rate, control_share=options.control_share,
-                       window_ms=int(settings.reward_window_s * 1000),
-                       rewards=dict(settings.rewards),
-                       arms={site: settings.arms_for(site) for site in sites},
-                       run_tag=f"sim{uuid.uuid4().hex[:6]}")
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
@@ -119,7 +120,11 @@ def run(settings: Settings, options: SimOptions,
     producer = Producer({**settings.kafka_config(), "linger.ms": 5,
                          "enable.idempotence": True, "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
-    sim = Simulator(config, random.Random(options.seed), _now_ms)
+    sim = build_world(options.world, options.seed, _now_ms, sites=sites, rate=options.rate,
+                      control_share=options.control_share,
+                      window_ms=int(settings.reward_window_s * 1000), rewards=settings.rewards,
+                      arms={site: settings.arms_for(site) for site in sites},
+                      run_tag=f"sim{uuid.uuid4().hex[:6]}")
     interrupted = False
     try:
         _send(producer, settings, sim.catalog_records(), delivered)
@@ -146,7 +151,7 @@ def run(settings: Settings, options: SimOptions,
         undelivered = producer.flush(FLUSH_TIMEOUT_S)
         consumer.close()
     summary = sim.summary()
-    summary["run"].update(seed=options.seed, duration_s=options.duration_s,
+    summary["run"].update(world=options.world, seed=options.seed, duration_s=options.duration_s,
                           topic_prefix=settings.topic_prefix, interrupted=interrupted,
                           delivery_failures=len(failures) + undelivered)
     if options.summary is not None:
@@ -233,7 +238,7 @@ class ProgressPrinter:
 def describe(summary: dict[str, Any]) -> str:
     """The headline figures of a summary, for the terminal."""
     rewards, decisions = summary["reward_per_decision"], summary["decisions"]
-    uplift = summary["uplift_vs_control"]
+    uplift, ctr = summary["uplift_vs_control"], summary["ctr"]
     lines = [
         f"{summary['events']['total']} events in {summary['run']['elapsed_s']:g} s "
         f"({summary['events']['per_s']} events/s); {decisions['total']} decisions settled: "
@@ -242,6 +247,8 @@ def describe(summary: dict[str, Any]) -> str:
         f"reward per decision: engine {_fmt(rewards['engine'])}, "
         f"random control {_fmt(rewards['control'])}, oracle {_fmt(rewards['oracle'])}"
         + ("" if uplift is None else f"; engine vs random {uplift:+.0%}"),
+        f"clicks on displayed items per display (CTR): engine {_fmt(ctr['engine'])}, "
+        f"random control {_fmt(ctr['control'])}",
         f"regret per engine decision {_fmt(summary['regret']['per_decision'])} "
         f"(oracle minus the expected reward of the engine's choices)",
     ]

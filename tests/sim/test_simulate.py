@@ -1,4 +1,5 @@
-"""``recoloop simulate`` against a real worker, through the real topics (about 40 s)."""
+"""``recoloop simulate`` against a real worker, through the real topics, in both worlds
+(about 40 s each)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from confluent_kafka import Message
 from app import cli
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED
 from app.settings import Settings
+from app.sim.common import CHAIN, GROUPS, SUMMARY_FIELDS
 from app.sim.demo import wait_ready
-from app.sim.world import CHAIN, GROUPS, SUMMARY_FIELDS
 from tests.kafka_io import collect, values
 from tests.worker_process import WorkerProcess
 
@@ -22,21 +23,23 @@ TOPIC_BY_COUNT = {SERVED: "served", CLICKS: "click", DETAIL_VIEWS: "detail_view"
                   BASKET_ADDS: "basket_add"}
 
 
+@pytest.mark.parametrize("world", ["items", "arms"])
 def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
-        worker: WorkerProcess, worker_settings: Settings, tmp_path: Path,
+        world: str, worker: WorkerProcess, worker_settings: Settings, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     s = worker_settings
     wait_ready(int(worker.env["RECOLOOP_WEB_PORT"]), worker.process, 90, worker.log_tail)
     monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", s.bootstrap_servers)
     monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", s.topic_prefix)
     path = tmp_path / "summary.json"
-    code = cli.main(["simulate", "--duration-s", "25", "--rate", "40", "--sites", "2",
-                     "--seed", "3", "--summary", str(path)])
+    code = cli.main(["simulate", "--world", world, "--duration-s", "25", "--rate", "40",
+                     "--sites", "2", "--seed", "3", "--summary", str(path)])
     assert code == 0
     summary = json.loads(path.read_text())
     assert tuple(summary) == SUMMARY_FIELDS
     events, decisions = summary["events"], summary["decisions"]
     assert summary["run"]["delivery_failures"] == 0 and not summary["run"]["interrupted"]
+    assert summary["run"]["world"] == world
 
     # The summary's counts add up.
     assert events["total"] == events["served"] + sum(events[kind] for kind in CHAIN)
@@ -71,8 +74,14 @@ def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
     served_ids = {v["event_id"] for v in served}
     reactions = values(messages, s.topic(CLICKS))
     assert any(r.get("served_id") in served_ids for r in reactions)
+    # Browsing is marked organic, and names no display.
+    organic = [r for r in reactions if r.get("source") == "organic"]
+    assert organic and not any("served_id" in r for r in organic)
+    if world == "items":  # the simulator's own lists are random items, not an arm's
+        assert {v["arm"] for v in own} <= {"control", "fallback"}
 
     rewards = summary["reward_per_decision"]
     assert decisions["engine"] > 0 and decisions["control"] > 0
     assert rewards["engine"] is not None and rewards["oracle"] >= rewards["engine_expected"]
     assert summary["timeline"] and summary["per_site"].keys() == {"shop-1", "shop-2"}
+    assert summary["ctr"]["engine"] is not None and len(summary["by_fifth"]) == 5

@@ -17,20 +17,16 @@ from app.core.engine import segment_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
 from app.settings import DEFAULT_ARMS
-from app.sim.world import (
+from app.sim.common import (
     CHAIN,
     GROUPS,
     SUMMARY_FIELDS,
     Delays,
-    HiddenModel,
     Outgoing,
     Shopper,
-    SimConfig,
-    Simulator,
-    all_contexts,
-    context_weight,
     window_shares,
 )
+from app.sim.world import HiddenModel, SimConfig, Simulator, all_contexts, context_weight
 
 START_MS = 1_800_000_000_000
 WINDOW_MS = 20_000
@@ -266,7 +262,7 @@ def reaction(kind: str, ts: int, item: str, served_id: str | None) -> Reaction:
 
 def test_the_reward_of_a_display_follows_the_contracts_attribution():
     sim, _ = simulator()
-    shopper = Shopper("shop-a", "s1", "shoes", {}, "engine", 0)
+    shopper = Shopper("shop-a", "s1", {}, "engine", 0)
     first, second = display("d1", 1_000, ("i1", "i2")), display("d2", 5_000, ("i2", "i3"))
     shopper.displays = [first, second]
     shopper.reactions = [

@@ -1,0 +1,103 @@
+"""bench.baselines: the contenders' online models, same shoppers for all, and the suite's
+side-by-side report. In-process and on simulated time: no broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
+from bench import baselines
+from bench.baselines import CoView, Options, Popular, RandomItems
+from bench.suite import comparison_table, render_table
+
+
+def feed(contender: baselines.Contender, events: list[tuple[str, str, str]]) -> None:
+    """(topic, session, item) events of one site, after a catalog of items a..h (h
+    unavailable)."""
+    for item in "abcdefgh":
+        contender.observe(CATALOG, {"site_id": "s", "item_id": item, "available": item != "h"})
+    for topic, session, item in events:
+        value = {"site_id": "s", "session_id": session, "item_id": item}
+        if topic == SERVED:
+            value = {"site_id": "s", "session_id": session, "items": [item]}
+        contender.observe(topic, value)
+
+
+def ranked(contender: baselines.Contender, session: str) -> list[str]:
+    record = contender.ranking("s", session, 0, 1)
+    return [entry["item_id"] for entry in record["items"]]
+
+
+def test_popular_ranks_by_engagement_without_the_basket_or_unavailable_items() -> None:
+    popular = Popular(seed=1, size=3)
+    feed(popular, [(CLICKS, "x", "c"), (DETAIL_VIEWS, "x", "c"), (CLICKS, "w", "c"),
+                   (CLICKS, "y", "h"), (CLICKS, "y", "h"), (CLICKS, "y", "h"),
+                   (BASKET_ADDS, "z", "b"),
+                   (CLICKS, "y", "b"), (SERVED, "z", "a")])
+    assert ranked(popular, "x") == ["c", "b", "a"]  # h is unavailable; ties by catalog order
+    assert ranked(popular, "z") == ["c", "a", "d"]  # b is in z's basket
+
+
+def test_coview_ranks_what_others_viewed_right_after_the_last_item() -> None:
+    coview = CoView(seed=1, size=3)
+    feed(coview, [(CLICKS, "u", "a"), (DETAIL_VIEWS, "u", "a"), (CLICKS, "u", "d"),
+                  (CLICKS, "v", "a"), (CLICKS, "v", "e"), (CLICKS, "w", "a"),
+                  (CLICKS, "w", "d"), (BASKET_ADDS, "w", "d"), (CLICKS, "me", "a")])
+    # After a: d twice, e once (a's repeat view does not count); then the most popular.
+    assert ranked(coview, "me") == ["d", "e", "b"]
+    assert ranked(coview, "w")[:1] != ["d"]  # w's own basket; w's last item is d
+    feed(coview, [(BASKET_ADDS, "me", "d")])
+    assert ranked(coview, "me")[0] == "e"
+
+
+def test_random_lists_are_of_available_items() -> None:
+    contender = RandomItems(seed=1, size=4)
+    feed(contender, [(BASKET_ADDS, "x", "a")])
+    lists = [ranked(contender, "x") for _ in range(50)]
+    assert all(len(set(items)) == 4 and not {"a", "h"} & set(items) for items in lists)
+    assert len({tuple(items) for items in lists}) > 40
+
+
+@pytest.fixture(scope="module")
+def short_run() -> dict[str, Any]:
+    return baselines.run(Options(duration_s=150, rate=40))
+
+
+def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> None:
+    assert short_run["same_shoppers"]
+    contenders = short_run["contenders"]
+    assert set(contenders) == {"random", "popular", "coview"}
+    displays = {c["engine_group"]["decisions"] for c in contenders.values()}
+    assert len(displays) == 1 and displays.pop() > 300
+    # Different lists, different results; all under the oracle, which is the same for all.
+    assert len({c["engine_group"]["ctr"] for c in contenders.values()}) == 3
+    for c in contenders.values():
+        f = c["engine_group"]
+        assert f["expected"] < f["oracle"] and f["ctr_se"] > 0
+        assert len(c["by_fifth"]) == 5
+
+
+def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, Any]) -> None:
+    text = baselines.render(short_run)
+    assert text.count("\n") == 2 + 3 + 1 and "control group" in text
+    fifth = {"decisions": 10, "ctr": 0.2, "reward": 0.3}
+    learning = {"status": "ok", "world": "items", "seed": 1, "seconds": 150.0,
+                "rate_events_per_s": 40.0, "engine": 0.25, "random": 0.1, "oracle": 0.5,
+                "uplift_vs_random": 1.5, "ctr": {"engine": 0.2, "control": 0.07},
+                "standard_error": {"ctr": {"engine": 0.01, "control": 0.02},
+                                   "reward_per_decision": {"engine": 0.02, "control": 0.03}},
+                "by_fifth": [{"engine": fifth, "control": fifth}] * 5}
+    steps = {"learning": {"command": "learn", "figures": learning},
+             "baselines": {"command": "base", "figures": short_run}}
+    table = render_table(steps)
+    assert "0.200 ± 0.010 / 0.070 ± 0.020" in table and table.count("baseline `") == 3
+    side = comparison_table(steps)
+    assert "| engine (through Kafka) | 0.200 ± 0.010 | 0.250 ± 0.020 |" in side
+    assert side.count("| baseline `") == 3 and "random control group" in side
+    # Not the same world, seed or length: nothing is set side by side.
+    assert comparison_table({**steps, "learning": {"command": "learn", "figures": {
+        **learning, "seed": 2}}}) == ""
+    assert comparison_table({**steps, "learning": {"command": "learn", "figures": {
+        **learning, "world": "arms"}}}) == ""
