@@ -17,9 +17,9 @@ synchronous: no Kafka, no I/O. Time comes from an injected clock (milliseconds).
   and reward table, so a world's reward per display is what ``reco.rewards`` would report.
   Besides the reward, a display records whether the shopper clicked one of its items (the
   world knows which reactions answer which display), the expected reward of what it showed
-  and the oracle's, and how much of its reward came from *organic* reactions (ones that
-  answer no display, sent with ``"source": "organic"``) that the contract credits to it
-  because their item was displayed.
+  and the oracle's. *Organic* reactions (ones that answer no display, sent with
+  ``"source": "organic"``) are never credited, as the contract says; ``organic`` in the
+  summary (what they would earn a display if they were) is therefore 0.
 """
 
 from __future__ import annotations
@@ -573,8 +573,9 @@ class World:
         Reactions whose event id is in ``skip`` are left out."""
         best = 0.0
         for reaction in shopper.reactions:
-            if reaction.event_id in skip or not covers(display, reaction, self.config.window_ms):
-                continue
+            if reaction.event_id in shopper.organic or reaction.event_id in skip \
+                    or not covers(display, reaction, self.config.window_ms):
+                continue  # organic reactions are never attributed (the contract's source)
             winner = max((s for s in shopper.displays
                           if covers(s, reaction, self.config.window_ms)),
                          key=lambda s: (s.ts, s.event_id))
