@@ -329,4 +329,4 @@ def test_every_settled_reward_is_the_contracts_join() -> None:
     mismatched = {k: (v, joined[k]) for k, v in settled.items() if joined[k] != v}
     assert not mismatched
     assert all(r.organic == 0 for r in world.settled)  # never credited (source: organic)
-    assert sum(r.reward == 3.0 for r in world.settled) > 10
+    assert sum(r.reward == 3.0 for r in world.settled) >= 3  # basket adds after clicks
