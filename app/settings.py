@@ -145,6 +145,10 @@ class Settings:
         _check(bool(self.arms), "RECOLOOP_ARMS", "must name at least one arm")
         unknown = sorted(set(self.arms) - set(KNOWN_ARMS))
         _check(not unknown, "RECOLOOP_ARMS", f"unknown arms {unknown}; known: {KNOWN_ARMS}")
+        for var, arm_sets in (("RECOLOOP_ARMS", [self.arms]),
+                              ("RECOLOOP_SITE_ARMS", list(self.site_arms.values()))):
+            _check(all(len(set(arms)) == len(arms) for arms in arm_sets), var,
+                   "must not name an arm twice (propensities count each arm once)")
         for site, arms in self.site_arms.items():
             unknown = sorted(set(arms) - set(KNOWN_ARMS))
             _check(bool(arms) and not unknown, "RECOLOOP_SITE_ARMS",

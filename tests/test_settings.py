@@ -213,3 +213,10 @@ def test_exploration_rules_per_site_and_the_ones_the_bandit_implements():
             Settings.from_env({"RECOLOOP_SITE_EXPLORATION": bad})
     with pytest.raises(SettingsError, match="RECOLOOP_EXPLORATION_RULE"):
         Settings.from_env({"RECOLOOP_EXPLORATION_RULE": "ucb"})
+
+
+def test_an_arm_named_twice_is_refused():
+    for env in ({"RECOLOOP_ARMS": "trending,trending"},
+                {"RECOLOOP_SITE_ARMS": "shop=trending,similar,trending"}):
+        with pytest.raises(SettingsError, match="twice"):
+            Settings.from_env(env)

@@ -29,6 +29,11 @@ PRODUCER_LIMIT_BYTES = 1_000_000
 # Every record the worker writes (key and value together) stays at or below this.
 MAX_RECORD_BYTES = 768 * 1024
 FORMAT_V1 = b"\x01"
+# What a model read back may hold: its size stays under model_bytes_bound of these, so a
+# crafted record cannot make the worker publish one Kafka refuses.
+MAX_MODEL_FEATURES = 128
+MAX_MODEL_ARMS = 8
+MAX_ARM_CHARS = 64
 
 # What each kind of state key holds (see app.core.keys): the decoder checks it.
 STATE_TYPES: dict[str, Any] = {
@@ -137,7 +142,11 @@ def decode_model(raw: bytes) -> ContextualBandit:
     if body[:1] != FORMAT_V1:
         raise UndecodableRecord("model: not format 1")
     try:
-        policy = ContextualBandit.from_state(_model_decoder.decode(body[1:]))
+        state = _model_decoder.decode(body[1:])
+        if state.max_features > MAX_MODEL_FEATURES or len(state.arms) > MAX_MODEL_ARMS \
+                or any(len(arm) > MAX_ARM_CHARS for arm in state.arms):
+            raise ValueError("more features, arms or longer arm names than a model may have")
+        policy = ContextualBandit.from_state(state)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise UndecodableRecord(f"model: {exc}") from None
     if policy.n_updates != version:

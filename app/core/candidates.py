@@ -92,8 +92,10 @@ class SiteStats:
             self._sessions_changed = False
 
 
-def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> None:
-    """Teach the site statistics one reaction (call before ``session.engage``)."""
+def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
+                    sessions_index: bool = True) -> None:
+    """Teach the site statistics one reaction (call before ``session.engage``); the session
+    index only when ``sessions_index`` (the site ranks with ``session_knn``)."""
     weight = ENGAGEMENT_WEIGHT.get(reaction.type, 1.0)
     item, ts = reaction.item_id, reaction.ts
     stats.add("popular", "", item, weight, ts)
@@ -110,7 +112,7 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction) -> N
         previous = session.recent_items[-1]
         stats.add("cooc", item, previous, weight, ts)
         stats.add("cooc", previous, item, weight, ts)
-    if item not in session.recent_items[-1:]:  # the session's items, as engage will have them
+    if sessions_index and item not in session.recent_items[-1:]:  # as engage will have them
         items = [i for i in session.recent_items if i != item][-(RECENT_ITEMS_KEPT - 1):]
         stats.observe_session(session.session_id, [*items, item])
 

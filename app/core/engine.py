@@ -72,6 +72,8 @@ class EngineSettings(Protocol):
         """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
         ...
 
+    def arms_for(self, site_id: str) -> tuple[str, ...]: ...
+
 
 class Policies(Protocol):
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
@@ -230,7 +232,8 @@ class Engine:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
                 effects.absorb(join.add_reaction(session.join, event))
-            record_reaction(stats, session, event)
+            record_reaction(stats, session, event,
+                            "session_knn" in self.settings.arms_for(event.site_id))
             session.engage(event)
         if clock.stream_time is not None:
             effects.absorb(join.advance(session.join, clock.stream_time,

@@ -23,6 +23,9 @@ MAX_SESSIONS = 300
 PER_ITEM = 12
 MAX_ITEMS = 2_000
 NEIGHBOURS = 20
+# The index's ids, in UTF-8 bytes, at most: the oldest sessions go first past it, so its
+# state record stays well under Kafka's limit whatever the ids' lengths.
+MAX_ID_BYTES = 192 * 1024
 
 
 @dataclass
@@ -41,21 +44,47 @@ class SessionIndex:
 
     sessions: dict[str, list[str]] = field(default_factory=dict)  # oldest first
     postings: dict[str, list[str]] = field(default_factory=dict)  # item -> latest sessions
+    id_bytes: int = 0  # the ids' UTF-8 bytes in sessions and postings, kept as they change
 
     def observe(self, session_id: str, items: list[str]) -> None:
         """Session ``session_id`` has now engaged ``items`` (its recent ones, oldest first)."""
-        self.sessions.pop(session_id, None)
+        self._forget_session(session_id)
         self.sessions[session_id] = list(items)
-        while len(self.sessions) > MAX_SESSIONS:
-            del self.sessions[next(iter(self.sessions))]
+        self.id_bytes += _size(session_id) + sum(map(_size, items))
         for item in items:
-            posting = self.postings.pop(item, [])
+            posting = self.postings.pop(item, None)
+            if posting is None:
+                posting = []
+                self.id_bytes += _size(item)
             if session_id in posting:
                 posting.remove(session_id)
+            else:
+                self.id_bytes += _size(session_id)
             posting.append(session_id)
+            for dropped in posting[:-PER_ITEM]:
+                self.id_bytes -= _size(dropped)
             self.postings[item] = posting[-PER_ITEM:]
+        while len(self.sessions) > MAX_SESSIONS or self.id_bytes > MAX_ID_BYTES:
+            self._forget_session(next(iter(self.sessions)))
         while len(self.postings) > MAX_ITEMS:
-            del self.postings[next(iter(self.postings))]
+            self._forget_item(next(iter(self.postings)))
+
+    def _forget_session(self, session_id: str) -> None:
+        items = self.sessions.pop(session_id, None)
+        if items is None:
+            return
+        self.id_bytes -= _size(session_id) + sum(map(_size, items))
+        for item in items:
+            posting = self.postings.get(item)
+            if posting is not None and session_id in posting:
+                posting.remove(session_id)
+                self.id_bytes -= _size(session_id)
+                if not posting:
+                    self._forget_item(item)
+
+    def _forget_item(self, item: str) -> None:
+        posting = self.postings.pop(item)
+        self.id_bytes -= _size(item) + sum(map(_size, posting))
 
     def vote(self, items: list[str], size: int, session_id: str | None = None
              ) -> list[tuple[str, float]]:
@@ -82,3 +111,7 @@ class SessionIndex:
 
 def _second(pair: tuple[str, float]) -> float:
     return pair[1]
+
+
+def _size(text: str) -> int:
+    return len(text.encode())

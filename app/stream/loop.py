@@ -184,13 +184,16 @@ class Runtime:
                 messages = self._next_batch()
                 self.catalog_tail.poll()
                 self.models_tail.poll()
+                # A tick stays due until a transaction holding it commits (an aborted one,
+                # redone without it, would otherwise skip ticks for as long as it recurs).
                 tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
                 if tick:
-                    self._last_tick = time.monotonic()
                     self.models.retire_idle()
                     self.metrics.bandit_models_in_memory.set(self.models.in_memory())
                 if messages or (tick and self.states):
                     self._transaction(messages, tick)
+                elif tick:
+                    self._last_tick = time.monotonic()
         finally:
             self._stopping, self._ready = True, False
             self.consumer.close()
@@ -250,7 +253,7 @@ class Runtime:
                     log.exception("tick failed on partition %s", partition)
                     self._abort(first)
                     return
-        self._commit(out, first, after)
+        self._commit(out, first, after, tick)
 
     def _handle(self, origin: Origin, timestamp_ms: int, out: Staged) -> None:
         # Kept until a batch holding it commits: a batch may be redone more than once.
@@ -265,7 +268,7 @@ class Runtime:
             self.agents.join_input(origin, timestamp_ms, self.states[origin.partition], out)
 
     def _commit(self, out: Staged, first: dict[tuple[str, int], int],
-                after: dict[tuple[str, int], int]) -> None:
+                after: dict[tuple[str, int], int], tick: bool) -> None:
         changelog_offsets: dict[int, int] = {}
 
         def delivered(error: KafkaError | None, message: Message) -> None:
@@ -309,6 +312,8 @@ class Runtime:
                 self.states[p].committed(records, changelog_offsets[p])
         self.models.committed(model_changes)
         self._oversized.clear()
+        if tick:
+            self._last_tick = time.monotonic()
         for where in [w for w in self._poisoned if w[2] < after.get(w[:2], -1)]:
             del self._poisoned[where]  # dead-lettered for good
         for count in out.counts:
@@ -390,8 +395,17 @@ class Runtime:
 
     def _apply_model(self, message: Message) -> None:
         key, value = message.key(), message.value()
-        if key is not None and value is not None:
-            self.models.offer(key.decode(), value)
+        try:
+            site_id = None if key is None else key.decode("utf-8")
+        except UnicodeDecodeError:
+            site_id = None
+        if value is None:
+            return  # a tombstone: nothing to learn from
+        if site_id is None:
+            log.warning("models topic: skipped a record without a UTF-8 site key")
+            self._count_undecodable("models")
+            return
+        self.models.offer(site_id, value)
 
     # -- partitions coming and going ------------------------------------------------------
 

@@ -202,3 +202,23 @@ def test_the_session_index_stays_bounded():
         index.observe(f"s{n}", [f"i{n % 3_000}", "common"])
     assert len(index.sessions) == MAX_SESSIONS and len(index.postings) <= MAX_ITEMS
     assert all(len(posting) <= PER_ITEM for posting in index.postings.values())
+
+
+def test_the_session_index_counts_its_bytes_and_stays_under_a_record_whatever_the_ids():
+    import random
+
+    from app.contract.codec import MAX_RECORD_BYTES, encode_state
+    from app.core.knn import MAX_ID_BYTES, SessionIndex
+
+    rng, index = random.Random(3), SessionIndex()
+    for n in range(3_000):  # ids of the longest allowed, in 4-byte characters
+        session = f"{n}" + "\U0001f600" * 250
+        items = [f"{rng.randrange(5_000)}" + "\U0001f6d2" * 250
+                 for _ in range(rng.randrange(1, 10))]
+        index.observe(session, items)
+    recount = sum(len(s.encode()) + sum(len(i.encode()) for i in items)
+                  for s, items in index.sessions.items())
+    recount += sum(len(i.encode()) + sum(len(s.encode()) for s in posting)
+                   for i, posting in index.postings.items())
+    assert index.id_bytes == recount <= MAX_ID_BYTES
+    assert len(encode_state(index)) < MAX_RECORD_BYTES // 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from app.contract.codec import decode_model, encode_model, model_version
 from app.settings import Settings
 from app.stream.bandits import BanditModels
@@ -81,3 +83,14 @@ def test_idle_sites_leave_memory_and_come_back_from_disk(tmp_path):
     models.offer("site-8", dict(learn(BanditModels(SETTINGS), "site-8", 5))["site-8"])
     assert models.current("site-8")[1] == 5  # a newer version read while it was retired
     models.spill.close()
+
+
+def test_a_model_record_claiming_more_than_a_model_may_hold_is_skipped():
+    from app.contract.codec import MAX_MODEL_FEATURES, UndecodableRecord
+    from app.core.policy import ContextualBandit
+
+    policy = ContextualBandit(("category1", "trending"), max_features=MAX_MODEL_FEATURES * 4)
+    for n in range(MAX_MODEL_FEATURES * 2):
+        policy.update("trending", {"visitor": f"v{n}"}, 1.0)
+    with pytest.raises(UndecodableRecord):
+        decode_model(encode_model(policy))  # it would be re-published past the bound
