@@ -71,8 +71,11 @@ def decode_catalog(key: bytes | None, raw: bytes | None
     """``(site_id, item_id, value)`` of a ``reco.catalog`` record; value None is a tombstone."""
     escaped_site, sep, item_id = (key or b"").decode("utf-8", "replace").partition(":")
     site_id = unescape(escaped_site)
-    if not sep or not site_id or not item_id:
-        raise InvalidInput("key_mismatch", "catalog keys are site_id:item_id")
+    if not sep or not site_id or not item_id or catalog_key(site_id, item_id).encode() != key:
+        # Only the one spelling catalog_key makes: two spellings of one item would be two
+        # compacted keys, and a tombstone on one would leave the other alive.
+        raise InvalidInput("key_mismatch", "catalog keys are site_id:item_id, UTF-8, with %, "
+                           ": and | in site_id escaped as %25, %3A and %7C")
     if raw is None:
         return site_id, item_id, None
     value = _validated(CATALOG, raw)

@@ -78,3 +78,14 @@ def test_a_key_must_be_the_session_id_byte_for_byte():
         assert error.value.reason == "key_mismatch"
     assert decode(CLICKS, Origin("reco.clicks", 0, 5, "nu\ufffd".encode(), value)).session_id \
         == "nu\ufffd"
+
+
+def test_a_catalog_item_has_one_key_only():
+    from app.contract.decode import catalog_key, decode_catalog
+
+    assert decode_catalog(catalog_key("a=b", "x").encode(), None) == ("a=b", "x", None)
+    assert decode_catalog(catalog_key("shop:eu", "sku").encode(), None)[:2] == ("shop:eu", "sku")
+    for other_spelling in (b"a%3Db:x", b"\xff:x", b"shop%3aeu:sku"):
+        with pytest.raises(InvalidInput) as error:
+            decode_catalog(other_spelling, None)
+        assert error.value.reason == "key_mismatch"
