@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,18 +63,24 @@ class WorkerProcess:
             self.process.kill()
             return self.process.wait(10)
 
+    def status(self, path: str) -> int | None:
+        """The HTTP status of ``/health`` or ``/ready``; None while nothing listens."""
+        try:
+            url = f"http://127.0.0.1:{self.web_port}{path}"
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Until ``/ready`` answers 200: partitions assigned and their state restored."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, self.log_tail()
-            try:
-                url = f"http://127.0.0.1:{self.web_port}/ready"
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass  # not listening yet, or 503
+            if self.status("/ready") == 200:
+                return
             time.sleep(0.2)
         raise AssertionError(f"not ready after {timeout_s} s\n{self.log_tail()}")
 

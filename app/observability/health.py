@@ -1,8 +1,9 @@
 """Liveness and readiness of a worker, over HTTP on ``RECOLOOP_WEB_PORT``.
 
 - ``GET /health``: liveness. 200 while the worker's loop keeps turning (it turns at least
-  every few hundred milliseconds, and restoring state counts as turning); 503 once it has
-  been stuck for :data:`STUCK_AFTER_S` or is stopping. Restart the process when it fails.
+  every few hundred milliseconds, and reading state back counts as turning; waiting for an
+  unreachable broker and rebuilding the Kafka clients do not); 503 once it has been stuck
+  for :data:`STUCK_AFTER_S` or is stopping. Restart the process when it fails.
 - ``GET /ready``: readiness. 200 once the worker has read the catalog and the bandit models
   and restored the state of every partition it is assigned; 503 before that and while a
   rebalance or a restore runs. A worker assigned no partitions is ready. Wait for it

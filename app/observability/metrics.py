@@ -51,6 +51,9 @@ DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
                        "processing_error", "late", "future_timestamp", "too_large")
 # Where a record that does not decode was read: the changelog, the models topic, local state.
 UNDECODABLE_SOURCES = ("changelog", "models", "local_state")
+# Why a worker rebuilt its Kafka clients and partition state in-process
+# (app.stream.loop.Rebuild); created at zero like the dead-letter reasons.
+RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "kafka_error")
 
 # The text format would carry a `*_created` series beside every counter and histogram:
 # twice the series for a timestamp nobody queries. Off for the whole worker process.
@@ -212,6 +215,16 @@ class Metrics:
             ["source"], registry=r)
         for source in UNDECODABLE_SOURCES:
             self.records_undecodable.labels(source)
+        self.worker_restarts = Counter(
+            "recoloop_worker_restarts_total",
+            "Times the worker closed its Kafka clients and partition state and built them "
+            "anew in-process, by reason: fatal (a fatal client error, e.g. its static group "
+            "member or its producer fenced), membership_lost (its group session timed out "
+            "during a batch), timed_out (a step kept failing past its time budget, e.g. the "
+            "broker is unreachable), kafka_error (another Kafka error).",
+            ["reason"], registry=r)
+        for reason in RESTART_REASONS:
+            self.worker_restarts.labels(reason)
         self.build = Info("recoloop_build", "recoloop build information.", registry=r)
         self.build.info({"version": __version__,
                          "python_version": platform.python_version(),

@@ -19,6 +19,13 @@ the first time: nothing is lost and nothing counted twice.
 The transactional id and the static group membership come from the worker id: a restarted
 worker fences its previous self, aborts its unfinished transaction at once, and gets its
 partitions back without a rebalance.
+
+The clients do not always recover from a broker outage by themselves: after the group
+session timed out, librdkafka can be fenced as its own static member (a fatal consumer
+error). Fatal errors, a group membership lost during a batch and every wait that outlasts
+its time budget raise :class:`Rebuild`; the loop then closes its clients and partition state,
+and :mod:`app.stream.worker` builds a new :class:`Runtime` (the same transactional id fences
+the old producer, the same instance id takes over the static membership).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from app.core.catalog import apply_record
 from app.core.events import Origin
 from app.core.store import MemoryStore, Store
 from app.observability.health import STUCK_AFTER_S
-from app.observability.metrics import Metrics
+from app.observability.metrics import RESTART_REASONS, Metrics
 from app.settings import Settings
 from app.stream.agents import Agents, Staged
 from app.stream.bandits import BanditModels, SpilledModels
@@ -59,8 +66,58 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2_000  # records per transaction at most
 POLL_S = 0.05
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # a Kafka call's timeout, and the budget of a wait or a retry loop
+RETRY_PAUSE_S = 0.5
+WAIT_LOG_EVERY_S = 5.0  # also the slice of a long wait in librdkafka: its calls resume
 RESTORE_BATCH = 5_000
+
+
+class Rebuild(Exception):
+    """These Kafka clients cannot go on: close them and the partition state and build the
+    loop anew. ``reason`` is one of :data:`RESTART_REASONS` (a metric label)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in RESTART_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+    @classmethod
+    def of(cls, exc: KafkaException) -> Rebuild:
+        error = exc.args[0] if exc.args else None
+        fatal = isinstance(error, KafkaError) and (error.fatal()
+                                                   or error.code() == KafkaError._FATAL)
+        return cls("fatal" if fatal else "kafka_error", str(error or exc))
+
+
+def raise_if_fatal(error: KafkaError | None, where: str) -> None:
+    """A fatal client error (our static group member or our producer fenced, ...) ends the
+    client: it never recovers, however long the loop waits."""
+    if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+        raise Rebuild("fatal", f"{where}: {error}")
+
+
+class Patience:
+    """The time budget of one wait: says what it waits for every few seconds, and raises
+    :class:`Rebuild` once the budget is spent without progress, so nothing waits forever."""
+
+    def __init__(self, what: str, budget_s: float = TIMEOUT_S) -> None:
+        self.what = what
+        self.budget_s = budget_s
+        self.progressed()
+
+    def progressed(self) -> None:
+        self.since = self._logged = time.monotonic()
+
+    def remaining(self) -> float:
+        return self.since + self.budget_s - time.monotonic()
+
+    def waiting(self, why: object) -> None:
+        waited = time.monotonic() - self.since
+        if waited >= self.budget_s:
+            raise Rebuild("timed_out", f"{self.what}: no progress for {waited:.0f} s ({why})")
+        if time.monotonic() - self._logged >= WAIT_LOG_EVERY_S:
+            self._logged = time.monotonic()
+            log.warning("%s: waiting for %.0f s so far (%s)", self.what, waited, why)
 
 
 def received(message: Message) -> tuple[Origin, int]:
@@ -84,8 +141,11 @@ class Tail:
         self.consumer = Consumer(config)
         self.topic = topic
         self.apply = apply
-        metadata = self.consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
-        self.partitions = [TopicPartition(topic, p, OFFSET_BEGINNING)
+        self.partitions: list[TopicPartition] = []
+
+    def open(self) -> None:
+        metadata = self.consumer.list_topics(self.topic, timeout=TIMEOUT_S).topics[self.topic]
+        self.partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING)
                            for p in sorted(metadata.partitions)]
         self.consumer.assign(self.partitions)
 
@@ -93,6 +153,7 @@ class Tail:
         messages = self.consumer.consume(RESTORE_BATCH, timeout_s)
         for message in messages:
             if message.error():
+                raise_if_fatal(message.error(), f"reading {self.topic}")
                 log.warning("reading %s: %s", self.topic, message.error())
                 continue
             self.apply(message)
@@ -102,11 +163,18 @@ class Tail:
         """Read until every partition's end as of now (the last stable offset)."""
         ends = {tp.partition: self.consumer.get_watermark_offsets(tp, TIMEOUT_S, False)[1]
                 for tp in self.partitions}
+        patience = Patience(f"reading {self.topic} up to its end")
+        last: dict[int, int] = {}
         while True:
             positions = {tp.partition: tp.offset for tp in self.consumer.position(self.partitions)}
             if all(positions[p] >= end for p, end in ends.items() if end > 0):
                 return
-            progress()
+            if positions != last:  # reading is progress, not a hang
+                last = positions
+                progress()
+                patience.progressed()
+            else:
+                patience.waiting(f"at {positions}, end {ends}")
             self.poll(0.2)
 
     def close(self) -> None:
@@ -115,7 +183,8 @@ class Tail:
 
 class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
-                 agents_for: Callable[[BanditModels, Store], Agents]) -> None:
+                 agents_for: Callable[[BanditModels, Store], Agents],
+                 heartbeat: float | None = None) -> None:
         self.settings = settings
         self.channels = Channels.of(settings)
         self.partitions = partitions
@@ -127,7 +196,11 @@ class Runtime:
         self.states: dict[int, PartitionState] = {}
         self.state_dir = Path(settings.data_dir) / "worker" / "state"
         self._ready = False
-        self.heartbeat = time.monotonic()  # the loop's last turn, for /health
+        self.became_ready = False  # since it was built
+        # The loop's last turn, for /health; a rebuilt Runtime carries on its predecessor's,
+        # so rebuilds that never get the loop going again do not count as progress.
+        self.heartbeat = time.monotonic() if heartbeat is None else heartbeat
+        self._calling: tuple[str, float] | None = None  # a transactional call in progress
         self._stopping = False
         self._poisoned: dict[tuple[str, int, int], InvalidInput] = {}
         # State keys whose changelog record came out too large, per partition: the redo of
@@ -151,6 +224,8 @@ class Runtime:
             # Restores run inside the assignment callback: a full rebuild may take a while.
             "max.poll.interval.ms": 1_800_000})
         self.restorer = Consumer({**self._reader_config})
+        self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
+        self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
 
     # -- status (read from the health server's threads) ----------------------------------
 
@@ -166,19 +241,27 @@ class Runtime:
     def assigned_partitions(self) -> list[int]:
         return sorted(self.states)
 
+    def stuck_call(self) -> tuple[str, float] | None:
+        """The transactional call in progress and for how long, if any (librdkafka has
+        been seen not to return from one after a broker restart, whatever its timeout)."""
+        calling = self._calling
+        return None if calling is None else (calling[0], time.monotonic() - calling[1])
+
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        self.producer.init_transactions(TIMEOUT_S)  # aborts what our previous self left open
-        self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
-        self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
-        self.catalog_tail.catch_up(self._beat)
-        self.models_tail.catch_up(self._beat)
-        ch = self.channels
-        self.consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog],
-                                on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        """Run until ``stop`` is set; raises :class:`Rebuild` when these clients cannot go
+        on. Either way every client and the partition state are closed on return."""
         try:
+            # Aborts what our previous self (or a failed Runtime before this one) left open.
+            self._retrying("initializing transactions", self.producer.init_transactions)
+            for tail in (self.catalog_tail, self.models_tail):
+                tail.open()
+                tail.catch_up(self._beat)
+            ch = self.channels
+            self.consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog],
+                                    on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                    on_lost=self._on_revoke)
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
                 messages = self._next_batch()
@@ -194,15 +277,31 @@ class Runtime:
                     self._transaction(messages, tick)
                 elif tick:
                     self._last_tick = time.monotonic()
+        except KafkaException as exc:  # not retriable, not abortable: these clients are done
+            raise Rebuild.of(exc) from exc
         finally:
-            self._stopping, self._ready = True, False
-            self.consumer.close()
-            for tail in (self.catalog_tail, self.models_tail):
-                tail.close()
-            self.restorer.close()
-            for state in self.states.values():
-                state.close()
-            self.models.spill.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close every client and the partition state, whatever state they are in (the next
+        Runtime re-opens the same RocksDB directories)."""
+        self._stopping, self._ready = True, False
+        for name, close in (("consumer", self.consumer.close),
+                            ("catalog reader", self.catalog_tail.close),
+                            ("models reader", self.models_tail.close),
+                            ("restorer", self.restorer.close)):
+            try:
+                close()  # closing the consumer revokes its partitions: their state closes
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the %s: %s", name, exc)
+        for state in self.states.values():
+            state.close()
+        self.states.clear()
+        # Producer.close() would abort the open transaction and flush, and so wait out an
+        # outage: drop the producer instead, its successor's init_transactions aborts it.
+        self.models.spill.close()
+        self.producer.purge()
+        del self.producer
 
     def _next_batch(self) -> list[Message]:
         """What has arrived, up to MAX_BATCH; when nothing has, wait up to POLL_S for the
@@ -220,6 +319,7 @@ class Runtime:
         inputs = []
         for message in messages:
             if message.error():
+                raise_if_fatal(message.error(), "consumer")
                 log.warning("consumer: %s", message.error())
             else:
                 inputs.append(received(message))
@@ -291,19 +391,24 @@ class Runtime:
                 self._produce(self.channels.models, raw, site_id.encode())
             for topic, record_key, record_value in out.records:
                 self._produce(topic, record_value, record_key)
+            # Delivered before the offsets go in: librdkafka was seen to hang in
+            # send_offsets_to_transaction when the broker came back during the call.
+            self._flush()
+            if not self.consumer.memberid():
+                # The group session timed out during the batch (librdkafka then rejoins as a
+                # new member of our static instance and may be fenced as its own old self).
+                raise Rebuild("membership_lost", "the consumer lost its group membership")
             # Offsets in every transaction, also one of ticks alone: the group coordinator
             # then refuses it from a worker whose partitions have moved on (a zombie).
             offsets = after or self._positions()
-            self._retrying(lambda: self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                self.consumer.consumer_group_metadata(), TIMEOUT_S))
-            if self.producer.flush(TIMEOUT_S):  # also serves the changelog offsets' reports
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT_QUEUE,
-                                                "outputs not delivered", txn_requires_abort=True))
-            self._retrying(lambda: self.producer.commit_transaction(TIMEOUT_S))
+            self._retrying("sending the batch's offsets", lambda timeout_s: (
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self.consumer.consumer_group_metadata(), timeout_s)))
+            self._retrying("committing the batch", self.producer.commit_transaction)
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
-                raise  # fatal (fenced by a newer worker with our id, ...): stop the worker
+                raise  # not retriable, not abortable: run() rebuilds the clients
             log.warning("transaction aborted, the batch will be redone: %s", exc.args[0])
             self._abort(first)
             return
@@ -350,23 +455,42 @@ class Runtime:
             if value is not None:
                 check_size(f"state {key!r}", key.encode(), encode_state(value))
 
-    @staticmethod
-    def _retrying(call: Callable[[], None]) -> None:
+    def _retrying(self, what: str, call: Callable[[float], None]) -> None:
+        """``call(timeout_s)`` again while it fails with retriable errors (a timeout too: the
+        transactional calls resume), for TIMEOUT_S in all; abortable errors go to the caller,
+        fatal ones and a spent budget raise Rebuild."""
+        patience = Patience(what)
         while True:
+            self._calling = (what, time.monotonic())
             try:
-                return call()
+                return call(min(WAIT_LOG_EVERY_S, max(1.0, patience.remaining())))
             except KafkaException as exc:
+                raise_if_fatal(exc.args[0], what)
                 if not exc.args[0].retriable():
                     raise
+                patience.waiting(exc.args[0])
+            finally:
+                self._calling = None
+            time.sleep(RETRY_PAUSE_S)
+
+    def _flush(self) -> None:
+        """Deliver what the batch produced; also serves the changelog offsets' reports."""
+        patience = Patience("delivering the batch's outputs")
+        while left := self.producer.flush(WAIT_LOG_EVERY_S):
+            # Past the budget the broker is unreachable: aborting would wait for it too, the
+            # next Runtime's init_transactions aborts the transaction.
+            patience.waiting(f"{left} records not delivered yet")
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any
                  ) -> None:
+        patience = Patience(f"producing to {topic}")
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 self.producer.poll(0)
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
+                patience.waiting("the producer's queue is full")
                 self.producer.poll(0.1)
 
     def _positions(self) -> dict[tuple[str, int], int]:
@@ -377,7 +501,7 @@ class Runtime:
     def _abort(self, first: dict[tuple[str, int], int]) -> None:
         """Undo the batch: abort the transaction, forget what it changed in memory, and read
         its records again."""
-        self.producer.abort_transaction(TIMEOUT_S)
+        self._retrying("aborting the batch", self.producer.abort_transaction)
         for state in self.states.values():
             state.discard()
         self.models.aborted()
@@ -426,7 +550,7 @@ class Runtime:
         self.models_tail.catch_up(self._beat)
         log.info("assigned partitions %s, state restored in %.1f s", sorted(mine),
                  time.monotonic() - started)
-        self._ready = True
+        self._ready = self.became_ready = True
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         """Called between transactions: drop the partitions' state so nothing (not even a
@@ -455,9 +579,16 @@ class Runtime:
             return
         start = plan.read_from
         self.restorer.assign([TopicPartition(self.channels.changelog, partition, start)])
+        patience = Patience(f"restoring partition {partition} from the changelog")
+        last = start
         try:
-            while self.restorer.position([tp])[0].offset < high:
-                self._beat()  # restoring is progress, not a hang
+            while (position := self.restorer.position([tp])[0].offset) < high:
+                if position != last and position >= 0:  # restoring is progress, not a hang
+                    last = position
+                    self._beat()
+                    patience.progressed()
+                else:
+                    patience.waiting(f"at offset {position} of {high}")
                 restored = self._apply_changelog(state, self.restorer.consume(RESTORE_BATCH, 0.2))
                 self.metrics.state_restored_records.inc(restored)
         finally:
@@ -469,6 +600,7 @@ class Runtime:
         last = None
         for message in messages:
             if message.error():
+                raise_if_fatal(message.error(), "restoring")
                 log.warning("restoring: %s", message.error())
                 continue
             origin, _ = received(message)

@@ -13,6 +13,7 @@ from app.observability.metrics import (
     DEAD_LETTER_REASONS,
     MAX_SITE_LABELS,
     OTHER_SITE,
+    RESTART_REASONS,
     Metrics,
     MetricsPortInUse,
     SiteLabels,
@@ -65,6 +66,7 @@ def exercised() -> Metrics:
     m.bandit_choice_share.labels(site, "device=mobile", "trending").set(0.92)
     m.worker_ready.set(1)
     m.state_restored_records.inc(3)
+    m.worker_restarts.labels("fatal").inc()
     return m
 
 
@@ -90,6 +92,7 @@ def test_names_follow_prometheus_conventions():
         "recoloop_worker_ready": "gauge", "recoloop_reward_delay_seconds": "histogram",
         "recoloop_event_to_ranking_seconds": "histogram", "recoloop_build": "info",
         "recoloop_state_restored_records": "counter", "recoloop_records_undecodable": "counter",
+        "recoloop_worker_restarts": "counter",
     }
     assert {name: f.type for name, f in families.items()} == expected
     text = generate_latest(exercised().registry).decode()
@@ -103,10 +106,12 @@ def test_names_follow_prometheus_conventions():
                 assert sample.name.endswith("_total"), sample.name
 
 
-def test_dead_letter_series_exist_at_zero_before_the_first_one():
+def test_dead_letter_and_restart_series_exist_at_zero_before_the_first_one():
     text = generate_latest(Metrics().registry).decode()
     for reason in DEAD_LETTER_REASONS:
         assert f'recoloop_dead_letters_total{{reason="{reason}"}} 0.0' in text
+    for reason in RESTART_REASONS:
+        assert f'recoloop_worker_restarts_total{{reason="{reason}"}} 0.0' in text
 
 
 def test_forget_assignment_drops_partition_and_site_model_gauges():

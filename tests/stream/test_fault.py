@@ -53,8 +53,10 @@ def value_of(e) -> dict:
     return value
 
 
-def produce_paced(s: Settings, by_kind: dict) -> None:
-    """Every topic in event-time order, as sites produce them, at RATE_PER_S."""
+def produce_paced(s: Settings, by_kind: dict, rate_per_s: float = RATE_PER_S,
+                  flush_s: float = 30.0) -> None:
+    """Every topic in event-time order, as sites produce them, at ``rate_per_s``; waits up to
+    ``flush_s`` for the broker to have them all."""
     merged = heapq.merge(*([(e.ts, kind, e) for e in by_kind[kind]] for kind in KINDS),
                          key=lambda entry: entry[0])
     producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True,
@@ -65,8 +67,8 @@ def produce_paced(s: Settings, by_kind: dict) -> None:
         producer.produce(topic, value, key)
         if n % 100 == 0:
             producer.poll(0)
-            time.sleep(max(0.0, start + n / RATE_PER_S - time.monotonic()))
-    assert producer.flush(30) == 0, "records were not delivered"
+            time.sleep(max(0.0, start + n / rate_per_s - time.monotonic()))
+    assert producer.flush(flush_s) == 0, "records were not delivered"
 
 
 def latest_model_versions(reader: TopicReader) -> dict[str, int]:
@@ -76,6 +78,34 @@ def latest_model_versions(reader: TopicReader) -> dict[str, int]:
         assert version >= versions.get(site, 0), "a model version went back"
         versions[site] = version
     return versions
+
+
+def assert_one_reward_per_display(rewards: TopicReader, expected: dict, worker: Worker,
+                                  timeout_s: float = 240) -> None:
+    """``reco.rewards`` (read committed) holds exactly one record per display of ``expected``
+    (the reference join), with its reward."""
+    records = rewards.read_until(lambda ms: len(ms) >= len(expected), timeout_s=timeout_s)
+    rewards.read_until(lambda ms: False, timeout_s=5)  # anything beyond one per display
+    rewards.close()
+    got = [orjson.loads(m.value()) for m in records]
+    per_display = Counter(r["served_id"] for r in got)
+    assert set(per_display) == set(expected), worker.log_tail()
+    assert [k for k, n in per_display.items() if n > 1] == [], "a display was counted twice"
+    wrong = {r["served_id"]: (r["reward"], expected[r["served_id"]][0]) for r in got
+             if r["reward"] != expected[r["served_id"]][0]}
+    assert wrong == {}
+
+
+def assert_each_site_learned_once(s: Settings, displays_per_site: Counter, worker: Worker
+                                  ) -> None:
+    """Each site's bandit learned once per display: its version counts its updates, on the
+    models topic (committed only)."""
+    models = TopicReader(s.bootstrap_servers, [Channels.of(s).models])
+    models.read_until(lambda ms: latest_model_versions(models) == dict(displays_per_site),
+                      timeout_s=60)
+    models.read_until(lambda ms: False, timeout_s=3)
+    models.close()
+    assert latest_model_versions(models) == dict(displays_per_site), worker.log_tail()
 
 
 def single_worker(start_worker, rng: random.Random, killed: Callable[[], None]) -> Worker:
@@ -123,25 +153,9 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
     producer.join()
     assert done_at_kill[0] < len(expected), "the first kill came after all the work was done"
 
-    records = rewards.read_until(lambda ms: len(ms) >= len(expected), timeout_s=240)
-    rewards.read_until(lambda ms: False, timeout_s=5)  # anything beyond one per display
-    rewards.close()
-    got = [orjson.loads(m.value()) for m in records]
-    per_display = Counter(r["served_id"] for r in got)
-    assert set(per_display) == set(expected), worker.log_tail()
-    assert [k for k, n in per_display.items() if n > 1] == [], "a display was counted twice"
-    wrong = {r["served_id"]: (r["reward"], expected[r["served_id"]][0]) for r in got
-             if r["reward"] != expected[r["served_id"]][0]}
-    assert wrong == {}
-
-    # Each site's bandit learned once per display: its version counts its updates, on the
-    # models topic (committed only) and in the rankings every worker publishes.
-    models = TopicReader(s.bootstrap_servers, [Channels.of(s).models])
-    models.read_until(lambda ms: latest_model_versions(models) == dict(displays_per_site),
-                      timeout_s=60)
-    models.read_until(lambda ms: False, timeout_s=3)
-    models.close()
-    assert latest_model_versions(models) == dict(displays_per_site), worker.log_tail()
+    assert_one_reward_per_display(rewards, expected, worker)
+    assert_each_site_learned_once(s, displays_per_site, worker)
+    # ... and in the rankings every worker publishes.
     reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
     for site, displays in displays_per_site.items():
         probe = f"probe-{site}"

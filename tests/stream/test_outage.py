@@ -1,0 +1,214 @@
+"""Broker outages and fatal client errors heal by themselves: the worker rebuilds its Kafka
+clients in-process and resumes, and nothing is lost or counted twice.
+
+The test runs a broker of its own (its own port and data directory; the session's shared
+broker is never stopped), a worker on it and traffic (displays and reactions, paced) that
+keeps being produced while the broker is down. The broker is stopped with SIGTERM for 10 s,
+or killed with SIGKILL for 45 s (past the group's session timeout and the transaction
+timeout), and started again on the same port and data directory. Within 30 s of its return
+the worker must publish rankings for new events; afterwards ``reco.rewards`` (read committed)
+must hold exactly one record per display with the reward of the reference join, and each
+site's bandit must have learned once per display.
+
+Fatal client errors are provoked on the session broker: a producer with the worker's
+transactional id, or a consumer with its group instance id, fences the worker's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from app.contract.topics import CLICKS, RANKINGS, REWARDS
+from app.core.events import Reaction, Served
+from app.dev import local_kafka
+from app.settings import Settings
+from app.stream import topic_admin
+from app.stream.channels import Channels
+from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
+from tests.kafka_io import TopicReader, collect, event, now_ms, produce
+from tests.stream.test_fault import (
+    TOPIC_OF_KIND,
+    assert_each_site_learned_once,
+    assert_one_reward_per_display,
+    produce_paced,
+    value_of,
+)
+from tests.worker_process import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
+
+PARTITIONS = 4
+RATE_PER_S = 400  # the stream lasts about 12 s: the outage begins while it is produced
+RESUME_WITHIN_S = 30.0
+
+
+@dataclass
+class Broker:
+    port: int
+    data_dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"{local_kafka.HOST}:{self.port}"
+
+    def up(self) -> None:
+        local_kafka.up(port=self.port, data_dir=self.data_dir)
+
+    def stop(self, how: str) -> None:
+        if how == "sigterm":
+            local_kafka.down(port=self.port, data_dir=self.data_dir)
+            return
+        pid = int((self.data_dir / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while local_kafka.status(self.port, timeout=0.5):
+            assert time.monotonic() < deadline, "the killed broker still answers"
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of this module's own, on a free port pair (data and controller port) next to
+    the session broker's. Not an ephemeral port: while the broker is down, the clients'
+    reconnections could take those as their source ports, and the broker could not return."""
+    port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092")) + 50
+    while not local_kafka._ports_free(port):
+        port += 2
+    own = Broker(port, tmp_path_factory.mktemp("outage-kafka"))
+    own.up()
+    yield own
+    local_kafka.down(port=own.port, data_dir=own.data_dir)
+
+
+def closing_events(partitions: int) -> dict[str, list]:
+    """A display and a basket add on it, a day after the stream, on every partition of every
+    input topic: each partition's watermark then passes every display of the stream, which
+    all close at once instead of a window and grace after the partition went quiet."""
+    ts = T0 + 86_400_000
+    ends: dict[str, list] = {kind: [] for kind in KINDS}
+    for p in range(partitions):
+        ends["served"].append(Served(f"end{p}-d", "end", f"end{p}", ts, ("x",)))
+        for kind in KINDS[1:]:
+            ends[kind].append(Reaction(f"end{p}-{kind}", kind, "end", f"end{p}", ts, "x",
+                                       served_id=f"end{p}-d"))
+    return ends
+
+
+def produce_to_partitions(s: Settings, ends: dict[str, list]) -> None:
+    """``ends[kind][p]`` to partition ``p`` of its topic (the ``end<p>`` session's key)."""
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True})
+    for kind, events in ends.items():
+        for p, e in enumerate(events):
+            topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
+            producer.produce(topic, value, key, partition=p)
+    assert producer.flush(30) == 0, "records were not delivered"
+
+
+def ranked(reader: TopicReader, ranking_id: str, timeout_s: float) -> bool:
+    reader.read_until(lambda ms: any(orjson.loads(m.value())["ranking_id"] == ranking_id
+                                     for m in ms), timeout_s=max(0.0, timeout_s))
+    return any(orjson.loads(m.value())["ranking_id"] == ranking_id for m in reader.messages)
+
+
+@pytest.mark.parametrize(("down_s", "how"), [(10, "sigterm"), (45, "sigkill")])
+def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
+        broker: Broker, tmp_path: Path, topic_prefix: str, down_s: int, how: str):
+    s = Settings(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
+                 partitions=PARTITIONS)
+    report = topic_admin.apply(s)
+    assert report.ok, report.describe()
+    by_kind = seeded_stream(seed=23, sessions=700)
+    ends = closing_events(PARTITIONS)
+    expected = reference_join({kind: by_kind[kind] + ends[kind] for kind in KINDS})
+    displays_per_site = Counter(d.site_id for d in by_kind["served"] + ends["served"])
+    worker = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "worker-data",
+                           tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        producer = threading.Thread(target=produce_paced, args=(s, by_kind, RATE_PER_S, 120))
+        producer.start()
+        # A reader whose group session times out in the outage would read it all again.
+        before = collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: len(ms) >= 50, 60)
+        assert len(before) >= 50, f"no traffic flowing before the outage\n{worker.log_tail()}"
+
+        started = time.monotonic()
+        broker.stop(how)
+        time.sleep(down_s)  # the outage itself
+        broker.up()
+        back = time.monotonic()
+        print(f"\nbroker back {back - started:.1f} s after it was stopped")
+
+        # New events after the broker's return: the worker publishes their rankings.
+        rankings = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+        produce(s.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND["click"]), {
+            "event_id": "probe", "site_id": "probe", "session_id": "probe", "ts": T0,
+            "item_id": "x"})])
+        resumed = ranked(rankings, "rk-probe", back + RESUME_WITHIN_S - time.monotonic())
+        rankings.close()
+        assert resumed, f"no ranking {RESUME_WITHIN_S:.0f} s after the broker returned\n" \
+                        f"{worker.log_tail()}"
+        print(f"resumed {time.monotonic() - back:.1f} s after the broker returned")
+
+        producer.join()
+        produce_to_partitions(s, ends)
+        rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+        assert_one_reward_per_display(rewards, expected, worker, timeout_s=90)
+        print(f"rewards checked {time.monotonic() - back:.1f} s after the broker's return")
+        assert_each_site_learned_once(s, displays_per_site, worker)
+        assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
+        assert (worker.status("/health"), worker.status("/ready")) == (200, 200)
+    finally:
+        worker.stop()
+
+
+def fence(s: Settings, impostor: str, worker_id: str) -> None:
+    """Take over the worker's transactional id or its static group membership."""
+    if impostor == "producer":
+        producer = Producer({"bootstrap.servers": s.bootstrap_servers,
+                             "transactional.id": f"{s.app_id}-{worker_id}"})
+        producer.init_transactions(30)
+        return
+    ch = Channels.of(s)
+    consumer = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.app_id,
+                         "group.instance.id": worker_id, "enable.auto.commit": False,
+                         "partition.assignment.strategy": "range",
+                         "session.timeout.ms": 10_000})
+    consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog])
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.2)  # until it replaced the worker's member (or was fenced back)
+    consumer.close()
+
+
+@pytest.mark.parametrize("impostor", ["producer", "consumer"])
+def test_a_fenced_client_is_rebuilt_in_process(start_worker, worker_settings: Settings,
+                                               impostor: str):
+    s = worker_settings
+    worker = start_worker(worker_id="fenced")
+    worker.wait_ready()
+    rankings = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+
+    def ranked_click(event_id: str) -> bool:
+        produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+            "event_id": event_id, "site_id": "shop", "session_id": event_id, "ts": now_ms(),
+            "item_id": "a"})])
+        return ranked(rankings, f"rk-{event_id}", timeout_s=60)
+
+    assert ranked_click("before"), worker.log_tail()
+    fence(s, impostor, "fenced")
+    assert ranked_click("after"), worker.log_tail()
+    rankings.close()
+    # Fatal, or noticed first as a refused offset commit that leaves the consumer unusable.
+    assert worker.metric("recoloop_worker_restarts_total") >= 1, worker.log_tail()
+    assert worker.process is not None and worker.process.poll() is None
