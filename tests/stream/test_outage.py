@@ -121,6 +121,7 @@ def ranked(reader: TopicReader, ranking_id: str, timeout_s: float) -> bool:
     return any(orjson.loads(m.value())["ranking_id"] == ranking_id for m in reader.messages)
 
 
+@pytest.mark.outage  # not in the default run yet: see the marker in pyproject.toml
 @pytest.mark.parametrize(("down_s", "how"), [(10, "sigterm"), (45, "sigkill")])
 def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         broker: Broker, tmp_path: Path, topic_prefix: str, down_s: int, how: str):
