@@ -38,14 +38,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
-from app.settings import DEFAULT_REWARDS
+from app.settings import DEFAULT_REWARDS, Settings
 from app.sim.common import Outgoing, SimClock, World, by_fifth, figures, run_simulated
 from app.sim.worlds import build_world, site_ids
+from bench.engine_inprocess import InProcessEngine
 
 START_MS = 1_800_000_000_000
 VIEWS = (CLICKS, DETAIL_VIEWS)
@@ -61,6 +62,7 @@ class Options:
     control_share: float = 0.2
     window_ms: int = 20_000
     contenders: tuple[str, ...] = ("random", "popular", "coview")
+    partitions: int = 8  # the engine contender's, as the suite's topics have
 
 
 @dataclass
@@ -175,6 +177,8 @@ class CoView(Popular):
 
 CONTENDERS: dict[str, Callable[[int, int], Contender]] = {
     c.name: c for c in (RandomItems, Popular, CoView)}
+# The engine's pure core, in-process (not a Contender: it answers with its own rankings).
+ENGINE = "engine"
 
 
 def play(name: str, options: Options) -> World:
@@ -185,6 +189,8 @@ def play(name: str, options: Options) -> World:
     world = build_world("items", options.seed, clock, sites=sites, rate=options.rate,
                         control_share=options.control_share, window_ms=options.window_ms,
                         rewards=DEFAULT_REWARDS, arms={}, run_tag=name)
+    if name == ENGINE:
+        return _play_engine(world, clock, options)
     contender = CONTENDERS[name](options.seed, world.config.display_size)
     for record in world.catalog_records():
         contender.observe(record.topic, record.value)
@@ -199,6 +205,21 @@ def play(name: str, options: Options) -> World:
         for (site, session), ts in touched.items():
             published += 1
             world.on_ranking(contender.ranking(site, session, ts, published))
+
+    run_simulated(world, clock, world.start_ms + int(options.duration_s * 1000), respond)
+    return world
+
+
+def _play_engine(world: World, clock: SimClock, options: Options) -> World:
+    """The engine's own core in-process (:mod:`bench.engine_inprocess`), with the settings of
+    ``RECOLOOP_*`` variables (arms, exploration), as ``recoloop worker`` would have them."""
+    engine = InProcessEngine(replace(Settings.from_env(), partitions=options.partitions),
+                             options.partitions)
+    engine.respond(list(world.catalog_records()), clock.now)
+
+    def respond(records: list[Outgoing]) -> None:
+        for ranking in engine.respond(records, clock.now):
+            world.on_ranking(ranking)
 
     run_simulated(world, clock, world.start_ms + int(options.duration_s * 1000), respond)
     return world
@@ -266,13 +287,14 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
     parser.add_argument("--sites", type=int, default=defaults.sites)
     parser.add_argument("--control-share", type=float, default=defaults.control_share)
     parser.add_argument("--contenders", default=",".join(defaults.contenders),
-                        help=f"comma-separated, of {', '.join(CONTENDERS)}")
+                        help=f"comma-separated, of {', '.join(CONTENDERS)} and {ENGINE} "
+                        "(the engine's core in-process, with RECOLOOP_* settings)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.contenders.split(",") if n.strip())
-    unknown = sorted(set(names) - set(CONTENDERS))
+    unknown = sorted(set(names) - {*CONTENDERS, ENGINE})
     if unknown or not names:
-        parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}")
+        parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}, {ENGINE}")
     return Options(args.duration_s, args.rate, args.seed, args.sites, args.control_share,
                    contenders=names), args.out
 
