@@ -19,7 +19,7 @@ from typing import Any
 EXPLORATION_RULES = ("epsilon", "squarecb")
 DEFAULT_ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
 # Every arm the engine has; those beyond the defaults are chosen with RECOLOOP_ARMS.
-KNOWN_ARMS = (*DEFAULT_ARMS, "session_knn")
+KNOWN_ARMS = (*DEFAULT_ARMS, "session_knn", "learned")
 # Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 

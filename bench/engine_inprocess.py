@@ -2,9 +2,9 @@
 
 The worker's engine (:class:`app.core.engine.Engine`) and bandit (:class:`ContextualBandit`)
 play the item world in-process, partitioned as the worker partitions (sessions spread over
-``partitions`` stores by the key's hash, each with its own statistics; ticks every simulated
-second), learning each closed decision at once. It is for trying arms and settings in
-seconds; the figure that counts is the worker's through Kafka (``bench.suite --only
+``partitions`` stores by the key's hash; ticks every simulated second), learning each closed
+decision and each engagement (the site's shared statistics) at once. It is for trying arms
+and settings in seconds; the figure that counts is the worker's through Kafka (``bench.suite --only
 learning``), which adds only transport delays (the bandit there learns a batch later).
 """
 
@@ -18,10 +18,11 @@ import orjson
 
 from app.contract.decode import InvalidInput, decode
 from app.contract.topics import CATALOG
+from app.core.candidates import learn_into
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Engine
 from app.core.events import Origin, Tick
-from app.core.policy import ContextualBandit
+from app.core.policy import ContextualBandit, learn_decision
 from app.core.store import MemoryStore
 from app.settings import Settings
 from app.sim.common import Outgoing
@@ -56,7 +57,9 @@ class InProcessEngine:
         self.partitions = partitions
         self.policies = SitePolicies(settings)
         self.catalog_store = MemoryStore()
-        self.engine = Engine(settings, self.policies, StoreCatalog(self.catalog_store))
+        self.site_stats = MemoryStore()  # learned at once, as the site's learner would
+        self.engine = Engine(settings, self.policies, StoreCatalog(self.catalog_store),
+                             self.site_stats)
         self.stores = [MemoryStore() for _ in range(partitions)]
         self.next_tick_ms: int | None = None
         self.rejected: dict[str, int] = {}
@@ -91,7 +94,8 @@ class InProcessEngine:
 
     def _apply(self, effects: Any, rankings: list[dict[str, Any]]) -> None:
         for decision in effects.rewards:
-            bandit, _ = self.policies.current(decision.site_id)
-            if decision.arm in bandit.arms:
-                bandit.update(decision.arm, dict(decision.context), decision.reward)
+            learn_decision(self.policies.current(decision.site_id)[0],
+                           decision.learning_value())
+        for engagement in effects.engagements:
+            learn_into(self.site_stats.get, self.site_stats.set, engagement)
         rankings.extend(ranking.to_value() for ranking in effects.rankings)

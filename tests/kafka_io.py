@@ -78,3 +78,36 @@ def collect(bootstrap: Target, topics: list[str], done: Callable[[list[Message]]
 
 def values(messages: list[Message], topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(m.value()) for m in messages if m.topic() == topic]
+
+
+def wait_until_learned(settings: Settings, engagements: int, timeout_s: float = 90.0) -> None:
+    """Wait until the worker has learned ``engagements`` engagements into the shared site
+    statistics: that many are committed on the decisions topic, and the worker group's
+    committed offsets there are past every one of them."""
+    from confluent_kafka import TopicPartition
+
+    from app.stream.channels import Channels
+
+    decisions = Channels.of(settings).decisions
+    reader = TopicReader(settings, [decisions])
+    try:
+        messages = reader.read_until(lambda ms: sum(
+            orjson.loads(m.value()).get("kind") == "engagement" for m in ms) >= engagements,
+            timeout_s)
+    finally:
+        reader.close()
+    ends: dict[int, int] = {}
+    for message in messages:
+        ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
+    group = Consumer({**client_config(settings), "group.id": settings.app_id,
+                      "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = group.committed([TopicPartition(decisions, p) for p in ends], 10)
+            if all(tp.offset >= ends[tp.partition] for tp in committed):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the worker did not learn {engagements} engagements in time")
+    finally:
+        group.close()

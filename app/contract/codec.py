@@ -130,9 +130,10 @@ def encode_model(policy: ContextualBandit) -> bytes:
 
 
 def model_version(raw: bytes) -> int:
+    """The version a versioned record (a model, a site statistic) starts with."""
     head, sep, _ = raw.partition(b"\n")
     if not sep or not head.isdigit() or len(head) > 20:
-        raise UndecodableRecord("a model starts with its version and a newline")
+        raise UndecodableRecord("a versioned record starts with its version and a newline")
     return int(head)
 
 

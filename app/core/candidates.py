@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.catalog import CatalogView
@@ -21,6 +22,7 @@ from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
 from app.core.knn import SessionIndex
+from app.core.ranker import ItemRanker
 from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
@@ -92,34 +94,100 @@ class SiteStats:
             self._sessions_changed = False
 
 
+@dataclass(frozen=True)
+class Engagement:
+    """What one reaction teaches the site's statistics, as its session saw it: the session's
+    previous item (co-views), its region (regional bestsellers) and, for session kNN, its
+    recent items. Small and plain, so it can travel to the site's learner on the decisions
+    topic (:mod:`app.stream.site_stats`)."""
+
+    site_id: str
+    session_id: str
+    item_id: str
+    type: str
+    ts: int
+    category: str | None = None
+    previous_item: str | None = None
+    region: str | None = None
+    session_items: tuple[str, ...] | None = None  # set when the site ranks with session_knn
+
+    @classmethod
+    def of(cls, session: Session, reaction: Reaction, sessions_index: bool) -> Engagement:
+        """The engagement of ``reaction`` (call before ``session.engage``)."""
+        item = reaction.item_id
+        previous = session.recent_items[-1] if session.recent_items else None
+        items = None
+        if sessions_index and item != previous:  # as engage will have them
+            kept = [i for i in session.recent_items if i != item][-(RECENT_ITEMS_KEPT - 1):]
+            items = (*kept, item)
+        region = session.context.get("region")
+        return cls(reaction.site_id, reaction.session_id, item, reaction.type, reaction.ts,
+                   reaction.category, previous, None if region is None else str(region), items)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"kind": "engagement", **asdict(self)}
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any]) -> Engagement:
+        """An engagement read back; KeyError or ValueError unless every field has its type."""
+        items = value.get("session_items")
+        if items is not None and not isinstance(items, list):
+            raise ValueError("session_items must be a list")
+        engagement = cls(value["site_id"], value["session_id"], value["item_id"],
+                         value["type"], value["ts"], value.get("category"),
+                         value.get("previous_item"), value.get("region"),
+                         None if items is None else tuple(items))
+        strings = (engagement.site_id, engagement.session_id, engagement.item_id,
+                   engagement.type)
+        optional = (engagement.category, engagement.previous_item, engagement.region)
+        if not all(isinstance(v, str) for v in strings) \
+                or not all(v is None or isinstance(v, str) for v in optional) \
+                or type(engagement.ts) is not int \
+                or not all(isinstance(i, str) for i in engagement.session_items or ()) \
+                or len(engagement.session_items or ()) > RECENT_ITEMS_KEPT:
+            raise ValueError("an engagement needs string ids, an integer ts and at most "
+                             f"{RECENT_ITEMS_KEPT} session items")
+        return engagement
+
+
+def learn_engagement(stats: SiteStats, engagement: Engagement) -> None:
+    """Teach the site's statistics one engagement."""
+    e = engagement
+    weight = ENGAGEMENT_WEIGHT.get(e.type, 1.0)
+    stats.add("popular", "", e.item_id, weight, e.ts)
+    stats.add("recent", "", e.item_id, weight, e.ts)
+    if e.type == "basket_add":
+        stats.add("sales", "", e.item_id, 1.0, e.ts)
+        if e.region is not None:
+            stats.add("sales", f"region={e.region}", e.item_id, 1.0, e.ts)
+    if e.category:
+        stats.add("category", e.category, e.item_id, weight, e.ts)
+    # Co-occurrence both ways with the session's latest item: "sessions like this one".
+    if e.previous_item is not None and e.previous_item != e.item_id:
+        stats.add("cooc", e.item_id, e.previous_item, weight, e.ts)
+        stats.add("cooc", e.previous_item, e.item_id, weight, e.ts)
+    if e.session_items is not None:
+        stats.observe_session(e.session_id, list(e.session_items))
+
+
+def learn_into(get: Getter, put: Setter, engagement: Engagement) -> None:
+    """Teach the statistics behind ``get`` and ``put`` one engagement, written back at once."""
+    stats = SiteStats(engagement.site_id, get, put)
+    learn_engagement(stats, engagement)
+    stats.flush()
+
+
 def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
                     sessions_index: bool = True) -> None:
-    """Teach the site statistics one reaction (call before ``session.engage``); the session
-    index only when ``sessions_index`` (the site ranks with ``session_knn``)."""
-    weight = ENGAGEMENT_WEIGHT.get(reaction.type, 1.0)
-    item, ts = reaction.item_id, reaction.ts
-    stats.add("popular", "", item, weight, ts)
-    stats.add("recent", "", item, weight, ts)
-    if reaction.type == "basket_add":
-        stats.add("sales", "", item, 1.0, ts)
-        region = session.context.get("region")
-        if region is not None:
-            stats.add("sales", f"region={region}", item, 1.0, ts)
-    if reaction.category:
-        stats.add("category", reaction.category, item, weight, ts)
-    # Co-occurrence both ways with the session's latest item: "sessions like this one".
-    if session.recent_items and session.recent_items[-1] != item:
-        previous = session.recent_items[-1]
-        stats.add("cooc", item, previous, weight, ts)
-        stats.add("cooc", previous, item, weight, ts)
-    if sessions_index and item not in session.recent_items[-1:]:  # as engage will have them
-        items = [i for i in session.recent_items if i != item][-(RECENT_ITEMS_KEPT - 1):]
-        stats.observe_session(session.session_id, [*items, item])
+    """Teach the site statistics one reaction at once (call before ``session.engage``); the
+    session index only when ``sessions_index`` (the site ranks with ``session_knn``)."""
+    learn_engagement(stats, Engagement.of(session, reaction, sessions_index))
 
 
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
-              size: int) -> list[tuple[str, float]]:
-    """The ranked items ``arm`` would show this session, filled up by the fallbacks."""
+              size: int, ranker: ItemRanker | None = None) -> list[tuple[str, float]]:
+    """The ranked items ``arm`` would show this session, filled up by the fallbacks
+    (``ranker``: the site's item model, for the ``learned`` arm)."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
 
@@ -136,7 +204,10 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
 
     # Ask for more than needed: some candidates are in the basket or unavailable.
     wanted = 2 * size + len(session.basket)
-    take(_own_items(arm, session, stats, ts, wanted))
+    if arm == "learned":
+        take(_learned(session, stats, catalog, ts, wanted, ranker or ItemRanker()))
+    else:
+        take(_own_items(arm, session, stats, ts, wanted))
     for fallback in ("sales", "popular"):
         if len(picked) < size:
             take((item, 0.0) for item, _ in stats.scores(fallback).top(wanted, ts))
@@ -176,6 +247,11 @@ def _trending(stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:
 
 
 def _similar(session: Session, stats: SiteStats, ts: int, size: int) -> list[tuple[str, float]]:
+    return sorted(_similar_votes(session, stats, ts).items(), key=lambda kv: kv[1],
+                  reverse=True)[:size]
+
+
+def _similar_votes(session: Session, stats: SiteStats, ts: int) -> dict[str, float]:
     """Weighted voting: each recent item's neighbours vote, newer items with more weight."""
     votes: dict[str, float] = {}
     recent = session.recent_items[-SIMILAR_NEIGHBOURS:]
@@ -183,4 +259,74 @@ def _similar(session: Session, stats: SiteStats, ts: int, size: int) -> list[tup
         for neighbour, weight in stats.scores("cooc", item).top(20, ts):
             if neighbour not in recent:
                 votes[neighbour] = votes.get(neighbour, 0.0) + weight / (1 + age)
-    return sorted(votes.items(), key=lambda kv: kv[1], reverse=True)[:size]
+    return votes
+
+
+class ItemSignals:
+    """What the item model (:mod:`app.core.ranker`) knows of an item for one session at one
+    moment, each signal scaled to [0, 1] by the session's or the site's best item."""
+
+    def __init__(self, session: Session, stats: SiteStats, catalog: CatalogView,
+                 ts: int) -> None:
+        self.session, self.catalog, self.ts = session, catalog, ts
+        self.votes = _similar_votes(session, stats, ts)
+        self.popular, self.recent = stats.scores("popular"), stats.scores("recent")
+        self._top_vote = max(self.votes.values(), default=0.0)
+        self._top_popular = _top_value(self.popular, ts)
+        self._top_recent = _top_value(self.recent, ts)
+        categories = session.categories.top(20, ts)
+        self.categories = dict(categories)
+        self._top_category = categories[0][1] if categories else 0.0
+        last = session.recent_items[-1] if session.recent_items else None
+        self._page_category = self._category(last) if last else None
+
+    def _category(self, item_id: str) -> str | None:
+        known = self.catalog.item(self.session.site_id, item_id)
+        return None if known is None else known.category
+
+    def of(self, item_id: str) -> tuple[float, ...]:
+        category = self._category(item_id)
+        return (
+            _share(self.categories.get(category, 0.0) if category else 0.0, self._top_category),
+            _share(self.votes.get(item_id, 0.0), self._top_vote),
+            _share(self.popular.value(item_id, self.ts), self._top_popular),
+            _share(self.recent.value(item_id, self.ts), self._top_recent),
+            1.0 if category is not None and category == self._page_category else 0.0,
+        )
+
+    def candidates(self, stats: SiteStats, n: int) -> list[str]:
+        """The pool the learned arm ranks: every other arm's leading items."""
+        pool: dict[str, None] = {}
+        for category in list(self.categories)[:2]:
+            leaders = stats.scores("category", category).top(n, self.ts)
+            pool.update((item, None) for item, _ in leaders)
+        pool.update((item, None) for item, _ in
+                    sorted(self.votes.items(), key=lambda kv: kv[1], reverse=True)[:n])
+        pool.update((item, None) for item, _ in self.popular.top(n, self.ts))
+        pool.update((item, None) for item, _ in self.recent.top(n // 2, self.ts))
+        return [item for item in pool if item not in self.session.recent_items[-1:]]
+
+
+def item_signals(session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
+                 items: Iterable[str]) -> tuple[tuple[float, ...], ...]:
+    """The signals each of ``items`` has for ``session`` at ``ts`` (a display's, to learn
+    from when it closes)."""
+    signals = ItemSignals(session, stats, catalog, ts)
+    return tuple(signals.of(item) for item in items)
+
+
+def _learned(session: Session, stats: SiteStats, catalog: CatalogView, ts: int, n: int,
+             ranker: ItemRanker) -> list[tuple[str, float]]:
+    signals = ItemSignals(session, stats, catalog, ts)
+    scored = [(item, ranker.score(item, signals.of(item)))
+              for item in signals.candidates(stats, n)]
+    return sorted(scored, key=lambda kv: kv[1], reverse=True)
+
+
+def _top_value(scores: DecayedScores, ts: int) -> float:
+    top = scores.top(1, ts)
+    return top[0][1] if top else 0.0
+
+
+def _share(value: float, top: float) -> float:
+    return min(1.0, value / top) if top > 0 else 0.0

@@ -26,12 +26,19 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app.core import join
-from app.core.candidates import SiteStats, arm_items, record_reaction
+from app.core.candidates import (
+    Engagement,
+    SiteStats,
+    arm_items,
+    item_signals,
+    learn_engagement,
+)
 from app.core.catalog import CatalogView
 from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.core.join import JoinResult, JoinRules, PendingDisplay
 from app.core.keys import escape, state_key
 from app.core.policy import ContextualBandit
+from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import IssuedRanking, Session
 from app.core.store import Store
 
@@ -129,6 +136,8 @@ class Effects:
     rankings: list[Ranking] = field(default_factory=list)
     late: list[Reaction] = field(default_factory=list)
     unattributed: list[Reaction] = field(default_factory=list)
+    # For the site's learner, when statistics are shared (see Engine): one per reaction.
+    engagements: list[Engagement] = field(default_factory=list)
     attributed: int = 0
     duplicate: bool = False
     pending_displays: int = 0  # open displays on the event's partition after it
@@ -177,10 +186,21 @@ def stable_uniform(seed: int, key: str) -> float:
 
 
 class Engine:
-    def __init__(self, settings: EngineSettings, policies: Policies, catalog: CatalogView) -> None:
+    """Handles one partition's events at a time (any number of partitions, one store each).
+
+    ``site_stats``: where each site's item statistics are read, shared by every partition and
+    learned elsewhere from the :attr:`Effects.engagements` the engine emits (the worker's
+    site learner, :mod:`app.stream.site_stats`): every arm then ranks from the whole site's
+    traffic. Without it each partition learns statistics in its own state from the sessions
+    it owns, at once (a sample of the site: tools and unit tests).
+    """
+
+    def __init__(self, settings: EngineSettings, policies: Policies, catalog: CatalogView,
+                 site_stats: Store | None = None) -> None:
         self.settings = settings
         self.policies = policies
         self.catalog = catalog
+        self.site_stats = site_stats
         self._rules: dict[tuple[float, float, tuple[tuple[str, float], ...]], JoinRules] = {}
         self._site_idle_ms = int(settings.site_idle_s * 1000)
         self._idle_ms = int(settings.idle_close_s * 1000)
@@ -224,16 +244,20 @@ class Engine:
         if not session.first_sight(event.event_id):
             effects.duplicate = True
             return
-        stats = SiteStats(event.site_id, store.get, store.set)
+        stats = self._stats(store, event.site_id)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            effects.absorb(join.add_display(session.join, self._display(session, event)))
+            effects.absorb(join.add_display(session.join, self._display(session, stats, event)))
         else:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
                 effects.absorb(join.add_reaction(session.join, event))
-            record_reaction(stats, session, event,
-                            "session_knn" in self.settings.arms_for(event.site_id))
+            engagement = Engagement.of(session, event,
+                                       "session_knn" in self.settings.arms_for(event.site_id))
+            if self.site_stats is None:
+                learn_engagement(stats, engagement)
+            else:
+                effects.engagements.append(engagement)
             session.engage(event)
         if clock.stream_time is not None:
             effects.absorb(join.advance(session.join, clock.stream_time,
@@ -246,6 +270,11 @@ class Engine:
         self._register(store, clock, key, session)
         store.set(key, session)
 
+    def _stats(self, store: Store, site_id: str) -> SiteStats:
+        if self.site_stats is None:
+            return SiteStats(site_id, store.get, store.set)
+        return SiteStats(site_id, self.site_stats.get, _read_only)
+
     def _with_category(self, reaction: Reaction) -> Reaction:
         """Sites may leave ``category`` out of reactions; the catalog knows it then."""
         if reaction.category is not None:
@@ -253,18 +282,24 @@ class Engine:
         known = self.catalog.item(reaction.site_id, reaction.item_id)
         return reaction if known is None else replace(reaction, category=known.category)
 
-    def _display(self, session: Session, served: Served) -> PendingDisplay:
+    def _display(self, session: Session, stats: SiteStats, served: Served) -> PendingDisplay:
         issued = session.issued.get(served.ranking_id) if served.ranking_id else None
         if issued is not None:  # the engine's own record of the ranking is authoritative
-            return PendingDisplay(served, issued.arm, issued.propensity, issued.context)
-        return PendingDisplay(served, served.arm, served.propensity, served.context)
+            display = PendingDisplay(served, issued.arm, issued.propensity, issued.context)
+        else:
+            display = PendingDisplay(served, served.arm, served.propensity, served.context)
+        if "learned" in self.settings.arms_for(session.site_id):
+            display.signals = item_signals(session, stats, self.catalog, served.ts,
+                                           served.items[:POSITIONS_LEARNED])
+        return display
 
     def _rank(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
               segment: str | None = None, trigger_event_id: str | None = None) -> Ranking:
         policy, version = self.policies.current(session.site_id)
         context = dict(session.context)
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
-        items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size)
+        items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size,
+                          policy.ranker)
         rules = self.rules_for(session.site_id)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
                                  keep_ms=rules.window_ms + rules.grace_ms)
@@ -294,7 +329,7 @@ class Engine:
                 del defaults.segments[dropped]
                 defaults.published.pop(dropped, None)
         if first:
-            stats = SiteStats(site_id, store.get, store.set)
+            stats = self._stats(store, site_id)
             effects.rankings.append(self._default(site_id, "", {}, stats, clock, defaults))
         if defaults is not None:
             store.set(defaults_key(site_id), defaults)
@@ -336,7 +371,7 @@ class Engine:
                             if now - s.seen_ts > self._site_idle_ms]:
                 del defaults.segments[segment]
                 defaults.published.pop(segment, None)
-            stats = SiteStats(site_id, store.get, store.set)
+            stats = self._stats(store, site_id)
             version = self.policies.current(site_id)[1]
             for segment, context in [("", {}), *((k, s.context)
                                                 for k, s in defaults.segments.items())]:
@@ -448,3 +483,7 @@ class Engine:
         store.set(wake_key, keys)
         clock.buckets.add(bucket)
         session.wake_bucket = bucket
+
+
+def _read_only(key: str, value: object) -> None:
+    raise AssertionError(f"shared site statistics are learned by the site's learner ({key})")

@@ -148,6 +148,7 @@ class ClosedDecision:
     reward: float
     outcomes: tuple[Outcome, ...]
     closed_by: str  # "window" | "max_reward" | "idle"
+    signals: tuple[tuple[float, ...], ...] = ()  # per shown item, for the item model
 
     def to_value(self) -> dict[str, Any]:
         return {
@@ -167,6 +168,11 @@ class ClosedDecision:
             ],
             "closed_by": self.closed_by,
         }
+
+    def learning_value(self) -> dict[str, Any]:
+        """The record the learner reads (the decisions topic): the ``reco.rewards`` value and
+        the signals each shown item had (:mod:`app.core.ranker`)."""
+        return {**self.to_value(), "signals": [list(row) for row in self.signals]}
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class PendingDisplay:
     context: Context
     reward: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
+    # Each shown item's signals at display time, for the item model (app.core.ranker).
+    signals: tuple[tuple[float, ...], ...] = ()
 
     def close(self, closed_by: str) -> ClosedDecision:
         s = self.served
@@ -64,7 +66,7 @@ class PendingDisplay:
             served_id=s.event_id, ranking_id=s.ranking_id, site_id=s.site_id,
             session_id=s.session_id, arm=self.arm, propensity=self.propensity,
             context=self.context, items=s.items, served_ts=s.ts, reward=self.reward,
-            outcomes=tuple(self.outcomes), closed_by=closed_by,
+            outcomes=tuple(self.outcomes), closed_by=closed_by, signals=self.signals,
         )
 
 

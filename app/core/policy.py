@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from river import linear_model
 
+from app.core.ranker import ItemRanker, RankerState, reacted_items
+
 # Estimates this close are ties; ties share the greedy probability equally.
 TIE_TOLERANCE = 1e-9
 EXPLORATION_RULES = ("epsilon", "squarecb")
@@ -55,6 +57,7 @@ class PolicyState:
     models: dict[str, ArmState]
     rule: str = "epsilon"
     squarecb_gamma: float = 1.0
+    ranker: RankerState | None = None
 
 
 class ContextualBandit:
@@ -128,6 +131,8 @@ class ContextualBandit:
             arm: linear_model.BayesianLinearRegression(alpha=alpha, beta=1.0)
             for arm in self.arms
         }
+        # The site's item model, for the ``learned`` arm: learned from the same decisions.
+        self.ranker = ItemRanker()
 
     def with_arms(self, arms: Iterable[str]) -> ContextualBandit:
         """A policy over ``arms`` that keeps what this one learned about the arms in common."""
@@ -136,6 +141,7 @@ class ContextualBandit:
         policy._known_features = set(self._known_features)
         policy._models.update({a: m for a, m in self._models.items() if a in policy._models})
         policy.n_updates = self.n_updates
+        policy.ranker = self.ranker
         return policy
 
     @staticmethod
@@ -212,7 +218,8 @@ class ContextualBandit:
                 precision=model._ss_arr[:n, :n][upper].astype(_FLOAT).tobytes(),
                 natural_mean=model._eta_arr[:n].astype(_FLOAT).tobytes())
         return PolicyState(self.arms, self.epsilon, self.seed, self.alpha, self.max_features,
-                           self.n_updates, names, models, self.rule, self.squarecb_gamma)
+                           self.n_updates, names, models, self.rule, self.squarecb_gamma,
+                           self.ranker.to_state())
 
     @classmethod
     def from_state(cls, state: PolicyState) -> ContextualBandit:
@@ -225,7 +232,22 @@ class ContextualBandit:
         policy.n_updates = state.n_updates
         for arm, arm_state in state.models.items():
             _restore(policy._models[arm], state.features, arm_state)
+        if state.ranker is not None:
+            policy.ranker = ItemRanker.from_state(state.ranker)
         return policy
+
+
+def learn_decision(policy: ContextualBandit, decision: Mapping[str, Any]) -> bool:
+    """Teach ``policy`` one closed decision (a ``decisions`` record: a ``reco.rewards`` value
+    with each shown item's ``signals``): the bandit its arm's reward, the item model which
+    shown items were reacted to. False, learning nothing, when its arm is not one of the
+    policy's (the site's own lists are joined and logged, not learned)."""
+    if decision.get("arm") not in policy.arms:
+        return False
+    policy.update(decision["arm"], decision.get("context") or {}, float(decision["reward"]))
+    policy.ranker.learn_display(decision.get("items") or [], decision.get("signals") or [],
+                                reacted_items(decision.get("outcomes") or []))
+    return True
 
 
 def _restore(model: linear_model.BayesianLinearRegression, names: tuple[str, ...],

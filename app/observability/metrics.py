@@ -50,7 +50,7 @@ MAX_SEGMENT_LABELS = 20
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
                        "processing_error", "late", "future_timestamp", "too_large")
 # Where a record that does not decode was read: the changelog, the models topic, local state.
-UNDECODABLE_SOURCES = ("changelog", "models", "local_state")
+UNDECODABLE_SOURCES = ("changelog", "models", "site_stats", "decisions", "local_state")
 # Why a worker rebuilt its Kafka clients and partition state in-process
 # (app.stream.loop.Rebuild); created at zero like the dead-letter reasons.
 RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "kafka_error")

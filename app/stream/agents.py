@@ -15,10 +15,12 @@ after an abort is not counted twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import orjson
 
@@ -31,14 +33,18 @@ from app.contract.decode import (
     decode_catalog,
 )
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
+from app.core.candidates import Engagement
 from app.core.engine import Effects, Engine, segment_key
 from app.core.events import Origin, Reaction, Served, Tick
+from app.core.policy import learn_decision
 from app.core.store import Store
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.stream.bandits import BanditModels
 from app.stream.channels import Channels
+from app.stream.site_stats import SiteStatistics
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Staged:
@@ -60,11 +66,13 @@ class Staged:
 
 class Agents:
     def __init__(self, settings: Settings, channels: Channels, engine: Engine,
-                 models: BanditModels, metrics: Metrics, partitions: int) -> None:
+                 models: BanditModels, site_stats: SiteStatistics, metrics: Metrics,
+                 partitions: int) -> None:
         self.settings = settings
         self.channels = channels
         self.engine = engine
         self.models = models
+        self.site_stats = site_stats
         self.metrics = metrics
         self.partitions = partitions
         self._skew_ms = int(settings.max_clock_skew_s * 1000)
@@ -100,7 +108,8 @@ class Agents:
         for decision in effects.rewards:
             value = orjson.dumps(decision.to_value())
             out.send(ch.rewards, decision.session_id.encode(), value)
-            out.send(ch.decisions, decision.site_id.encode(), value)
+            out.send(ch.decisions, decision.site_id.encode(),
+                     orjson.dumps(decision.learning_value()) if decision.signals else value)
             labels = (site(decision.site_id), decision.arm or "unknown")
             out.count(m.decisions_closed.labels(*labels, decision.closed_by).inc)
             out.count(partial(m.reward.labels(*labels).inc, decision.reward))
@@ -112,6 +121,9 @@ class Agents:
             if produced_at_s is not None:
                 age_s = max(0.0, time.time() - produced_at_s)
                 out.count(partial(m.event_to_ranking.observe, age_s))
+        for engagement in effects.engagements:
+            out.send(ch.decisions, engagement.site_id.encode(),
+                     orjson.dumps(engagement.to_value()))
         for reaction in effects.unattributed:
             out.count(m.reactions_unattributed.labels(site(reaction.site_id)).inc)
         for reaction in effects.late:  # the side output of reactions after their display closed
@@ -125,11 +137,14 @@ class Agents:
 
     def decision(self, origin: Origin, out: Staged) -> None:
         decision = orjson.loads(origin.value or b"{}")
+        if decision.get("kind") == "engagement":
+            self._engagement(decision)
+            return
         site_id = decision["site_id"]
         if decision["arm"] not in self.models.current(site_id)[0].arms:
             return  # displays without a known arm are joined and logged, not learned
         policy = self.models.learning(site_id)
-        policy.update(decision["arm"], decision["context"], decision["reward"])
+        learn_decision(policy, decision)
         m, label = self.metrics, self.metrics.site(site_id)
         estimates = policy.estimates({})
         shares = {segment: policy.probabilities(context) for segment, context in (
@@ -144,6 +159,15 @@ class Agents:
                 for arm, share in probabilities.items():
                     m.bandit_choice_share.labels(label, segment_label, arm).set(share)
         out.count(learned)
+
+    def _engagement(self, value: dict[str, Any]) -> None:
+        try:
+            engagement = Engagement.from_value(value)
+        except (KeyError, TypeError, ValueError) as exc:  # not the engine's: someone else wrote it
+            log.warning("decisions topic: skipped an engagement that does not decode: %s", exc)
+            self.metrics.records_undecodable.labels("decisions").inc()
+            return
+        self.site_stats.learn(engagement)
 
     # -- the catalog ----------------------------------------------------------------------
 

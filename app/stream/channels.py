@@ -3,10 +3,13 @@
 The contract's topics come from ``topics/`` (and ``recoloop topics apply``); the worker's own
 topics, named after the app id, are created by the worker itself:
 
-- ``<app_id>-decisions``: closed decisions keyed by site, so one worker learns each site;
+- ``<app_id>-decisions``: closed decisions and engagements keyed by site, so one worker
+  learns each site's bandit and statistics;
 - ``<app_id>-engine-state-changelog``: every change of a partition's engine state, the
   source the local RocksDB copy is rebuilt from (compacted);
-- ``<app_id>-bandit-models``: each site's current bandit, read by every worker (compacted).
+- ``<app_id>-bandit-models``: each site's current bandit, read by every worker (compacted);
+- ``<app_id>-site-statistics``: each site's item statistics, one record per statistic, read
+  by every worker (compacted; :mod:`app.stream.site_stats`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Channels:
     decisions: str
     changelog: str
     models: str
+    site_stats: str
     logical: dict[str, str]  # real topic name -> the contract's name
 
     @classmethod
@@ -53,6 +57,7 @@ class Channels:
             decisions=f"{app_id}-decisions",
             changelog=f"{app_id}-engine-state-changelog",
             models=f"{app_id}-bandit-models",
+            site_stats=f"{app_id}-site-statistics",
             logical={settings.topic(t): t for t in (*JOIN_INPUT_TOPICS, CATALOG)},
         )
 
@@ -64,4 +69,5 @@ class Channels:
             self.changelog: InternalTopic(partitions, {
                 **compacted, "delete.retention.ms": str(CHANGELOG_TOMBSTONE_RETENTION_MS)}),
             self.models: InternalTopic(1, compacted),
+            self.site_stats: InternalTopic(1, compacted),
         }

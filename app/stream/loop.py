@@ -7,7 +7,7 @@ batch is one Kafka transaction holding everything it caused:
 
 1. the outputs the agents staged (rankings, rewards, dead letters, decisions),
 2. the changed engine state, as records of the engine-state changelog,
-3. the changed bandits, on the models topic,
+3. the changed bandits and site statistics, on the models and site-statistics topics,
 4. the consumer offsets just past the batch (``send_offsets_to_transaction``).
 
 Either all of it commits or none of it does, and ``read_committed`` readers never see an
@@ -60,6 +60,7 @@ from app.settings import Settings
 from app.stream.agents import Agents, Staged
 from app.stream.bandits import BanditModels, SpilledModels
 from app.stream.channels import LOCAL_STATE_MAX_AGE_MS, Channels
+from app.stream.site_stats import SiteStatistics
 from app.stream.state import PartitionState, Record, restore_plan
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class Tail:
 
 class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
-                 agents_for: Callable[[BanditModels, Store], Agents],
+                 agents_for: Callable[[BanditModels, Store, SiteStatistics], Agents],
                  heartbeat: float | None = None) -> None:
         self.settings = settings
         self.channels = Channels.of(settings)
@@ -192,7 +193,8 @@ class Runtime:
         self.models = BanditModels(settings, lambda: self._count_undecodable("models"),
                                    SpilledModels(Path(settings.data_dir) / "worker" / "models"))
         self.catalog = MemoryStore()
-        self.agents = agents_for(self.models, self.catalog)
+        self.site_stats = SiteStatistics(lambda: self._count_undecodable("site_stats"))
+        self.agents = agents_for(self.models, self.catalog, self.site_stats)
         self.states: dict[int, PartitionState] = {}
         self.state_dir = Path(settings.data_dir) / "worker" / "state"
         self._ready = False
@@ -226,6 +228,8 @@ class Runtime:
         self.restorer = Consumer({**self._reader_config})
         self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
         self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
+        self.stats_tail = Tail(self._reader_config, self.channels.site_stats,
+                               self._apply_site_stat)
 
     # -- status (read from the health server's threads) ----------------------------------
 
@@ -255,7 +259,7 @@ class Runtime:
         try:
             # Aborts what our previous self (or a failed Runtime before this one) left open.
             self._retrying("initializing transactions", self.producer.init_transactions)
-            for tail in (self.catalog_tail, self.models_tail):
+            for tail in (self.catalog_tail, self.models_tail, self.stats_tail):
                 tail.open()
                 tail.catch_up(self._beat)
             ch = self.channels
@@ -267,6 +271,7 @@ class Runtime:
                 messages = self._next_batch()
                 self.catalog_tail.poll()
                 self.models_tail.poll()
+                self.stats_tail.poll()
                 # A tick stays due until a transaction holding it commits (an aborted one,
                 # redone without it, would otherwise skip ticks for as long as it recurs).
                 tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
@@ -289,6 +294,7 @@ class Runtime:
         for name, close in (("consumer", self.consumer.close),
                             ("catalog reader", self.catalog_tail.close),
                             ("models reader", self.models_tail.close),
+                            ("site statistics reader", self.stats_tail.close),
                             ("restorer", self.restorer.close)):
             try:
                 close()  # closing the consumer revokes its partitions: their state closes
@@ -382,6 +388,7 @@ class Runtime:
             self._abort(first)
             return
         model_changes = self.models.changes()
+        stat_changes = self.site_stats.changes()
         try:
             for p, records in changes.items():
                 for key, value in records:
@@ -389,6 +396,8 @@ class Runtime:
                                   on_delivery=delivered)
             for site_id, raw in model_changes:
                 self._produce(self.channels.models, raw, site_id.encode())
+            for name, raw in stat_changes:
+                self._produce(self.channels.site_stats, raw, name.encode())
             for topic, record_key, record_value in out.records:
                 self._produce(topic, record_value, record_key)
             # Delivered before the offsets go in: librdkafka was seen to hang in
@@ -416,6 +425,7 @@ class Runtime:
             if records:
                 self.states[p].committed(records, changelog_offsets[p])
         self.models.committed(model_changes)
+        self.site_stats.committed(stat_changes)
         self._oversized.clear()
         if tick:
             self._last_tick = time.monotonic()
@@ -505,6 +515,7 @@ class Runtime:
         for state in self.states.values():
             state.discard()
         self.models.aborted()
+        self.site_stats.aborted()
         for (topic, partition), offset in first.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))
 
@@ -531,6 +542,20 @@ class Runtime:
             return
         self.models.offer(site_id, value)
 
+    def _apply_site_stat(self, message: Message) -> None:
+        key, value = message.key(), message.value()
+        if value is None:
+            return  # a tombstone: nothing to learn from
+        try:
+            name = None if key is None else key.decode("utf-8")
+        except UnicodeDecodeError:
+            name = None
+        if name is None:
+            log.warning("site statistics topic: skipped a record without a UTF-8 key")
+            self._count_undecodable("site_stats")
+            return
+        self.site_stats.offer(name, value)
+
     # -- partitions coming and going ------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
@@ -548,6 +573,7 @@ class Runtime:
             state.discard()  # another worker may have changed it since
             self._restore(state, p)
         self.models_tail.catch_up(self._beat)
+        self.stats_tail.catch_up(self._beat)
         log.info("assigned partitions %s, state restored in %.1f s", sorted(mine),
                  time.monotonic() - started)
         self._ready = self.became_ready = True

@@ -30,6 +30,7 @@ from app.stream.agents import Agents
 from app.stream.bandits import BanditModels
 from app.stream.channels import Channels
 from app.stream.loop import TIMEOUT_S, Rebuild, Runtime
+from app.stream.site_stats import SiteStatistics
 from app.stream.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
 
 log = logging.getLogger("recoloop")
@@ -106,9 +107,9 @@ def run(settings: Settings) -> int:
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
 
-    def agents_for(models: BanditModels, catalog: Store) -> Agents:
-        engine = Engine(settings, models, StoreCatalog(catalog))
-        return Agents(settings, channels, engine, models, metrics, partitions)
+    def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics) -> Agents:
+        engine = Engine(settings, models, StoreCatalog(catalog), site_stats)
+        return Agents(settings, channels, engine, models, site_stats, metrics, partitions)
 
     supervisor = Supervisor(lambda heartbeat: Runtime(settings, partitions, metrics, agents_for,
                                                       heartbeat), metrics)

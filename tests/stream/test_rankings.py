@@ -21,7 +21,15 @@ from app.contract.topics import (
     SERVED,
 )
 from app.settings import Settings
-from tests.kafka_io import TopicReader, collect, event, now_ms, produce, values
+from tests.kafka_io import (
+    TopicReader,
+    collect,
+    event,
+    now_ms,
+    produce,
+    values,
+    wait_until_learned,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The hidden truth of the learning test: which arm pays in which season.
@@ -74,6 +82,7 @@ def test_category1_follows_the_session_and_hides_basket_and_unavailable_items(
                 "event_id": f"v{n}-{i}", "site_id": "shop", "session_id": f"crowd{n}",
                 "ts": t + i, "item_id": item}))
     produce(s.bootstrap_servers, crowd)
+    wait_until_learned(s, engagements=len(crowd))  # the site's statistics, from every partition
     produce(s.bootstrap_servers, [
         event(s.topic(DETAIL_VIEWS), {"event_id": "me1", "site_id": "shop", "session_id": "me",
                                       "ts": t + 10, "item_id": "shoe1"}),
@@ -103,8 +112,10 @@ def test_one_sites_events_never_change_another_sites_rankings(start_worker, work
         event(s.topic(BASKET_ADDS), {"event_id": f"b{n}-{k}", "site_id": "b",
                                      "session_id": f"s{n}", "ts": t, "item_id": "z"})
         for n in range(20) for k in range(3)])
-    # A new session of site a (s0 itself bought x, and basket items are not shown back), on
-    # the same topic so it is read after the purchases of its partition.
+    # Site statistics are learned by the site's learner from the engagements of every
+    # partition; then a new session of site a (s0 itself bought x, and basket items are not
+    # shown back) is ranked from them.
+    wait_until_learned(s, engagements=80)
     probe = event(s.topic(BASKET_ADDS), {"event_id": "probe", "site_id": "a",
                                          "session_id": "new", "ts": t + 5, "item_id": "y"})
     produce(s.bootstrap_servers, [probe])
