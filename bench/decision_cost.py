@@ -61,7 +61,7 @@ def main() -> int:
         if n % BATCH == 0:
             store.committed(store.changes(), n)
     for n in range(2_000):  # and the bandit has learned something
-        policies.policy.update(settings.arms[n % 5], {"season": "winter"}, float(n % 3))
+        policies.policy.update(settings.arms[n % len(settings.arms)], {"season": "winter"}, float(n % 3))
 
     start = time.perf_counter()
     for n, event in enumerate(events[30_000:]):

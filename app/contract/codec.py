@@ -22,6 +22,8 @@ from app.core.engine import PartitionClock, SiteDefaults
 from app.core.keys import key_kind
 from app.core.knn import SessionIndex
 from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit, PolicyState
+from app.core.ranker import MAX_ITEM_CHARS as MAX_RANKER_ITEM_CHARS
+from app.core.ranker import MAX_ITEMS as MAX_RANKER_ITEMS
 from app.core.session import Session
 
 # librdkafka's default message.max.bytes: a larger record is refused and stops the batch.
@@ -159,8 +161,10 @@ def model_bytes_bound(n_arms: int, max_features: int) -> int:
     """The most bytes a model over ``n_arms`` arms and ``max_features`` features encodes to:
     per arm, ``n(n+1)/2 + n`` float64s and ``n`` feature indices; the feature names once, each
     at most :data:`MAX_FEATURE_CHARS` characters of up to 4 UTF-8 bytes; arm names (at most
-    256 characters each), the version line and the msgpack framing."""
+    256 characters each), the version line, the item model's weights and the framing."""
     n = max_features
     per_arm = 8 * (n * (n + 1) // 2 + n) + 5 * n + 3 * 16
     names = n * (MAX_FEATURE_CHARS * 4 + 5)
-    return 21 + 1 + 256 + n_arms * (per_arm + 2 * (4 * 256 + 5)) + names
+    # The item model (app.core.ranker): a float64 and a name per weight.
+    ranker = (MAX_RANKER_ITEMS + 8) * (9 + 5 + (MAX_RANKER_ITEM_CHARS + 5) * 4) + 64
+    return 21 + 1 + 256 + n_arms * (per_arm + 2 * (4 * 256 + 5)) + names + ranker

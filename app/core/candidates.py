@@ -205,7 +205,8 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
     # Ask for more than needed: some candidates are in the basket or unavailable.
     wanted = 2 * size + len(session.basket)
     if arm == "learned":
-        take(_learned(session, stats, catalog, ts, wanted, ranker or ItemRanker()))
+        take(_learned(session, stats, catalog, ts, size + len(session.basket),
+                      ranker or ItemRanker()))
     else:
         take(_own_items(arm, session, stats, ts, wanted))
     for fallback in ("sales", "popular"):
@@ -271,39 +272,44 @@ class ItemSignals:
         self.session, self.catalog, self.ts = session, catalog, ts
         self.votes = _similar_votes(session, stats, ts)
         self.popular, self.recent = stats.scores("popular"), stats.scores("recent")
-        self._top_vote = max(self.votes.values(), default=0.0)
-        self._top_popular = _top_value(self.popular, ts)
-        self._top_recent = _top_value(self.recent, ts)
         categories = session.categories.top(20, ts)
         self.categories = dict(categories)
-        self._top_category = categories[0][1] if categories else 0.0
+        # Each signal as a share of the best item's: decayed values share one decay factor,
+        # so stored (undecayed) values give the same shares.
+        self._votes = _shares(self.votes)
+        self._popular = _shares(self.popular.raw)
+        self._recent = _shares(self.recent.raw)
+        self._category_share = _shares(self.categories)
+        self._category_of: dict[str, str | None] = {}
         last = session.recent_items[-1] if session.recent_items else None
         self._page_category = self._category(last) if last else None
 
     def _category(self, item_id: str) -> str | None:
-        known = self.catalog.item(self.session.site_id, item_id)
-        return None if known is None else known.category
+        if item_id not in self._category_of:
+            known = self.catalog.item(self.session.site_id, item_id)
+            self._category_of[item_id] = None if known is None else known.category
+        return self._category_of[item_id]
 
     def of(self, item_id: str) -> tuple[float, ...]:
         category = self._category(item_id)
         return (
-            _share(self.categories.get(category, 0.0) if category else 0.0, self._top_category),
-            _share(self.votes.get(item_id, 0.0), self._top_vote),
-            _share(self.popular.value(item_id, self.ts), self._top_popular),
-            _share(self.recent.value(item_id, self.ts), self._top_recent),
+            self._category_share(category) if category is not None else 0.0,
+            self._votes(item_id),
+            self._popular(item_id),
+            self._recent(item_id),
             1.0 if category is not None and category == self._page_category else 0.0,
         )
 
     def candidates(self, stats: SiteStats, n: int) -> list[str]:
-        """The pool the learned arm ranks: every other arm's leading items."""
+        """The pool the learned arm ranks: the other arms' leading items (``n`` of the
+        session's top category and of co-views, half as many of the rest)."""
         pool: dict[str, None] = {}
-        for category in list(self.categories)[:2]:
-            leaders = stats.scores("category", category).top(n, self.ts)
+        for rank, category in enumerate(list(self.categories)[:2]):
+            leaders = stats.scores("category", category).top(n >> rank, self.ts)
             pool.update((item, None) for item, _ in leaders)
-        pool.update((item, None) for item, _ in
-                    sorted(self.votes.items(), key=lambda kv: kv[1], reverse=True)[:n])
-        pool.update((item, None) for item, _ in self.popular.top(n, self.ts))
-        pool.update((item, None) for item, _ in self.recent.top(n // 2, self.ts))
+        pool.update((item, None) for item in heapq.nlargest(n, self.votes, key=self.votes.get))
+        pool.update((item, None) for item, _ in self.popular.top(n // 2, self.ts))
+        pool.update((item, None) for item, _ in self.recent.top(n // 4, self.ts))
         return [item for item in pool if item not in self.session.recent_items[-1:]]
 
 
@@ -318,15 +324,13 @@ def item_signals(session: Session, stats: SiteStats, catalog: CatalogView, ts: i
 def _learned(session: Session, stats: SiteStats, catalog: CatalogView, ts: int, n: int,
              ranker: ItemRanker) -> list[tuple[str, float]]:
     signals = ItemSignals(session, stats, catalog, ts)
-    scored = [(item, ranker.score(item, signals.of(item)))
-              for item in signals.candidates(stats, n)]
-    return sorted(scored, key=lambda kv: kv[1], reverse=True)
+    return ranker.rank((item, signals.of(item)) for item in signals.candidates(stats, n))
 
 
-def _top_value(scores: DecayedScores, ts: int) -> float:
-    top = scores.top(1, ts)
-    return top[0][1] if top else 0.0
-
-
-def _share(value: float, top: float) -> float:
-    return min(1.0, value / top) if top > 0 else 0.0
+def _shares(values: dict[str, float]) -> Callable[[str], float]:
+    """A key's value as a share of the largest (0 for keys not there)."""
+    top = max(values.values(), default=0.0)
+    if top <= 0:
+        return lambda key: 0.0
+    scale, get = 1.0 / top, values.get
+    return lambda key: get(key, 0.0) * scale

@@ -17,6 +17,7 @@ from app.contract.codec import (
 )
 from app.core.engine import stable_uniform
 from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit
+from app.core.ranker import MAX_ITEM_CHARS, MAX_ITEMS, SIGNALS
 from app.settings import DEFAULT_ARMS
 
 ARMS = ("category1", "category2", "bestsellers", "trending", "similar")
@@ -109,12 +110,16 @@ def test_unbounded_context_values_do_not_grow_the_model_without_bound():
 
 
 def test_a_site_with_every_feature_it_may_learn_still_fits_a_kafka_record():
-    """130+ page categories once grew a model past 1 MB; now the worst case is bounded."""
+    """130+ page categories once grew a model past 1 MB; now the worst case is bounded, the
+    item model's weights included."""
     policy = ContextualBandit(DEFAULT_ARMS, epsilon=0.1, seed=5)
     for n in range(400):  # far more distinct long values than max_features
         context = {"category": f"{n:03d}" + "é" * (MAX_FEATURE_CHARS - 13), "device": "mobile"}
         for arm in DEFAULT_ARMS:
             policy.update(arm, context, float(n % 3))
+    for n in range(2 * MAX_ITEMS):  # more items than get a weight, the longest ids (4-byte)
+        policy.ranker.learn(f"{n:04d}" + "😀" * (MAX_ITEM_CHARS - 4), (0.5,) * len(SIGNALS),
+                            n % 5, n % 3 == 0)
     raw = encode_model(policy)
     bound = model_bytes_bound(len(DEFAULT_ARMS), policy.max_features)
     assert len(raw) <= bound <= MAX_RECORD_BYTES < PRODUCER_LIMIT_BYTES

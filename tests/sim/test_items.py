@@ -29,7 +29,7 @@ from app.core.engine import Engine
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
 from app.core.store import MemoryStore
-from app.settings import Settings
+from app.settings import DEFAULT_ARMS, Settings
 from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
 from app.sim.items import (
     ItemConfig,
@@ -276,7 +276,7 @@ def test_control_and_fallback_blocks_are_random_available_items() -> None:
     assert set(arms) == {"control", "fallback"} and "ranking_id" not in str(served)
     available = {i.item_id for i in world.catalogs["shop-1"] if i.available}
     assert all(set(v["items"]) <= available and len(set(v["items"])) == 6 for v in served)
-    assert all(v["propensity"] == 1 / 5 for v in served)
+    assert all(v["propensity"] == 1 / len(DEFAULT_ARMS) for v in served)
     shown = Counter(item for v in served for item in v["items"])
     assert len(shown) > 0.9 * len(available)  # uniformly spread, not a fixed few
     summary = world.summary()
