@@ -1,8 +1,10 @@
 """Candidate generation: the ranked item list behind each arm, and the site statistics it uses.
 
-Site statistics live in the partition's state under keys that start with the site id, so one
-site never reads another's. Each partition keeps statistics of the sessions it owns, which
-is a uniform sample of the site's traffic because sessions are spread by key.
+Site statistics live under keys that start with the site id, so one site never reads
+another's. Each reaction becomes an :class:`Engagement`, learned by :func:`learn_engagement`:
+in the worker by the site's learner, into statistics every partition reads (the whole site's
+traffic, :mod:`app.stream.site_stats`); in tools and unit tests, at once, into the store of
+the partition that saw it (see :class:`app.core.engine.Engine`).
 
 Every arm falls back, in this order, when its own list is short: the arm's own items,
 then the site's bestsellers, then its most engaged items (long window), then available items
@@ -131,7 +133,7 @@ class Engagement:
     def from_value(cls, value: dict[str, Any]) -> Engagement:
         """An engagement read back; KeyError or ValueError unless every field has its type."""
         items = value.get("session_items")
-        if items is not None and not isinstance(items, list):
+        if items is not None and not isinstance(items, list | tuple):
             raise ValueError("session_items must be a list")
         engagement = cls(value["site_id"], value["session_id"], value["item_id"],
                          value["type"], value["ts"], value.get("category"),

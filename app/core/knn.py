@@ -8,9 +8,8 @@ event) and bounded: a site keeps its last ``max_sessions`` sessions, and each it
 to its last ``per_item`` sessions (the candidate neighbours), so scoring visits at most
 ``len(items) * per_item`` sessions.
 
-One index per site and partition, in the partition's state like the other statistics
-(sessions are spread over partitions by key, so each sees a sample of the site's traffic):
-it is then kept exactly once by the changelog, and rebuilt with it.
+One index per site, kept like the site's other statistics (:mod:`app.core.candidates`): it
+is learned once per engagement, and rebuilt from the topic it is published on.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ a maximum reward) is produced to the input topics while a worker processes it, a
 worker is killed with SIGKILL at random moments, during processing, and restarted. A second
 run has two workers whose partitions move to the survivor of each kill and back.
 Afterwards ``reco.rewards``, read committed-only, must hold exactly one record per display
-with the reward of the plain reference join in tests/core/test_join_order.py, and each site's
-bandit must have learned exactly once per display.
+with the reward of the plain reference join in tests/core/test_join_order.py, each site's
+bandit must have learned exactly once per display, and each site's shared item statistics
+exactly once per reaction.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from app.contract.codec import decode_state
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
+from app.core.candidates import STAT_SHAPES, stat_key
 from app.core.events import Served
+from app.core.session import ENGAGEMENT_WEIGHT
 from app.settings import Settings
 from app.stream.channels import Channels
 from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
@@ -108,6 +112,44 @@ def assert_each_site_learned_once(s: Settings, displays_per_site: Counter, worke
     assert latest_model_versions(models) == dict(displays_per_site), worker.log_tail()
 
 
+def expected_popularity(by_kind: dict, at_ts: int) -> dict[tuple[str, str], float]:
+    """Each site's ``popular`` statistic read at ``at_ts`` had every distinct reaction been
+    learned once: the decayed sum of its engagement weights, per (site, item)."""
+    half_life_ms, _ = STAT_SHAPES["popular"]
+    unique = {(r.session_id, r.event_id): r for kind in KINDS if kind != "served"
+              for r in by_kind[kind]}
+    expected: dict[tuple[str, str], float] = {}
+    for r in unique.values():
+        key = (r.site_id, r.item_id)
+        expected[key] = expected.get(key, 0.0) + ENGAGEMENT_WEIGHT[r.type] * 2.0 ** (
+            (r.ts - at_ts) / half_life_ms)
+    return expected
+
+
+def assert_each_reaction_learned_once(s: Settings, by_kind: dict, worker: Worker) -> None:
+    """Each site's shared statistics (the site-statistics topic, committed only) learned every
+    distinct reaction once, whichever partition and worker it came through."""
+    expected = expected_popularity(by_kind, T0)
+    reader = TopicReader(s.bootstrap_servers, [Channels.of(s).site_stats])
+
+    def learned(messages: list) -> dict[tuple[str, str], float]:
+        latest = {m.key().decode(): m.value() for m in messages}
+        found = {}
+        for site in {site for site, _ in expected}:
+            raw = latest.get(stat_key(site, "popular"))
+            if raw is not None:
+                scores = decode_state(stat_key(site, "popular"), raw.partition(b"\n")[2])
+                found.update({(site, item): scores.value(item, T0) for item in scores.raw})
+        return found
+
+    def matches(messages: list) -> bool:
+        return learned(messages) == pytest.approx(expected, rel=1e-9)
+
+    reader.read_until(matches, timeout_s=60)
+    reader.close()
+    assert learned(reader.messages) == pytest.approx(expected, rel=1e-9), worker.log_tail()
+
+
 def single_worker(start_worker, rng: random.Random, killed: Callable[[], None]) -> Worker:
     """One worker, killed at random moments and restarted at once under the same id."""
     worker = start_worker()
@@ -155,6 +197,7 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
 
     assert_one_reward_per_display(rewards, expected, worker)
     assert_each_site_learned_once(s, displays_per_site, worker)
+    assert_each_reaction_learned_once(s, by_kind, worker)
     # ... and in the rankings every worker publishes.
     reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
     for site, displays in displays_per_site.items():
