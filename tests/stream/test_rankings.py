@@ -33,7 +33,7 @@ from tests.kafka_io import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The hidden truth of the learning test: which arm pays in which season.
-BEST = {"winter": "trending", "summer": "bestsellers"}
+BEST = {"winter": "category1", "summer": "similar"}  # two of the default arms
 
 
 def apply_catalog(s: Settings, records: list[dict]) -> None:
@@ -134,7 +134,8 @@ def test_one_sites_events_never_change_another_sites_rankings(start_worker, work
 def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restarts(
         start_worker, worker_settings):
     s: Settings = worker_settings
-    first = start_worker(exploration="0.1")
+    exploring = {"exploration": "0.1", "exploration_rule": "epsilon"}  # every worker alike
+    first = start_worker(**exploring)
     rng = random.Random(7)
     # Logged decisions of uniformly random arms, 1 ms apart: all of them within one grace
     # period, so reading the served and basket-add topics at different paces while catching
@@ -199,7 +200,7 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
     # A clean restart, then a worker that rebuilds from the changelogs alone: same model.
     first.stop()
     for data_dir in ("worker-data", "fresh-data-dir"):
-        worker = start_worker(data_dir=data_dir)
+        worker = start_worker(data_dir=data_dir, **exploring)
         for season in BEST:
             rankings = probe(f"restart-{data_dir}", season, 10)
             assert {r["model_version"] for r in rankings} == {decisions}, worker.log_tail()
