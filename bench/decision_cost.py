@@ -61,7 +61,8 @@ def main() -> int:
         if n % BATCH == 0:
             store.committed(store.changes(), n)
     for n in range(2_000):  # and the bandit has learned something
-        policies.policy.update(settings.arms[n % len(settings.arms)], {"season": "winter"}, float(n % 3))
+        arm = settings.arms[n % len(settings.arms)]
+        policies.policy.update(arm, {"season": "winter"}, float(n % 3))
 
     start = time.perf_counter()
     for n, event in enumerate(events[30_000:]):

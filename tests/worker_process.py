@@ -99,5 +99,13 @@ class WorkerProcess:
                    if sample.name == name and labels.items() <= sample.labels.items())
 
     def log_tail(self, lines: int = 40) -> str:
+        """The worker's exit status if it has exited, and the last ``lines`` of its log
+        without librdkafka's failed connection attempts (a line every few ms while a broker
+        is down: they would hide everything else)."""
         text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        kept = [line for line in text
+                if not (line.startswith("%") and "Connection refused" in line)]
+        exited = None if self.process is None else self.process.poll()
+        status = "running" if exited is None else f"exited with status {exited}"
+        return "\n".join([f"worker {status}; its log ({len(text) - len(kept)} lines of "
+                          "refused connections left out):", *kept[-lines:]])

@@ -53,7 +53,7 @@ DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
 UNDECODABLE_SOURCES = ("changelog", "models", "site_stats", "decisions", "local_state")
 # Why a worker rebuilt its Kafka clients and partition state in-process
 # (app.stream.loop.Rebuild); created at zero like the dead-letter reasons.
-RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "kafka_error")
+RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "stuck_call", "kafka_error")
 
 # The text format would carry a `*_created` series beside every counter and histogram:
 # twice the series for a timestamp nobody queries. Off for the whole worker process.
@@ -221,7 +221,9 @@ class Metrics:
             "anew in-process, by reason: fatal (a fatal client error, e.g. its static group "
             "member or its producer fenced), membership_lost (its group session timed out "
             "during a batch), timed_out (a step kept failing past its time budget, e.g. the "
-            "broker is unreachable), kafka_error (another Kafka error).",
+            "broker is unreachable), stuck_call (a transactional call did not return "
+            "within 30 s, whatever its timeout: left behind with its producer), kafka_error "
+            "(another Kafka error).",
             ["reason"], registry=r)
         for reason in RESTART_REASONS:
             self.worker_restarts.labels(reason)

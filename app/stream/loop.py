@@ -26,6 +26,13 @@ error). Fatal errors, a group membership lost during a batch and every wait that
 its time budget raise :class:`Rebuild`; the loop then closes its clients and partition state,
 and :mod:`app.stream.worker` builds a new :class:`Runtime` (the same transactional id fences
 the old producer, the same instance id takes over the static membership).
+
+librdkafka's ``send_offsets_to_transaction`` ignores its timeout while the broker is
+unreachable: it returns only once the broker answers again (a broker killed just before the
+call kept it for the whole outage, 58 s; see tests/stream/test_outage.py). Every
+transactional call therefore runs in a thread of its own (:class:`StuckCalls`); one that has
+not returned after :data:`STUCK_CALL_S` is left to finish by itself with its producer, and
+the loop is rebuilt with a new one.
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ TIMEOUT_S = 30.0  # a Kafka call's timeout, and the budget of a wait or a retry 
 RETRY_PAUSE_S = 0.5
 WAIT_LOG_EVERY_S = 5.0  # also the slice of a long wait in librdkafka: its calls resume
 RESTORE_BATCH = 5_000
+# A transactional call given at most 5 s that has not returned by then is stuck in librdkafka
+# (send_offsets_to_transaction while the broker is unreachable): it is left behind.
+STUCK_CALL_S = TIMEOUT_S
 
 
 class Rebuild(Exception):
@@ -95,6 +105,59 @@ def raise_if_fatal(error: KafkaError | None, where: str) -> None:
     client: it never recovers, however long the loop waits."""
     if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
         raise Rebuild("fatal", f"{where}: {error}")
+
+
+class StuckCalls:
+    """Runs each transactional call in a thread of its own and waits for it at most
+    :data:`STUCK_CALL_S`. A call still running then is left behind, holding its producer (the
+    next loop's producer, with the same transactional id, fences it, so its transaction
+    never commits), and :class:`Rebuild` is raised; the call ends by itself, in its thread,
+    once the broker answers again. Shared by every loop a worker builds, so that the calls
+    still blocked are counted across rebuilds."""
+
+    def __init__(self, wait_s: float = STUCK_CALL_S) -> None:
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+        self._left: list[threading.Thread] = []
+
+    def blocked(self) -> list[str]:
+        """The calls left behind that have not returned yet."""
+        with self._lock:
+            self._left = [thread for thread in self._left if thread.is_alive()]
+            return [thread.name for thread in self._left]
+
+    def run(self, what: str, call: Callable[[float], None], timeout_s: float) -> None:
+        """``call(timeout_s)``'s outcome (its exception re-raised here), or Rebuild if it has
+        not returned within ``wait_s``."""
+        outcome: list[BaseException | None] = []
+        left_behind = threading.Event()
+        started = time.monotonic()
+
+        def target() -> None:
+            try:
+                call(timeout_s)
+                result: BaseException | None = None
+            except BaseException as exc:  # handed to the waiting loop
+                result = exc
+            with self._lock:
+                outcome.append(result)
+            if left_behind.is_set():
+                log.warning("%s: the call left behind returned after %.0f s (%s)", what,
+                            time.monotonic() - started, result or "no error")
+
+        thread = threading.Thread(target=target, name=f"kafka call: {what}", daemon=True)
+        thread.start()
+        thread.join(self.wait_s)
+        with self._lock:
+            if not outcome:
+                left_behind.set()
+                self._left.append(thread)
+        if outcome:
+            if outcome[0] is not None:
+                raise outcome[0]
+            return
+        raise Rebuild("stuck_call", f"{what}: the call has not returned after "
+                      f"{self.wait_s:.0f} s, whatever its timeout; left behind with its producer")
 
 
 class Patience:
@@ -185,7 +248,7 @@ class Tail:
 class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
                  agents_for: Callable[[BanditModels, Store, SiteStatistics], Agents],
-                 heartbeat: float | None = None) -> None:
+                 heartbeat: float | None = None, stuck: StuckCalls | None = None) -> None:
         self.settings = settings
         self.channels = Channels.of(settings)
         self.partitions = partitions
@@ -202,7 +265,8 @@ class Runtime:
         # The loop's last turn, for /health; a rebuilt Runtime carries on its predecessor's,
         # so rebuilds that never get the loop going again do not count as progress.
         self.heartbeat = time.monotonic() if heartbeat is None else heartbeat
-        self._calling: tuple[str, float] | None = None  # a transactional call in progress
+        self.stuck = StuckCalls() if stuck is None else stuck
+        self._producer_left_behind = False  # one of its calls did not return
         self._stopping = False
         self._poisoned: dict[tuple[str, int, int], InvalidInput] = {}
         # State keys whose changelog record came out too large, per partition: the redo of
@@ -244,12 +308,6 @@ class Runtime:
 
     def assigned_partitions(self) -> list[int]:
         return sorted(self.states)
-
-    def stuck_call(self) -> tuple[str, float] | None:
-        """The transactional call in progress and for how long, if any (librdkafka has
-        been seen not to return from one after a broker restart, whatever its timeout)."""
-        calling = self._calling
-        return None if calling is None else (calling[0], time.monotonic() - calling[1])
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -306,7 +364,8 @@ class Runtime:
         # Producer.close() would abort the open transaction and flush, and so wait out an
         # outage: drop the producer instead, its successor's init_transactions aborts it.
         self.models.spill.close()
-        self.producer.purge()
+        if not self._producer_left_behind:  # else left alone with the call it is blocked in
+            self.producer.purge()
         del self.producer
 
     def _next_batch(self) -> list[Message]:
@@ -400,8 +459,8 @@ class Runtime:
                 self._produce(self.channels.site_stats, raw, name.encode())
             for topic, record_key, record_value in out.records:
                 self._produce(topic, record_value, record_key)
-            # Delivered before the offsets go in: librdkafka was seen to hang in
-            # send_offsets_to_transaction when the broker came back during the call.
+            # Delivered before the offsets go in: send_offsets_to_transaction blocks while the
+            # broker is unreachable (StuckCalls), so it had better start just after it answered.
             self._flush()
             if not self.consumer.memberid():
                 # The group session timed out during the batch (librdkafka then rejoins as a
@@ -410,10 +469,12 @@ class Runtime:
             # Offsets in every transaction, also one of ticks alone: the group coordinator
             # then refuses it from a worker whose partitions have moved on (a zombie).
             offsets = after or self._positions()
+            # Not through self: a call left behind (StuckCalls) would keep this whole loop.
+            producer, consumer = self.producer, self.consumer
             self._retrying("sending the batch's offsets", lambda timeout_s: (
-                self.producer.send_offsets_to_transaction(
+                producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    self.consumer.consumer_group_metadata(), timeout_s)))
+                    consumer.consumer_group_metadata(), timeout_s)))
             self._retrying("committing the batch", self.producer.commit_transaction)
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
@@ -468,19 +529,22 @@ class Runtime:
     def _retrying(self, what: str, call: Callable[[float], None]) -> None:
         """``call(timeout_s)`` again while it fails with retriable errors (a timeout too: the
         transactional calls resume), for TIMEOUT_S in all; abortable errors go to the caller,
-        fatal ones and a spent budget raise Rebuild."""
+        fatal ones and a spent budget raise Rebuild, and so does a call that does not return
+        (:class:`StuckCalls`)."""
         patience = Patience(what)
         while True:
-            self._calling = (what, time.monotonic())
+            timeout_s = min(WAIT_LOG_EVERY_S, max(1.0, patience.remaining()))
             try:
-                return call(min(WAIT_LOG_EVERY_S, max(1.0, patience.remaining())))
+                return self.stuck.run(what, call, timeout_s)
             except KafkaException as exc:
                 raise_if_fatal(exc.args[0], what)
                 if not exc.args[0].retriable():
                     raise
                 patience.waiting(exc.args[0])
-            finally:
-                self._calling = None
+            except Rebuild as exc:
+                if exc.reason == "stuck_call":
+                    self._producer_left_behind = True
+                raise
             time.sleep(RETRY_PAUSE_S)
 
     def _flush(self) -> None:

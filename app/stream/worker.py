@@ -2,11 +2,13 @@
 (SIGTERM or Ctrl-C finish the current batch first).
 
 When the loop's Kafka clients cannot go on (:class:`app.stream.loop.Rebuild`: a fatal error, a
-lost group membership, a broker unreachable past a step's time budget), the worker builds a
-new loop in the same process after a bounded backoff, with a log line and
-``recoloop_worker_restarts_total{reason}`` each time. Only a Kafka call that never returns
-(seen in librdkafka after broker restarts) makes it exit, with status :data:`EXIT_STUCK`, for
-a supervisor to restart it.
+lost group membership, a broker unreachable past a step's time budget, a transactional call
+that did not return), the worker builds a new loop in the same process after a bounded
+backoff, with a log line and ``recoloop_worker_restarts_total{reason}`` each time. Calls left
+behind end by themselves once the broker answers again; only when more than
+:data:`MAX_STUCK_CALLS` of them are still blocked at once (their clients can be freed by a new
+process alone) does the worker exit, with status :data:`EXIT_STUCK`, for a supervisor to
+restart it.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from app.settings import Settings
 from app.stream.agents import Agents
 from app.stream.bandits import BanditModels
 from app.stream.channels import Channels
-from app.stream.loop import TIMEOUT_S, Rebuild, Runtime
+from app.stream.loop import Rebuild, Runtime, StuckCalls
 from app.stream.site_stats import SiteStatistics
 from app.stream.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
 
 log = logging.getLogger("recoloop")
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)  # before rebuilds in a row that never got ready; then 8 s
-STUCK_CALL_S = TIMEOUT_S  # a Kafka call given 5 s that has not returned by then never will
+# Calls left behind (StuckCalls) still blocked at once, each holding a producer, before the
+# worker gives up on this process: each normally returns once the broker is back.
+MAX_STUCK_CALLS = 3
 EXIT_STUCK = 3
 
 
@@ -44,9 +48,11 @@ class Supervisor:
     """Runs the loop, and builds a new one after its clients failed; the health server reads
     the current loop's status through it."""
 
-    def __init__(self, build: Callable[[float | None], Runtime], metrics: Metrics) -> None:
+    def __init__(self, build: Callable[[float | None], Runtime], metrics: Metrics,
+                 stuck: StuckCalls) -> None:
         self.build = build
         self.metrics = metrics
+        self.stuck = stuck  # the one every loop it builds runs its transactional calls with
         self.runtime = build(None)
         self._stopped = False
 
@@ -59,37 +65,33 @@ class Supervisor:
     def assigned_partitions(self) -> list[int]:
         return self.runtime.assigned_partitions()
 
-    def run(self, stop: threading.Event) -> None:
-        threading.Thread(target=self._watch, args=(stop,), name="watchdog", daemon=True).start()
+    def run(self, stop: threading.Event) -> int:
+        """Until ``stop`` is set (0), or until too many calls left behind are blocked
+        (:data:`EXIT_STUCK`)."""
         failures = 0  # rebuilds in a row that did not get the loop ready
         try:
             while True:
                 runtime = self.runtime
                 try:
                     runtime.run(stop)
-                    return
+                    return 0
                 except Rebuild as exc:
                     failures = 0 if runtime.became_ready else failures + 1
                     delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                     self.metrics.worker_restarts.labels(exc.reason).inc()
                     log.warning("Kafka clients failed (%s); closed them and the partition "
                                 "state, building them anew in %.0f s", exc, delay)
+                blocked = self.stuck.blocked()
+                if len(blocked) > MAX_STUCK_CALLS:
+                    log.critical("%d Kafka calls left behind are still blocked (%s); exiting "
+                                 "with status %d so that a supervisor restarts the worker",
+                                 len(blocked), ", ".join(blocked), EXIT_STUCK)
+                    return EXIT_STUCK
                 if stop.wait(delay):
-                    return
+                    return 0
                 self.runtime = self.build(runtime.heartbeat)
         finally:
             self._stopped = True
-
-    def _watch(self, stop: threading.Event) -> None:
-        """Exit when a Kafka call hangs: nothing in this process can end it."""
-        while not stop.wait(1.0):
-            stuck = self.runtime.stuck_call()
-            if stuck is not None and stuck[1] > STUCK_CALL_S:
-                log.critical("worker stuck in a Kafka call (%s) for %.0f s; exiting with "
-                             "status %d so that a supervisor restarts it", *stuck, EXIT_STUCK)
-                for handler in logging.getLogger().handlers:
-                    handler.flush()
-                os._exit(EXIT_STUCK)
 
 
 def run(settings: Settings) -> int:
@@ -111,8 +113,9 @@ def run(settings: Settings) -> int:
         engine = Engine(settings, models, StoreCatalog(catalog), site_stats)
         return Agents(settings, channels, engine, models, site_stats, metrics, partitions)
 
+    stuck = StuckCalls()
     supervisor = Supervisor(lambda heartbeat: Runtime(settings, partitions, metrics, agents_for,
-                                                      heartbeat), metrics)
+                                                      heartbeat, stuck), metrics, stuck)
     server = health.serve(supervisor, settings.bind_host, settings.web_port, metrics)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -120,8 +123,12 @@ def run(settings: Settings) -> int:
     log.info("worker %s: partitions=%d metrics=:%d web=:%d", settings.instance_id, partitions,
              settings.metrics_port, settings.web_port)
     try:
-        supervisor.run(stop)
+        status = supervisor.run(stop)
     finally:
         server.shutdown()
+    if status == EXIT_STUCK:
+        # Not a normal exit: the threads still blocked in librdkafka hold its clients.
+        logging.shutdown()
+        os._exit(EXIT_STUCK)
     log.info("worker stopped")
     return 0
