@@ -309,7 +309,8 @@ class ItemSignals:
         for rank, category in enumerate(list(self.categories)[:2]):
             leaders = stats.scores("category", category).top(n >> rank, self.ts)
             pool.update((item, None) for item, _ in leaders)
-        pool.update((item, None) for item in heapq.nlargest(n, self.votes, key=self.votes.get))
+        votes = self.votes
+        pool.update((item, None) for item in heapq.nlargest(n, votes, key=votes.__getitem__))
         pool.update((item, None) for item, _ in self.popular.top(n // 2, self.ts))
         pool.update((item, None) for item, _ in self.recent.top(n // 4, self.ts))
         return [item for item in pool if item not in self.session.recent_items[-1:]]
