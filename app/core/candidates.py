@@ -279,8 +279,8 @@ class ItemSignals:
         # Each signal as a share of the best item's: decayed values share one decay factor,
         # so stored (undecayed) values give the same shares.
         self._votes = _shares(self.votes)
-        self._popular = _shares(self.popular.raw)
-        self._recent = _shares(self.recent.raw)
+        self._popular = _shares(self.popular.raw, _raw_top(self.popular))
+        self._recent = _shares(self.recent.raw, _raw_top(self.recent))
         self._category_share = _shares(self.categories)
         self._category_of: dict[str, str | None] = {}
         last = session.recent_items[-1] if session.recent_items else None
@@ -330,9 +330,15 @@ def _learned(session: Session, stats: SiteStats, catalog: CatalogView, ts: int, 
     return ranker.rank((item, signals.of(item)) for item in signals.candidates(stats, n))
 
 
-def _shares(values: dict[str, float]) -> Callable[[str], float]:
-    """A key's value as a share of the largest (0 for keys not there)."""
-    top = max(values.values(), default=0.0)
+def _raw_top(scores: DecayedScores) -> float:
+    """The largest stored value: the first leader's (kept in order as values change)."""
+    return scores.leaders[0][1] if scores.leaders else 0.0
+
+
+def _shares(values: dict[str, float], top: float | None = None) -> Callable[[str], float]:
+    """A key's value as a share of the largest, ``top`` when known (0 for keys not there)."""
+    if top is None:
+        top = max(values.values(), default=0.0)
     if top <= 0:
         return lambda key: 0.0
     scale, get = 1.0 / top, values.get
