@@ -523,6 +523,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--growth", type=int, help="factor of more sessions / more items")
     parser.add_argument("--learning-rate", type=float, help="simulated events per second")
     parser.add_argument("--learning-seconds", type=float, help="length of the simulated run")
+    parser.add_argument("--seed", type=int, help="seed of the simulated shoppers and streams")
     parser.add_argument("--bare-transactional", action=argparse.BooleanOptionalAction,
                         help="also time the bare loop with one transaction per batch "
                              "(default: yes, but not with --quick)")
