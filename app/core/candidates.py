@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from app.core.catalog import CatalogView
+from app.core.catalog import CatalogItem, CatalogView
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
@@ -187,11 +187,17 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
 
 
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
-              size: int, ranker: ItemRanker | None = None) -> list[tuple[str, float]]:
+              size: int, ranker: ItemRanker | None = None,
+              signals: ItemSignals | None = None) -> list[tuple[str, float]]:
     """The ranked items ``arm`` would show this session, filled up by the fallbacks
-    (``ranker``: the site's item model, for the ``learned`` arm)."""
+    (``ranker``: the site's item model, for the ``learned`` arm; ``signals``: the session's
+    :class:`ItemSignals` at ``ts`` when the caller has them already)."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
+    if arm == "learned" and signals is None:
+        signals = ItemSignals(session, stats, catalog, ts)
+    # The learned arm has looked its candidates up already: its lookups are reused.
+    lookup = signals.known if signals is not None else catalog.item
 
     def take(candidates: Iterable[tuple[str, float]]) -> None:
         for item, score in candidates:
@@ -200,15 +206,15 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
             if item in seen or item in session.basket:
                 continue
             seen.add(item)
-            known = catalog.item(session.site_id, item)
+            known = lookup(session.site_id, item)
             if known is None or known.available:
                 picked.append((item, score))
 
     # Ask for more than needed: some candidates are in the basket or unavailable.
     wanted = 2 * size + len(session.basket)
-    if arm == "learned":
-        take(_learned(session, stats, catalog, ts, size + len(session.basket),
-                      ranker or ItemRanker()))
+    if signals is not None and arm == "learned":
+        candidates = signals.candidates(stats, size + len(session.basket))
+        take((ranker or ItemRanker()).rank((item, signals.of(item)) for item in candidates))
     else:
         take(_own_items(arm, session, stats, ts, wanted))
     for fallback in ("sales", "popular"):
@@ -282,15 +288,20 @@ class ItemSignals:
         self._popular = _shares(self.popular.raw, _raw_top(self.popular))
         self._recent = _shares(self.recent.raw, _raw_top(self.recent))
         self._category_share = _shares(self.categories)
-        self._category_of: dict[str, str | None] = {}
+        self._known: dict[str, CatalogItem | None] = {}
         last = session.recent_items[-1] if session.recent_items else None
         self._page_category = self._category(last) if last else None
 
+    def known(self, site_id: str, item_id: str) -> CatalogItem | None:
+        """What the catalog says of ``item_id`` (looked up once: the signals and the arm's
+        availability check both ask)."""
+        if item_id not in self._known:
+            self._known[item_id] = self.catalog.item(site_id, item_id)
+        return self._known[item_id]
+
     def _category(self, item_id: str) -> str | None:
-        if item_id not in self._category_of:
-            known = self.catalog.item(self.session.site_id, item_id)
-            self._category_of[item_id] = None if known is None else known.category
-        return self._category_of[item_id]
+        known = self.known(self.session.site_id, item_id)
+        return None if known is None else known.category
 
     def of(self, item_id: str) -> tuple[float, ...]:
         category = self._category(item_id)
@@ -314,20 +325,6 @@ class ItemSignals:
         pool.update((item, None) for item, _ in self.popular.top(n // 2, self.ts))
         pool.update((item, None) for item, _ in self.recent.top(n // 4, self.ts))
         return [item for item in pool if item not in self.session.recent_items[-1:]]
-
-
-def item_signals(session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
-                 items: Iterable[str]) -> tuple[tuple[float, ...], ...]:
-    """The signals each of ``items`` has for ``session`` at ``ts`` (a display's, to learn
-    from when it closes)."""
-    signals = ItemSignals(session, stats, catalog, ts)
-    return tuple(signals.of(item) for item in items)
-
-
-def _learned(session: Session, stats: SiteStats, catalog: CatalogView, ts: int, n: int,
-             ranker: ItemRanker) -> list[tuple[str, float]]:
-    signals = ItemSignals(session, stats, catalog, ts)
-    return ranker.rank((item, signals.of(item)) for item in signals.candidates(stats, n))
 
 
 def _raw_top(scores: DecayedScores) -> float:

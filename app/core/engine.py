@@ -28,9 +28,9 @@ from typing import Protocol
 from app.core import join
 from app.core.candidates import (
     Engagement,
+    ItemSignals,
     SiteStats,
     arm_items,
-    item_signals,
     learn_engagement,
 )
 from app.core.catalog import CatalogView
@@ -245,9 +245,14 @@ class Engine:
             effects.duplicate = True
             return
         stats = self._stats(store, event.site_id)
+        signals: ItemSignals | None = None
         if isinstance(event, Served):
             clock.pending_displays += 1
-            effects.absorb(join.add_display(session.join, self._display(session, stats, event)))
+            if "learned" in self.settings.arms_for(session.site_id):
+                # A display changes neither the session's items nor the statistics: the
+                # signals it is learned with also serve the ranking it triggers.
+                signals = ItemSignals(session, stats, self.catalog, event.ts)
+            effects.absorb(join.add_display(session.join, self._display(session, event, signals)))
         else:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
@@ -264,7 +269,7 @@ class Engine:
                                         self.rules_for(session.site_id)))
         session.touch(event.ts, event.context)
         effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts,
-                                           trigger_event_id=event.event_id))
+                                           trigger_event_id=event.event_id, signals=signals))
         self._note_site(store, clock, session, effects)
         stats.flush()
         self._register(store, clock, key, session)
@@ -282,24 +287,25 @@ class Engine:
         known = self.catalog.item(reaction.site_id, reaction.item_id)
         return reaction if known is None else replace(reaction, category=known.category)
 
-    def _display(self, session: Session, stats: SiteStats, served: Served) -> PendingDisplay:
+    def _display(self, session: Session, served: Served,
+                 signals: ItemSignals | None) -> PendingDisplay:
         issued = session.issued.get(served.ranking_id) if served.ranking_id else None
         if issued is not None:  # the engine's own record of the ranking is authoritative
             display = PendingDisplay(served, issued.arm, issued.propensity, issued.context)
         else:
             display = PendingDisplay(served, served.arm, served.propensity, served.context)
-        if "learned" in self.settings.arms_for(session.site_id):
-            display.signals = item_signals(session, stats, self.catalog, served.ts,
-                                           served.items[:POSITIONS_LEARNED])
+        if signals is not None:
+            display.signals = tuple(signals.of(item) for item in served.items[:POSITIONS_LEARNED])
         return display
 
     def _rank(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
-              segment: str | None = None, trigger_event_id: str | None = None) -> Ranking:
+              segment: str | None = None, trigger_event_id: str | None = None,
+              signals: ItemSignals | None = None) -> Ranking:
         policy, version = self.policies.current(session.site_id)
         context = dict(session.context)
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
         items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size,
-                          policy.ranker)
+                          policy.ranker, signals)
         rules = self.rules_for(session.site_id)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
                                  keep_ms=rules.window_ms + rules.grace_ms)

@@ -3,7 +3,7 @@
 Every other arm ranks by one statistic. The item model weighs them, per site, from what
 shoppers actually clicked: each closed display teaches it once per shown position (the
 reacted items positive, the ignored ones negative), with the signals each item had *when it
-was shown* (:func:`app.core.candidates.item_signals`: the session's interest in the item's
+was shown* (:class:`app.core.candidates.ItemSignals`: the session's interest in the item's
 category, co-view votes of its recent items, the item's popularity and trend, whether it
 shares the page's category) and its position, so the position's own pull on clicks is
 learned apart and does not credit the items placed first. An item's own id is a feature
@@ -11,7 +11,7 @@ too, for the first ``max_items`` items of the site: what it earns beyond its sig
 
 River's online logistic regression is the learner (its factorization machine was measured
 first: 330 µs per update and 133 µs per score at 12 features, against 9 µs and 2 µs here, and
-a ranking scores some 60 candidates). Its state round-trips through plain numbers
+a ranking scores some 30 candidates). Its state round-trips through plain numbers
 (:class:`RankerState`), for the models topic.
 """
 
