@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from app.contract.codec import decode_model, encode_model
 from app.core.candidates import Engagement, SiteStats, arm_items, learn_into
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.policy import ContextualBandit, learn_decision
@@ -43,6 +44,23 @@ def test_a_closed_decision_teaches_the_bandit_and_the_item_model_once():
     assert policy.n_updates == 1 and policy.ranker.n_updates == 2  # junk signals skipped
     assert not learn_decision(policy, {**decision, "arm": "site-own"})
     assert policy.n_updates == 1
+
+
+def test_the_item_model_comes_back_from_the_models_topic_encoding_and_ranks_the_same():
+    """A worker rebuilt on an empty data directory reads the site's model from the models
+    topic: the item model inside it must be the one that was learned, weights and all."""
+    rng = random.Random(3)
+    policy = ContextualBandit(["similar", "learned"], seed=1)
+    for n in range(200):
+        items = [f"i{rng.randrange(40)}" for _ in range(5)]
+        learn_decision(policy, {
+            "arm": "learned", "context": {}, "reward": 1.0, "items": items,
+            "signals": [[rng.random() for _ in SIGNALS] for _ in items],
+            "outcomes": [{"type": "click", "item_id": items[n % 5]}] if n % 3 else []})
+    copy = decode_model(encode_model(policy)).ranker
+    assert copy.to_state() == policy.ranker.to_state() and copy.n_updates == 1_000
+    candidates = [(f"i{n}", tuple(rng.random() for _ in SIGNALS)) for n in range(45)]
+    assert copy.rank(candidates) == policy.ranker.rank(candidates)
 
 
 def test_the_learned_arm_ranks_by_what_clicks_taught_it():

@@ -7,8 +7,9 @@ worker is killed with SIGKILL at random moments, during processing, and restarte
 run has two workers whose partitions move to the survivor of each kill and back.
 Afterwards ``reco.rewards``, read committed-only, must hold exactly one record per display
 with the reward of the plain reference join in tests/core/test_join_order.py, each site's
-bandit must have learned exactly once per display, and each site's shared item statistics
-exactly once per reaction.
+bandit must have learned exactly once per display, its item model once per shown position,
+and each site's shared item statistics exactly once per reaction; a worker rebuilt on an empty
+data directory then ranks with the same model versions.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from app.contract.codec import decode_state
+from app.contract.codec import decode_model, decode_state
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
 from app.core.candidates import STAT_SHAPES, stat_key
 from app.core.events import Served
+from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import ENGAGEMENT_WEIGHT
 from app.settings import Settings
 from app.stream.channels import Channels
@@ -100,16 +102,22 @@ def assert_one_reward_per_display(rewards: TopicReader, expected: dict, worker: 
     assert wrong == {}
 
 
-def assert_each_site_learned_once(s: Settings, displays_per_site: Counter, worker: Worker
+def assert_each_site_learned_once(s: Settings, displays: list[Served], worker: Worker
                                   ) -> None:
-    """Each site's bandit learned once per display: its version counts its updates, on the
-    models topic (committed only)."""
+    """Each site's bandit learned once per display (its version counts its updates), and its
+    item model once per shown position it learns from, on the models topic (committed only)."""
+    per_site = dict(Counter(d.site_id for d in displays))
+    positions = Counter()
+    for d in displays:
+        positions[d.site_id] += min(len(d.items), POSITIONS_LEARNED)
     models = TopicReader(s.bootstrap_servers, [Channels.of(s).models])
-    models.read_until(lambda ms: latest_model_versions(models) == dict(displays_per_site),
-                      timeout_s=60)
+    models.read_until(lambda ms: latest_model_versions(models) == per_site, timeout_s=60)
     models.read_until(lambda ms: False, timeout_s=3)
     models.close()
-    assert latest_model_versions(models) == dict(displays_per_site), worker.log_tail()
+    assert latest_model_versions(models) == per_site, worker.log_tail()
+    latest = {m.key().decode(): m.value() for m in models.messages}
+    assert {site: decode_model(raw).ranker.n_updates for site, raw in latest.items()} == \
+        dict(positions)
 
 
 def expected_popularity(by_kind: dict, at_ts: int) -> dict[tuple[str, str], float]:
@@ -196,8 +204,12 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
     assert done_at_kill[0] < len(expected), "the first kill came after all the work was done"
 
     assert_one_reward_per_display(rewards, expected, worker)
-    assert_each_site_learned_once(s, displays_per_site, worker)
+    assert_each_site_learned_once(s, by_kind["served"], worker)
     assert_each_reaction_learned_once(s, by_kind, worker)
+    if workers is single_worker:  # a worker rebuilt on an empty data directory reads it back
+        worker.kill()
+        worker = start_worker(data_dir="rebuilt")
+        worker.wait_ready()
     # ... and in the rankings every worker publishes.
     reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
     for site, displays in displays_per_site.items():

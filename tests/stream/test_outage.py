@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,6 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
     by_kind = seeded_stream(seed=23, sessions=700)
     ends = closing_events(PARTITIONS)
     expected = reference_join({kind: by_kind[kind] + ends[kind] for kind in KINDS})
-    displays_per_site = Counter(d.site_id for d in by_kind["served"] + ends["served"])
     worker = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "worker-data",
                            tmp_path / "worker.log").start()
     try:
@@ -172,7 +170,7 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
         assert_one_reward_per_display(rewards, expected, worker, timeout_s=90)
         print(f"rewards checked {time.monotonic() - back:.1f} s after the broker's return")
-        assert_each_site_learned_once(s, displays_per_site, worker)
+        assert_each_site_learned_once(s, by_kind["served"] + ends["served"], worker)
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
         assert (worker.status("/health"), worker.status("/ready")) == (200, 200)
     finally:
