@@ -1,4 +1,5 @@
-"""The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``bench``."""
+"""The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``serve``,
+``keys create|revoke|list``, ``simulate``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     topics_cmds.add_parser("apply", help="create missing topics and report drift")
 
     commands.add_parser("worker", help="run a stream-processing worker")
+    commands.add_parser("serve", help="run the rank service (HTTP, RECOLOOP_SERVE_PORT)")
+    keys = commands.add_parser("keys", help="the rank service's per-site API keys")
+    keys_cmds = keys.add_subparsers(dest="keys_command", required=True)
+    keys_cmds.add_parser("create", help="print a new key for a site (once)").add_argument(
+        "--site", required=True)
+    keys_cmds.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
+    keys_cmds.add_parser("list", help="key ids and their sites").add_argument("--site")
 
     from app.sim import demo, runner
 
@@ -73,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         report = topic_admin.apply(settings)
         print(report.describe())
         return 0 if report.ok else 1
+
+    if args.command == "serve":
+        from app.serve.main import run as run_service
+
+        return run_service(settings)
+    if args.command == "keys":
+        from app.serve.main import keys_command
+
+        return keys_command(settings, args.keys_command, getattr(args, "site", None),
+                            getattr(args, "key_id", None))
 
     if args.command == "simulate":
         return runner.main(args, settings)

@@ -121,13 +121,22 @@ class Settings:
     # librdkafka security properties of every Kafka client (TLS, SASL), by property name;
     # from RECOLOOP_KAFKA_<PROPERTY> variables and RECOLOOP_KAFKA_CONFIG_FILE.
     kafka_security: Mapping[str, str] = field(default_factory=KafkaSecurity)
+    # The rank service (recoloop serve): its port, the sessions whose latest ranking a
+    # replica holds (past it, the least recently updated are forgotten), and each API key's
+    # request rate (bursts of one second's worth; 429 past it).
+    serve_port: int = 8080
+    serve_max_sessions: int = 100_000
+    serve_key_rate_per_s: float = 1_000.0
 
     def __post_init__(self) -> None:
         # Always the masking mapping, however the caller built it.
         object.__setattr__(self, "kafka_security", KafkaSecurity(self.kafka_security))
         _check_kafka_security(self.kafka_security)
         _check(self.partitions >= 1, "RECOLOOP_PARTITIONS", "must be at least 1")
-        for name in ("metrics_port", "web_port"):
+        _check(self.serve_max_sessions >= 1, "RECOLOOP_SERVE_MAX_SESSIONS", "must be at least 1")
+        _check(self.serve_key_rate_per_s >= 1, "RECOLOOP_SERVE_KEY_RATE_PER_S",
+               "must be at least 1 (requests per second)")
+        for name in ("metrics_port", "web_port", "serve_port"):
             port = getattr(self, name)
             _check(1 <= port <= 65535, _env_name(name), "must be a port number 1..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",

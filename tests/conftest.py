@@ -76,6 +76,26 @@ def start_worker(worker_settings: Settings, tmp_path: Path
 
 
 @pytest.fixture
+def start_service(worker_settings: Settings, tmp_path: Path
+                  ) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts ``recoloop serve`` processes (the rank service) on the test's topics, each
+    waited for until ready; all are stopped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(**settings: str) -> WorkerProcess:
+        process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
+                                tmp_path / "serve-data", tmp_path / "serve.log", "serve",
+                                **settings)
+        started.append(process.start())
+        process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """A running ``recoloop worker`` on the test's topics, stopped with SIGTERM afterwards."""
     return start_worker()

@@ -27,6 +27,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.world"),
+    "app.serve": ("app.contract", "app.core.events", "app.observability", "app.settings",
+                  "app.serve", "app.stream.channels", "app.stream.topic_admin", "app.__init__",
+                  "confluent_kafka", "orjson", "fastapi", "pydantic", "prometheus_client",
+                  "uvicorn"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

@@ -23,8 +23,11 @@ def free_port() -> int:
 
 
 class WorkerProcess:
+    """``recoloop worker`` (or, with ``command="serve"``, the rank service) as a subprocess."""
+
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, log_path: Path,
-                 **settings: str) -> None:
+                 command: str = "worker", **settings: str) -> None:
+        self.command = command
         self.env = dict(os.environ)
         self.env.update({
             "RECOLOOP_BOOTSTRAP_SERVERS": bootstrap,
@@ -32,18 +35,22 @@ class WorkerProcess:
             "RECOLOOP_DATA_DIR": str(data_dir),
             "RECOLOOP_METRICS_PORT": str(free_port()),
             "RECOLOOP_WEB_PORT": str(free_port()),
+            "RECOLOOP_SERVE_PORT": str(free_port()),
             "RECOLOOP_PARTITIONS": "4",
         })
         self.env.update({f"RECOLOOP_{k.upper()}": v for k, v in settings.items()})
         self.metrics_port = int(self.env["RECOLOOP_METRICS_PORT"])
         self.web_port = int(self.env["RECOLOOP_WEB_PORT"])
+        self.serve_port = int(self.env["RECOLOOP_SERVE_PORT"])
+        if command == "serve":  # the rank service answers everything on its one port
+            self.metrics_port = self.web_port = self.serve_port
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=log,
+            [sys.executable, "-m", "app.cli", self.command], env=self.env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -107,5 +114,5 @@ class WorkerProcess:
                 if not (line.startswith("%") and "Connection refused" in line)]
         exited = None if self.process is None else self.process.poll()
         status = "running" if exited is None else f"exited with status {exited}"
-        return "\n".join([f"worker {status}; its log ({len(text) - len(kept)} lines of "
+        return "\n".join([f"{self.command} {status}; its log ({len(text) - len(kept)} lines of "
                           "refused connections left out):", *kept[-lines:]])

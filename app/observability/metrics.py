@@ -262,3 +262,43 @@ class _MetricsOnly(MetricsHandler):
             self.send_error(404, "only /metrics is served here")
             return
         super().do_GET()
+
+
+# Answers of the rank service, by where the ranking came from (app.serve.book.Answer).
+ANSWER_SOURCES = ("session", "segment", "site", "none")
+
+
+class ServeMetrics:
+    """The rank service's metrics (``recoloop serve``), on a registry of its own. Routes are
+    the templates (``/v1/sites/{site_id}/...``), never the ids in a request's path."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter(
+            "recoloop_serve_requests_total", "HTTP requests answered, by route and status.",
+            ["route", "status"], registry=r)
+        self.request_duration = Histogram(
+            "recoloop_serve_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route (waits included).",
+            ["route"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.answers = Counter(
+            "recoloop_serve_answers_total", "Rankings answered, by source: the session's own, "
+            "its segment's default, the site's default, or none.", ["source"], registry=r)
+        for source in ANSWER_SOURCES:
+            self.answers.labels(source)
+        self.events_ingested = Counter(
+            "recoloop_serve_events_total", "Events posted to /v1/events, by outcome: accepted "
+            "(the broker has it), rejected (invalid) or failed (the broker did not take it).",
+            ["outcome"], registry=r)
+        for outcome in ("accepted", "rejected", "failed"):
+            self.events_ingested.labels(outcome)
+        self.sessions_in_memory = Gauge(
+            "recoloop_serve_sessions_in_memory", "Sessions whose latest ranking this replica "
+            "holds (bounded by RECOLOOP_SERVE_MAX_SESSIONS).", registry=r)
+        self.build = Info("recoloop_build", "recoloop build information.", registry=r)
+        self.build.info({"version": __version__, "python_version": platform.python_version()})

@@ -43,6 +43,7 @@ class Channels:
     changelog: str
     models: str
     site_stats: str
+    api_keys: str  # the rank service's keys (app.serve.keys)
     logical: dict[str, str]  # real topic name -> the contract's name
 
     @classmethod
@@ -58,6 +59,7 @@ class Channels:
             changelog=f"{app_id}-engine-state-changelog",
             models=f"{app_id}-bandit-models",
             site_stats=f"{app_id}-site-statistics",
+            api_keys=f"{app_id}-api-keys",
             logical={settings.topic(t): t for t in (*JOIN_INPUT_TOPICS, CATALOG)},
         )
 
@@ -70,4 +72,5 @@ class Channels:
                 **compacted, "delete.retention.ms": str(CHANGELOG_TOMBSTONE_RETENTION_MS)}),
             self.models: InternalTopic(1, compacted),
             self.site_stats: InternalTopic(1, compacted),
+            self.api_keys: InternalTopic(1, compacted),
         }

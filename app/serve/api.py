@@ -1,0 +1,242 @@
+"""The rank service's HTTP API (FastAPI: typed routes, request validation and the OpenAPI
+schema from one declaration; served by uvicorn).
+
+Every ``/v1`` call carries a site's API key (``Authorization: Bearer <key>``): no key or an
+unknown one is 401, another site's path or events 403, a key past its rate 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from app import __version__
+from app.observability.metrics import ServeMetrics
+from app.serve.book import RankingBook
+from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
+from app.serve.keys import KeyBook
+
+MAX_WAIT_MS = 10_000
+
+
+class Readiness:
+    """What ``/ready`` and the ``stale`` flag ask of the feeds."""
+
+    def caught_up(self) -> bool:
+        return True
+
+    def broker_away(self) -> bool:
+        return False
+
+
+@dataclass
+class Service:
+    book: RankingBook
+    keys: KeyBook
+    ingest: EventIngest | None
+    metrics: ServeMetrics
+    readiness: Readiness
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class Ranking(BaseModel):
+    ranking_id: str
+    site_id: str
+    session_id: str
+    ts: int = Field(description="Event time (ms) of the input that triggered the ranking.")
+    arm: str
+    propensity: float
+    items: list[RankedItem]
+    model_version: int | str
+    context: dict[str, Any] = {}
+    segment: str | None = None
+    trigger_event_id: str | None = None
+
+
+class RankingAnswer(BaseModel):
+    source: str = Field(description="session: the session's latest ranking; segment: its "
+                        "context segment's default; site: the site's default; none.")
+    ranking: Ranking | None
+    age_ms: int | None = Field(description="Now minus the ranking's ts.")
+    after_event_reached: bool | None = Field(
+        description="With after_event_id: whether this ranking answers that event (or a "
+        "later one); false when wait_ms ran out first.")
+    stale: bool = Field(description="True while this replica cannot reach the broker.")
+
+
+class EventBatch(BaseModel):
+    events: list[dict[str, Any]] = Field(
+        max_length=MAX_EVENTS_PER_REQUEST,
+        description="Each event: its type (served, click, detail_view, basket_add) and its "
+        "topic's fields (topics/*.json).")
+
+
+class Accepted(BaseModel):
+    accepted: list[str]
+
+
+class Invalid(BaseModel):
+    rejected: list[dict[str, Any]]
+
+
+def site_key(request: Request) -> tuple[str, str]:
+    """The caller's site and key: 401 without a valid key, 429 past its rate."""
+    keys: KeyBook = request.app.state.service.keys
+    header = request.headers.get("authorization", "")
+    key = header[7:] if header[:7].lower() == "bearer " else None
+    site = keys.site_of(key)
+    if site is None or key is None:
+        raise HTTPException(401, "an API key of the site is needed "
+                            "(Authorization: Bearer <key>)")
+    if not keys.allow(key):
+        raise HTTPException(429, "this key's request rate is spent; retry shortly",
+                            headers={"Retry-After": "1"})
+    return site, key
+
+
+Caller = Annotated[tuple[str, str], Depends(site_key)]
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(title="recoloop rank service", version=__version__,
+                  description="Rankings per session, read-your-writes; events in.")
+    app.state.service = service
+    metrics = service.metrics
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                      ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    def own(site: str, site_id: str) -> None:
+        if site != site_id:
+            raise HTTPException(403, "this key belongs to another site")
+
+    @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
+             response_model=RankingAnswer)
+    async def ranking(
+            caller: Caller,
+            site_id: Annotated[str, Path(max_length=256)],
+            session_id: Annotated[str, Path(max_length=256)],
+            segment: Annotated[str, Query(
+                max_length=1024, description="The session's context segment for a default "
+                "ranking: sorted key=value pairs joined by '|', e.g. device=mobile|region=eu"
+            )] = "",
+            after_event_id: Annotated[str | None, Query(
+                max_length=512, description="Wait for the ranking this event triggered.")]
+            = None,
+            wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0) -> RankingAnswer:
+        own(caller[0], site_id)
+        book = service.book
+        reached: bool | None = None
+        if after_event_id is not None:
+            reached = await _wait_for(book, site_id, session_id, after_event_id, wait_ms)
+        answer = book.answer(site_id, session_id, segment)
+        metrics.answers.labels(answer.source).inc()
+        ts = answer.ranking.get("ts") if answer.ranking else None
+        return RankingAnswer(
+            source=answer.source,
+            ranking=Ranking.model_validate(answer.ranking) if answer.ranking else None,
+            age_ms=int(time.time() * 1000) - ts if isinstance(ts, int) else None,
+            after_event_reached=reached, stale=service.readiness.broker_away())
+
+    @app.post("/v1/events", status_code=202, response_model=Accepted,
+              responses={422: {"model": Invalid}, 403: {}, 503: {}})
+    async def events(caller: Caller, batch: EventBatch) -> Any:
+        site = caller[0]
+        if service.ingest is None:
+            raise HTTPException(503, "this replica takes no events")
+        if any(isinstance(e.get("site_id"), str) and e["site_id"] != site
+               for e in batch.events):
+            raise HTTPException(403, "events of another site")
+        latest = service.ingest.latest_ts()
+        results = [checked(e, n, site, latest) for n, e in enumerate(batch.events)]
+        rejected = [r for r in results if isinstance(r, Rejected)]
+        if rejected:
+            metrics.events_ingested.labels("rejected").inc(len(rejected))
+            return JSONResponse(status_code=422, content={"rejected": [
+                {"index": r.index, "event_id": r.event_id, "reason": r.reason}
+                for r in rejected]})
+        records = [r for r in results if not isinstance(r, Rejected)]
+        errors = await service.ingest.send(records)
+        failed = [n for n, error in enumerate(errors) if error is not None]
+        metrics.events_ingested.labels("accepted").inc(len(records) - len(failed))
+        if failed:
+            metrics.events_ingested.labels("failed").inc(len(failed))
+            raise HTTPException(503, {"failed": [
+                {"index": n, "reason": errors[n]} for n in failed]})
+        return Accepted(accepted=[str(e["event_id"]) for e in batch.events])
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok = service.readiness.caught_up()
+        return JSONResponse(status_code=200 if ok else 503,
+                            content={"status": "ready" if ok else "catching_up"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        metrics.sessions_in_memory.set(len(service.book))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _wait_for(book: RankingBook, site: str, session: str, event_id: str,
+                    wait_ms: int) -> bool:
+    """Until the ranking ``event_id`` triggered (or a later one) is in ``book``, at most
+    ``wait_ms``; whether it came."""
+    deadline = time.monotonic() + wait_ms / 1000
+    loop = asyncio.get_running_loop()
+    while not book.has_answered(site, session, event_id):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        arrived = asyncio.Event()
+
+        def wake(arrived: asyncio.Event = arrived) -> None:
+            loop.call_soon_threadsafe(arrived.set)
+
+        book.on_next(site, session, wake)
+        if book.has_answered(site, session, event_id):  # came while registering
+            book.forget_waiter(site, session, wake)
+            return True
+        try:
+            await asyncio.wait_for(arrived.wait(), left)
+        except TimeoutError:
+            book.forget_waiter(site, session, wake)
+            return book.has_answered(site, session, event_id)
+    return True
+
+
+def openapi_document() -> dict[str, Any]:
+    """The service's OpenAPI schema, as ``/openapi.json`` serves it (and docs/openapi.json
+    holds it: ``python -m app.serve.api > docs/openapi.json``)."""
+    idle = Service(RankingBook(1), KeyBook(1.0), None, ServeMetrics(), Readiness())
+    return create_app(idle).openapi()
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))

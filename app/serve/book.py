@@ -1,0 +1,127 @@
+"""The rank service's memory of ``reco.rankings``: each session's latest ranking, and each
+site's default rankings per context segment, bounded by count.
+
+Fed by one thread (:mod:`app.serve.feeds`), read by the request handlers. A session's entry
+keeps the ranking's JSON bytes as published (a few hundred bytes) and the ids of the last
+events that triggered its rankings, so "the ranking event E triggered, or a newer one" is a
+set lookup. Past ``max_sessions`` the least recently updated session is forgotten: its next
+request gets its segment's default ranking (flagged as such) until its next event.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Trigger ids remembered per session: a site asking for event E's ranking finds it even
+# when a few newer events of the session came first.
+TRIGGERS_KEPT = 16
+DEFAULT_SESSION = "*"
+
+
+@dataclass
+class SessionEntry:
+    raw: bytes  # the latest ranking's value, as published
+    ts: int
+    triggers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a ranking request gets: the ranking and where it came from (``session``,
+    ``segment`` or ``site``), or nothing (``source`` ``none``)."""
+
+    source: str
+    ranking: dict[str, Any] | None
+
+
+Waiter = Callable[[], None]
+
+
+class RankingBook:
+    """Latest rankings by (site, session) and default rankings by (site, segment).
+
+    >>> book = RankingBook(max_sessions=1)
+    >>> book.offer({"site_id": "s", "session_id": "a", "ts": 1, "trigger_event_id": "e1",
+    ...             "items": []})
+    >>> book.answer("s", "a", "").source, book.has_answered("s", "a", "e1")
+    ('session', True)
+    >>> book.offer({"site_id": "s", "session_id": "b", "ts": 2, "trigger_event_id": "e2"})
+    >>> book.answer("s", "a", "").source  # forgotten past max_sessions, no default yet
+    'none'
+    """
+
+    def __init__(self, max_sessions: int = 100_000, max_defaults: int = 20_000) -> None:
+        self.max_sessions = max_sessions
+        self.max_defaults = max_defaults
+        self._sessions: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
+        self._defaults: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._waiters: dict[tuple[str, str], list[Waiter]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def offer(self, ranking: dict[str, Any], raw: bytes | None = None) -> None:
+        """Take one ranking record (``raw``: its bytes as read, to serve them unchanged)."""
+        site, session = str(ranking["site_id"]), str(ranking["session_id"])
+        raw = raw if raw is not None else orjson.dumps(ranking)
+        with self._lock:
+            if session == DEFAULT_SESSION:
+                key = (site, str(ranking.get("segment") or ""))
+                self._defaults.pop(key, None)
+                self._defaults[key] = raw
+                while len(self._defaults) > self.max_defaults:
+                    self._defaults.popitem(last=False)
+                return
+            entry = self._sessions.pop((site, session), None)
+            ts = int(ranking.get("ts") or 0)
+            if entry is None:
+                entry = SessionEntry(raw, ts)
+            elif ts >= entry.ts:  # partitions are read in order; ts guards a replayed older one
+                entry.raw, entry.ts = raw, ts
+            trigger = ranking.get("trigger_event_id")
+            if isinstance(trigger, str):
+                entry.triggers = [*entry.triggers[-(TRIGGERS_KEPT - 1):], trigger]
+            self._sessions[(site, session)] = entry
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+            waiters = self._waiters.pop((site, session), [])
+        for wake in waiters:
+            wake()
+
+    def has_answered(self, site: str, session: str, event_id: str) -> bool:
+        """Whether a ranking triggered by ``event_id`` (or a later one) has arrived."""
+        with self._lock:
+            entry = self._sessions.get((site, session))
+            return entry is not None and event_id in entry.triggers
+
+    def on_next(self, site: str, session: str, wake: Waiter) -> None:
+        """Call ``wake`` (from the feed's thread) at the session's next ranking."""
+        with self._lock:
+            self._waiters.setdefault((site, session), []).append(wake)
+
+    def forget_waiter(self, site: str, session: str, wake: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get((site, session), [])
+            if wake in waiters:
+                waiters.remove(wake)
+            if not waiters:
+                self._waiters.pop((site, session), None)
+
+    def answer(self, site: str, session: str, segment: str) -> Answer:
+        """The session's latest ranking, else its segment's default, else the site's."""
+        with self._lock:
+            entry = self._sessions.get((site, session))
+            if entry is not None:
+                return Answer("session", orjson.loads(entry.raw))
+            for source, key in (("segment", (site, segment)), ("site", (site, ""))):
+                raw = self._defaults.get(key)
+                if raw is not None and (source == "site" or segment):
+                    return Answer(source, orjson.loads(raw))
+        return Answer("none", None)

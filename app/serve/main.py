@@ -1,0 +1,141 @@
+"""``recoloop serve`` and ``recoloop keys``: the rank service and its API keys on Kafka."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+
+import orjson
+import uvicorn
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from app.observability.metrics import ServeMetrics
+from app.serve.api import Readiness, Service, create_app
+from app.serve.book import RankingBook
+from app.serve.feeds import TopicFeed
+from app.serve.ingest import EventIngest
+from app.serve.keys import KeyBook, KeyRecord, new_key
+from app.settings import Settings
+from app.stream.channels import Channels, InternalTopic
+from app.stream.topic_admin import ensure_internal_topics
+
+log = logging.getLogger(__name__)
+
+
+class FeedReadiness(Readiness):
+    def __init__(self, *feeds: TopicFeed) -> None:
+        self.feeds = feeds
+
+    def caught_up(self) -> bool:
+        return all(feed.caught_up for feed in self.feeds)
+
+    def broker_away(self) -> bool:
+        return any(feed.broker_away for feed in self.feeds)
+
+
+def _ensure_keys_topic(settings: Settings) -> str:
+    topic = Channels.of(settings).api_keys
+    ensure_internal_topics(settings, {topic: InternalTopic(1, {"cleanup.policy": "compact"})})
+    return topic
+
+
+def offer_key(keys: KeyBook, message: Message) -> None:
+    key_id = (message.key() or b"").decode("utf-8", "replace")
+    raw = message.value()
+    try:
+        keys.offer(key_id, None if raw is None else KeyRecord.from_value(raw))
+    except ValueError:
+        log.error("api-keys: the record of %r is not a key record: skipped", key_id)
+
+
+def offer_ranking(book: RankingBook, message: Message) -> None:
+    raw = message.value()
+    if raw is not None:
+        book.offer(orjson.loads(raw), raw)
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys_topic = _ensure_keys_topic(settings)
+    book = RankingBook(settings.serve_max_sessions)
+    keys = KeyBook(settings.serve_key_rate_per_s)
+    # A session's ranking matters while the session may come back.
+    lookback_ms = int(settings.session_timeout_s * 1000)
+    rankings = TopicFeed(settings, Channels.of(settings).rankings,
+                         lambda m: offer_ranking(book, m), lookback_ms).start()
+    key_feed = TopicFeed(settings, keys_topic, lambda m: offer_key(keys, m)).start()
+    ingest = EventIngest(settings)
+    service = Service(book, keys, ingest, ServeMetrics(), FeedReadiness(rankings, key_feed))
+    try:
+        uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
+                    log_level=settings.log_level, access_log=False)
+    finally:
+        rankings.stop()
+        key_feed.stop()
+        ingest.close()
+    return 0
+
+
+def _produce(settings: Settings, topic: str, key: str, value: bytes | None) -> None:
+    producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
+    errors: list[KafkaError] = []
+    producer.produce(topic, value, key.encode(),
+                     on_delivery=lambda error, _m: errors.append(error) if error else None)
+    if producer.flush(30) or errors:
+        raise RuntimeError(f"the key record was not written: {errors or 'timed out'}")
+
+
+def create_key(settings: Settings, site_id: str) -> str:
+    """A new key for ``site_id``, on the keys topic; the key itself is returned once."""
+    key, record = new_key(site_id)
+    _produce(settings, _ensure_keys_topic(settings), record.key_id, record.to_value())
+    return key
+
+
+def revoke_key(settings: Settings, key_id: str) -> None:
+    _produce(settings, _ensure_keys_topic(settings), key_id, None)
+
+
+def key_records(settings: Settings) -> Iterator[KeyRecord]:
+    """Every live key record, read from the keys topic to its end."""
+    keys = KeyBook(1.0)
+    topic = _ensure_keys_topic(settings)
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-keys-cli",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    try:
+        while True:
+            message = consumer.poll(10)
+            error = None if message is None else message.error()
+            if message is None or (error is not None and error.code() == KafkaError._PARTITION_EOF):
+                break
+            if error is None:
+                offer_key(keys, message)
+    finally:
+        consumer.close()
+    yield from keys.records()
+
+
+def keys_command(settings: Settings, action: str, site: str | None, key_id: str | None) -> int:
+    if action == "create":
+        assert site is not None
+        print(create_key(settings, site))
+        print("(shown once: store it now; only its SHA-256 is kept)", file=sys.stderr)
+    elif action == "revoke":
+        assert key_id is not None
+        revoke_key(settings, key_id)
+        print(f"revoked {key_id}")
+    else:
+        for record in key_records(settings):
+            if site is None or record.site_id == site:
+                print(f"{record.key_id}\t{record.site_id}\tcreated_ms={record.created_ms}")
+    return 0
