@@ -77,7 +77,8 @@ def run(settings: Settings) -> int:
     service = Service(book, keys, ingest, ServeMetrics(), FeedReadiness(rankings, key_feed))
     try:
         uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
-                    log_level=settings.log_level, access_log=False)
+                    log_level=logging.getLevelName(logging.getLogger().level).lower(),
+                    access_log=False)
     finally:
         rankings.stop()
         key_feed.stop()
