@@ -16,6 +16,7 @@ from app.observability.metrics import (
     RESTART_REASONS,
     Metrics,
     MetricsPortInUse,
+    ServeMetrics,
     SiteLabels,
 )
 from tests.prometheus_io import promtool
@@ -75,6 +76,24 @@ def test_the_exposition_passes_promtool_check_metrics():
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
         result.stdout + result.stderr
+
+
+def test_the_rank_services_exposition_passes_promtool_and_names_routes_by_template():
+    m = ServeMetrics()
+    m.requests.labels("/v1/sites/{site_id}/sessions/{session_id}/ranking", "200").inc()
+    m.request_duration.labels("/v1/events").observe(0.002)
+    m.answers.labels("session").inc()
+    m.events_ingested.labels("accepted").inc(100)
+    m.sessions_in_memory.set(3)
+    text = generate_latest(m.registry)
+    result = promtool("check", "metrics", stdin=text)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+    for family in m.registry.collect():
+        for sample in family.samples:
+            assert not {"session", "session_id", "site", "item_id"} & set(sample.labels)
+            if family.type == "counter":
+                assert sample.name.endswith("_total"), sample.name
 
 
 def test_names_follow_prometheus_conventions():
