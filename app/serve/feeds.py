@@ -63,6 +63,14 @@ class TopicFeed:
             self.broker_away = True
         log.warning("%s feed: %s", self.topic, error)
 
+    def _check_broker(self) -> None:
+        """Whether the broker answers again (a quiet topic brings no record to say so)."""
+        try:
+            self._consumer.list_topics(self.topic, timeout=1.0)
+        except Exception:  # noqa: BLE001 (still away)
+            return
+        self.broker_away = False
+
     def _assign(self) -> bool:
         try:
             return self._try_assign()
@@ -92,7 +100,11 @@ class TopicFeed:
         while not self._stop.is_set() and not self._assigned:
             if not self._assign():
                 self._stop.wait(1.0)
+        checked_at = 0.0
         while not self._stop.is_set():
+            if self.broker_away and time.monotonic() - checked_at > 1.0:
+                checked_at = time.monotonic()
+                self._check_broker()
             message = self._consumer.poll(0.2)
             if message is None:
                 continue

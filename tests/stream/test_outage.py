@@ -1,7 +1,7 @@
 """Broker outages and fatal client errors heal by themselves: the worker rebuilds its Kafka
 clients in-process and resumes, and nothing is lost or counted twice.
 
-The test runs a broker of its own (its own port and data directory; the session's shared
+The tests run a broker of their own (its own port and data directory; the session's shared
 broker is never stopped), a worker on it and traffic (displays and reactions, paced) that
 keeps being produced while the broker is down. The broker is stopped with SIGTERM for 10 s,
 or killed with SIGKILL for 45 s (past the group's session timeout and the transaction
@@ -13,6 +13,8 @@ site's bandit must have learned once per display.
 A broker killed just before ``send_offsets_to_transaction`` keeps that call blocked, whatever
 its timeout, until it is back: the worker must leave such a call behind and go on (it exited
 instead in 1 of 8 runs of the SIGKILL case, before); a test makes that call every time.
+
+The rank service keeps answering from memory while the broker is away, flagged stale.
 
 Fatal client errors are provoked on the session broker: a producer with the worker's
 transactional id, or a consumer with its group instance id, fences the worker's own.
@@ -42,6 +44,7 @@ from app.stream.channels import Channels
 from app.stream.loop import Rebuild, StuckCalls
 from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, collect, event, now_ms, produce
+from tests.serve.test_service import call, key_for
 from tests.stream.test_fault import (
     TOPIC_OF_KIND,
     assert_each_site_learned_once,
@@ -227,6 +230,44 @@ def test_a_call_the_broker_outage_blocks_is_left_behind_and_ends_once_it_is_back
     assert stuck.blocked() == [], "the call left behind did not end after the broker's return"
     print(f"the call left behind ended {time.monotonic() - back:.1f} s after the broker's return")
     consumer.close()
+
+
+@pytest.mark.outage
+def test_the_rank_service_keeps_answering_flagged_stale_while_the_broker_is_away(
+        broker: Broker, tmp_path: Path, topic_prefix: str):
+    s = Settings(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
+                 partitions=PARTITIONS)
+    assert topic_admin.apply(s).ok
+    service = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "serve",
+                            tmp_path / "serve.log", "serve").start()
+    try:
+        service.wait_ready()
+        port = service.serve_port
+        key = key_for(s, port, "shop")
+        produce(s.bootstrap_servers, [(s.topic(RANKINGS), b"s1", orjson.dumps({
+            "ranking_id": "rk-e1", "site_id": "shop", "session_id": "s1", "ts": now_ms(),
+            "arm": "similar", "propensity": 1.0, "items": [], "model_version": 1,
+            "context": {}, "trigger_event_id": "e1"}))])
+        path = "/v1/sites/shop/sessions/s1/ranking?after_event_id=e1&wait_ms=10000"
+        status, body, _ = call(port, "GET", path, key)
+        assert (status, body["after_event_reached"], body["stale"]) == (200, True, False)
+
+        def stale_until(flag: bool) -> dict:
+            deadline = time.monotonic() + RESUME_WITHIN_S
+            while True:
+                status, body, _ = call(port, "GET", path, key)
+                assert status == 200 and body["source"] == "session", body
+                if body["stale"] is flag or time.monotonic() > deadline:
+                    return body
+                time.sleep(0.2)
+
+        broker.stop("sigterm")
+        assert stale_until(True)["stale"] is True, service.log_tail()
+        assert service.status("/health") == 200
+        broker.up()
+        assert stale_until(False)["stale"] is False, service.log_tail()
+    finally:
+        service.stop()
 
 
 def fence(s: Settings, impostor: str, worker_id: str) -> None:
