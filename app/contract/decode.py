@@ -42,7 +42,7 @@ def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
     key, raw = origin.key, origin.value
     if raw is None:
         raise InvalidInput("empty_value", "the message has no value")
-    value = _validated(logical_topic, raw)
+    value = validated(logical_topic, raw)
     if latest_ts is not None and value["ts"] > latest_ts:
         raise InvalidInput("future_timestamp", f"ts {value['ts']} is later than {latest_ts}, "
                            "the broker's (or the worker's) time of the message plus "
@@ -78,14 +78,14 @@ def decode_catalog(key: bytes | None, raw: bytes | None
                            ": and | in site_id escaped as %25, %3A and %7C")
     if raw is None:
         return site_id, item_id, None
-    value = _validated(CATALOG, raw)
+    value = validated(CATALOG, raw)
     if (value["site_id"], value["item_id"]) != (site_id, item_id):
         raise InvalidInput("key_mismatch", "the key must be the record's site_id:item_id, "
                            "with %, : and | in site_id escaped as %25, %3A and %7C")
     return site_id, item_id, value
 
 
-def _validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
+def validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
     """The JSON value of ``raw`` if it meets the topic's schema."""
     try:
         value = orjson.loads(raw)

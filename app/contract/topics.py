@@ -14,3 +14,4 @@ JOIN_INPUT_TOPICS = (SERVED, *REACTION_TOPICS)
 # The reaction type each reaction topic carries; reward tables are keyed by type.
 REACTION_TYPE_BY_TOPIC = {CLICKS: "click", DETAIL_VIEWS: "detail_view", BASKET_ADDS: "basket_add"}
 REACTION_TOPIC_BY_TYPE = {kind: topic for topic, kind in REACTION_TYPE_BY_TOPIC.items()}
+SITE_CONFIG = "reco.site-config"

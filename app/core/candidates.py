@@ -25,6 +25,7 @@ from app.core.events import Reaction
 from app.core.keys import state_key
 from app.core.knn import SessionIndex
 from app.core.ranker import ItemRanker
+from app.core.rules import NO_RULES, Rules
 from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
@@ -188,26 +189,34 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
 
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
               size: int, ranker: ItemRanker | None = None,
-              signals: ItemSignals | None = None) -> list[tuple[str, float]]:
+              signals: ItemSignals | None = None, rules: Rules = NO_RULES
+              ) -> list[tuple[str, float]]:
     """The ranked items ``arm`` would show this session, filled up by the fallbacks
     (``ranker``: the site's item model, for the ``learned`` arm; ``signals``: the session's
-    :class:`ItemSignals` at ``ts`` when the caller has them already)."""
+    :class:`ItemSignals` at ``ts`` when the caller has them already), under the site's
+    business ``rules``."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
     if arm == "learned" and signals is None:
         signals = ItemSignals(session, stats, catalog, ts)
     # The learned arm has looked its candidates up already: its lookups are reused.
     lookup = signals.known if signals is not None else catalog.item
+    ruled = rules is not NO_RULES
+
+    def can_show(item: str) -> bool:
+        if item in session.basket:
+            return False
+        known = lookup(session.site_id, item)
+        return (known is None or known.available) and (not ruled or rules.allows(item, known))
 
     def take(candidates: Iterable[tuple[str, float]]) -> None:
         for item, score in candidates:
             if len(picked) >= size:
                 return
-            if item in seen or item in session.basket:
+            if item in seen:
                 continue
             seen.add(item)
-            known = lookup(session.site_id, item)
-            if known is None or known.available:
+            if can_show(item):
                 picked.append((item, score))
 
     # Ask for more than needed: some candidates are in the basket or unavailable.
@@ -222,7 +231,7 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
             take((item, 0.0) for item, _ in stats.scores(fallback).top(wanted, ts))
     if len(picked) < size:
         take((item, 0.0) for item in catalog.site_items(session.site_id))
-    return picked
+    return rules.promote(picked, size, can_show) if rules.promotes else picked
 
 
 def _own_items(arm: str, session: Session, stats: SiteStats, ts: int,

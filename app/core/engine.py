@@ -40,6 +40,7 @@ from app.core.keys import escape, state_key
 from app.core.policy import ContextualBandit
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import IssuedRanking, Session
+from app.core.sites import Defaults, SiteSettings
 from app.core.store import Store
 
 BUCKET_MS = 1_000
@@ -55,7 +56,7 @@ CLOCK_KEY = "clock"
 INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
 
 
-class EngineSettings(Protocol):
+class EngineSettings(Defaults, Protocol):
     """What the engine reads of the worker's settings; :class:`app.settings.Settings` is one.
 
     A protocol rather than an import keeps the core free of the settings layer."""
@@ -74,12 +75,6 @@ class EngineSettings(Protocol):
     def seed(self) -> int: ...
     @property
     def site_idle_s(self) -> float: ...
-
-    def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
-        """``(reward_window_s, grace_s, rewards)`` of a site, with its overrides applied."""
-        ...
-
-    def arms_for(self, site_id: str) -> tuple[str, ...]: ...
 
 
 class Policies(Protocol):
@@ -196,8 +191,10 @@ class Engine:
     """
 
     def __init__(self, settings: EngineSettings, policies: Policies, catalog: CatalogView,
-                 site_stats: Store | None = None) -> None:
+                 site_stats: Store | None = None, sites: SiteSettings | None = None) -> None:
         self.settings = settings
+        # Per-site settings and rules (the worker's follow the site-config topic).
+        self.sites = SiteSettings(settings) if sites is None else sites
         self.policies = policies
         self.catalog = catalog
         self.site_stats = site_stats
@@ -210,7 +207,7 @@ class Engine:
     def rules_for(self, site_id: str) -> JoinRules:
         """The site's join rules: the settings, with the site's overrides (one object per
         distinct set of rules, so the cache does not grow with the number of sites)."""
-        window_s, grace_s, rewards = self.settings.join_for(site_id)
+        window_s, grace_s, rewards = self.sites.join_for(site_id)
         key = (window_s, grace_s, tuple(sorted(rewards.items())))
         rules = self._rules.get(key)
         if rules is None:
@@ -248,7 +245,7 @@ class Engine:
         signals: ItemSignals | None = None
         if isinstance(event, Served):
             clock.pending_displays += 1
-            if "learned" in self.settings.arms_for(session.site_id):
+            if "learned" in self.sites.arms_for(session.site_id):
                 # A display changes neither the session's items nor the statistics: the
                 # signals it is learned with also serve the ranking it triggers.
                 signals = ItemSignals(session, stats, self.catalog, event.ts)
@@ -258,7 +255,7 @@ class Engine:
             if not event.organic:  # organic views feed the session and statistics only
                 effects.absorb(join.add_reaction(session.join, event))
             engagement = Engagement.of(session, event,
-                                       "session_knn" in self.settings.arms_for(event.site_id))
+                                       "session_knn" in self.sites.arms_for(event.site_id))
             if self.site_stats is None:
                 learn_engagement(stats, engagement)
             else:
@@ -305,7 +302,7 @@ class Engine:
         context = dict(session.context)
         arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
         items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size,
-                          policy.ranker, signals)
+                          policy.ranker, signals, self.sites.rules_for(session.site_id))
         rules = self.rules_for(session.site_id)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
                                  keep_ms=rules.window_ms + rules.grace_ms)

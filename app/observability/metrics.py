@@ -50,7 +50,8 @@ MAX_SEGMENT_LABELS = 20
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
                        "processing_error", "late", "future_timestamp", "too_large")
 # Where a record that does not decode was read: the changelog, the models topic, local state.
-UNDECODABLE_SOURCES = ("changelog", "models", "site_stats", "decisions", "local_state")
+UNDECODABLE_SOURCES = ("changelog", "models", "site_stats", "decisions", "local_state",
+                       "site_config")
 # Why a worker rebuilt its Kafka clients and partition state in-process
 # (app.stream.loop.Rebuild); created at zero like the dead-letter reasons.
 RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "stuck_call", "kafka_error")
@@ -211,7 +212,7 @@ class Metrics:
         self.records_undecodable = Counter(
             "recoloop_records_undecodable_total",
             "Records of the worker's own topics or local state that did not decode (written by "
-            "someone else, or damaged): skipped, never run.",
+            "someone else, or damaged), and site configs refused: skipped, never run.",
             ["source"], registry=r)
         for source in UNDECODABLE_SOURCES:
             self.records_undecodable.labels(source)

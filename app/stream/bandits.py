@@ -29,6 +29,7 @@ from rocksdict import Options, Rdict
 
 from app.contract.codec import UndecodableRecord, decode_model, encode_model, model_version
 from app.core.policy import ContextualBandit
+from app.core.sites import SiteSettings
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,10 @@ class BanditModels:
     def __init__(self, settings: Settings,
                  on_undecodable: Callable[[], None] = lambda: None,
                  spill: SpilledModels | MemorySpill | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sites: SiteSettings | None = None) -> None:
         self.settings = settings
+        self.sites = SiteSettings(settings) if sites is None else sites  # arms, exploration
         self.on_undecodable = on_undecodable
         self.spill = MemorySpill() if spill is None else spill
         self.clock = clock
@@ -178,15 +181,20 @@ class BanditModels:
         return known is None or model_version(known) < model_version(raw)
 
     def _fresh(self, site_id: str) -> ContextualBandit:
-        return self._fit(site_id, ContextualBandit(self.settings.arms_for(site_id),
+        return self._fit(site_id, ContextualBandit(self.sites.arms_for(site_id),
                                                    seed=self.settings.seed))
 
     def _fit(self, site_id: str, policy: ContextualBandit) -> ContextualBandit:
         """The policy under the site's current settings: its arms (what it learned of the
         arms it keeps stays) and its exploration."""
-        arms = self.settings.arms_for(site_id)
+        arms = self.sites.arms_for(site_id)
         if policy.arms != arms:
             policy = policy.with_arms(arms)
-        policy.rule, policy.epsilon, policy.squarecb_gamma = self.settings.exploration_for(
-            site_id)
+        policy.rule, policy.epsilon, policy.squarecb_gamma = self.sites.exploration_for(site_id)
         return policy
+
+    def reconfigured(self, site_id: str) -> None:
+        """The site's settings changed: its bandit follows them from its next decision."""
+        policy = self._decoded.get(site_id)
+        if policy is not None:
+            self._decoded[site_id] = self._fit(site_id, policy)

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.contract.topics import CATALOG, DEAD_LETTER, JOIN_INPUT_TOPICS, RANKINGS, REWARDS
+from app.contract.topics import (
+    CATALOG,
+    DEAD_LETTER,
+    JOIN_INPUT_TOPICS,
+    RANKINGS,
+    REWARDS,
+    SITE_CONFIG,
+)
 from app.settings import Settings
 
 DAY_MS = 86_400_000
@@ -36,6 +43,7 @@ class InternalTopic:
 class Channels:
     join_inputs: tuple[str, ...]  # reco.served and the reaction topics
     catalog: str
+    site_config: str
     rankings: str
     rewards: str
     dead_letter: str
@@ -52,6 +60,7 @@ class Channels:
         return cls(
             join_inputs=tuple(settings.topic(t) for t in JOIN_INPUT_TOPICS),
             catalog=settings.topic(CATALOG),
+            site_config=settings.topic(SITE_CONFIG),
             rankings=settings.topic(RANKINGS),
             rewards=settings.topic(REWARDS),
             dead_letter=settings.topic(DEAD_LETTER),

@@ -58,8 +58,10 @@ from confluent_kafka import (
 
 from app.contract.codec import MAX_RECORD_BYTES, RecordTooLarge, check_size, encode_state
 from app.contract.decode import InvalidInput, decode_catalog
+from app.contract.site_config import decode_site_config
 from app.core.catalog import apply_record
 from app.core.events import Origin
+from app.core.sites import SiteSettings
 from app.core.store import MemoryStore, Store
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import RESTART_REASONS, Metrics
@@ -247,17 +249,20 @@ class Tail:
 
 class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
-                 agents_for: Callable[[BanditModels, Store, SiteStatistics], Agents],
+                 agents_for: Callable[[BanditModels, Store, SiteStatistics, SiteSettings],
+                                      Agents],
                  heartbeat: float | None = None, stuck: StuckCalls | None = None) -> None:
         self.settings = settings
         self.channels = Channels.of(settings)
         self.partitions = partitions
         self.metrics = metrics
+        self.sites = SiteSettings(settings)  # follows the site-config topic
         self.models = BanditModels(settings, lambda: self._count_undecodable("models"),
-                                   SpilledModels(Path(settings.data_dir) / "worker" / "models"))
+                                   SpilledModels(Path(settings.data_dir) / "worker" / "models"),
+                                   sites=self.sites)
         self.catalog = MemoryStore()
         self.site_stats = SiteStatistics(lambda: self._count_undecodable("site_stats"))
-        self.agents = agents_for(self.models, self.catalog, self.site_stats)
+        self.agents = agents_for(self.models, self.catalog, self.site_stats, self.sites)
         self.states: dict[int, PartitionState] = {}
         self.state_dir = Path(settings.data_dir) / "worker" / "state"
         self._ready = False
@@ -294,6 +299,9 @@ class Runtime:
         self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
         self.stats_tail = Tail(self._reader_config, self.channels.site_stats,
                                self._apply_site_stat)
+        self.config_tail = Tail(self._reader_config, self.channels.site_config,
+                                self._apply_site_config)
+        self._tails = (self.catalog_tail, self.models_tail, self.stats_tail, self.config_tail)
 
     # -- status (read from the health server's threads) ----------------------------------
 
@@ -317,7 +325,7 @@ class Runtime:
         try:
             # Aborts what our previous self (or a failed Runtime before this one) left open.
             self._retrying("initializing transactions", self.producer.init_transactions)
-            for tail in (self.catalog_tail, self.models_tail, self.stats_tail):
+            for tail in self._tails:
                 tail.open()
                 tail.catch_up(self._beat)
             ch = self.channels
@@ -327,9 +335,8 @@ class Runtime:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
                 messages = self._next_batch()
-                self.catalog_tail.poll()
-                self.models_tail.poll()
-                self.stats_tail.poll()
+                for tail in self._tails:
+                    tail.poll()
                 # A tick stays due until a transaction holding it commits (an aborted one,
                 # redone without it, would otherwise skip ticks for as long as it recurs).
                 tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
@@ -353,6 +360,7 @@ class Runtime:
                             ("catalog reader", self.catalog_tail.close),
                             ("models reader", self.models_tail.close),
                             ("site statistics reader", self.stats_tail.close),
+                            ("site config reader", self.config_tail.close),
                             ("restorer", self.restorer.close)):
             try:
                 close()  # closing the consumer revokes its partitions: their state closes
@@ -591,6 +599,24 @@ class Runtime:
         except InvalidInput:
             return  # the partition's owner dead-letters it (Agents.catalog_record)
         apply_record(self.catalog, site_id, item_id, value)
+
+    def _apply_site_config(self, message: Message) -> None:
+        """A site's settings and rules: applied at once, or refused (the site keeps its own)."""
+        key, value = message.key(), message.value()
+        site_id = (key or b"").decode("utf-8", "replace")
+        if value is None:
+            self.sites.forget(site_id)
+        else:
+            try:
+                problem = self.sites.offer(decode_site_config(key, value))
+            except InvalidInput as exc:
+                problem = str(exc)
+            if problem is not None:
+                log.error("site config of %r at offset %d refused, the previous one stays: %s",
+                          site_id, message.offset(), problem)
+                self._count_undecodable("site_config")
+                return
+        self.models.reconfigured(site_id)
 
     def _apply_model(self, message: Message) -> None:
         key, value = message.key(), message.value()

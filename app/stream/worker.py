@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
+from app.core.sites import SiteSettings
 from app.core.store import Store
 from app.observability import health
 from app.observability.health import STUCK_AFTER_S
@@ -109,8 +110,9 @@ def run(settings: Settings) -> int:
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
 
-    def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics) -> Agents:
-        engine = Engine(settings, models, StoreCatalog(catalog), site_stats)
+    def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics,
+                   sites: SiteSettings) -> Agents:
+        engine = Engine(settings, models, StoreCatalog(catalog), site_stats, sites)
         return Agents(settings, channels, engine, models, site_stats, metrics, partitions)
 
     stuck = StuckCalls()

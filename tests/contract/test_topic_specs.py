@@ -11,7 +11,7 @@ import pytest
 from app.contract import topics
 from app.contract.specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
 
-CONTRACT_TOPICS = {topics.SERVED, *topics.REACTION_TOPICS, topics.CATALOG,
+CONTRACT_TOPICS = {topics.SERVED, *topics.REACTION_TOPICS, topics.CATALOG, topics.SITE_CONFIG,
                    topics.RANKINGS, topics.REWARDS, topics.DEAD_LETTER}
 INPUTS = (topics.SERVED, *topics.REACTION_TOPICS)
 DAY_MS = 86_400_000
@@ -47,10 +47,17 @@ def test_schema_is_draft7_and_example_validates(topic: str) -> None:
     assert validation_error(topic, example(topic)) is None
 
 
-@pytest.mark.parametrize("topic", sorted(CONTRACT_TOPICS))
+@pytest.mark.parametrize("topic", sorted(CONTRACT_TOPICS - {topics.SITE_CONFIG}))
 def test_schemas_allow_additional_fields(topic: str) -> None:
     event = example(topic) | {"x_future_field": {"anything": [1, 2]}}
     assert validation_error(topic, event) is None
+
+
+def test_a_site_config_with_a_misspelt_field_is_refused_not_half_applied() -> None:
+    """Configs are written by people: a rule under a wrong name must not be ignored."""
+    config = example(topics.SITE_CONFIG)
+    config["rules"]["exclude_item"] = ["sku-1"]
+    assert "exclude_item" in (validation_error(topics.SITE_CONFIG, config) or "")
 
 
 def test_optional_fields_may_be_left_out() -> None:

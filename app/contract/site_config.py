@@ -1,0 +1,38 @@
+"""``reco.site-config`` records: a site's settings and rules, checked against the topic's
+schema (``topics/reco.site-config.json``) and read into :class:`app.core.sites.SiteConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.contract.decode import InvalidInput, validated
+from app.contract.topics import SITE_CONFIG
+from app.core.rules import PROMOTED_PLACES_DEFAULT, Rules
+from app.core.sites import SiteConfig
+
+
+def decode_site_config(key: bytes | None, raw: bytes) -> SiteConfig:
+    """The config ``raw`` holds for the site ``key`` names; InvalidInput with the reason
+    when it breaks the schema or names another site."""
+    value = validated(SITE_CONFIG, raw)
+    if key is not None and key != value["site_id"].encode():
+        raise InvalidInput("key_mismatch", "a site config's key must be its site_id")
+    return site_config(value)
+
+
+def site_config(value: dict[str, Any]) -> SiteConfig:
+    rules: dict[str, Any] = value.get("rules") or {}
+    exploration = value.get("exploration")
+    return SiteConfig(
+        site_id=value["site_id"],
+        arms=tuple(value["arms"]) if "arms" in value else None,
+        exploration=(exploration["rule"], float(exploration["parameter"]))
+        if exploration else None,
+        reward_window_s=value.get("reward_window_s"), grace_s=value.get("grace_s"),
+        rewards={kind: float(weight) for kind, weight in (value.get("rewards") or {}).items()},
+        rules=Rules(
+            exclude_categories=frozenset(rules.get("exclude_categories", ())),
+            exclude_items=frozenset(rules.get("exclude_items", ())),
+            price_min=rules.get("price_min"), price_max=rules.get("price_max"),
+            pinned=tuple(rules.get("pinned", ())), boosted=tuple(rules.get("boosted", ())),
+            promoted_places_max=rules.get("promoted_places_max", PROMOTED_PLACES_DEFAULT)))

@@ -1,0 +1,122 @@
+"""Per-site settings as data: the process-wide defaults, overlaid by each site's record of the
+``reco.site-config`` topic (arms, exploration, the join's window, grace and rewards, and the
+business rules of :mod:`app.core.rules`).
+
+A record replaces the site's previous one as a whole; a field it leaves out keeps the
+default. A record that could not work (see :meth:`SiteSettings.problem`) is refused and the
+site keeps what it had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.core.rules import NO_RULES, Rules
+
+
+class Defaults(Protocol):
+    """What :class:`app.settings.Settings` gives every site without a record."""
+
+    @property
+    def session_timeout_s(self) -> float: ...
+    def arms_for(self, site_id: str) -> tuple[str, ...]: ...
+    def exploration_for(self, site_id: str) -> tuple[str, float, float]: ...
+    def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    site_id: str
+    arms: tuple[str, ...] | None = None
+    exploration: tuple[str, float] | None = None  # (rule, parameter)
+    reward_window_s: float | None = None
+    grace_s: float | None = None
+    rewards: Mapping[str, float] = field(default_factory=dict)
+    rules: Rules = NO_RULES
+
+
+class SiteSettings:
+    """Each site's settings: its record's where it has one, the defaults elsewhere.
+
+    >>> class Env:  # what app.settings.Settings gives every site
+    ...     session_timeout_s = 1800.0
+    ...     def arms_for(self, site_id): return ("similar", "learned")
+    ...     def exploration_for(self, site_id): return ("squarecb", 0.1, 1.0)
+    ...     def join_for(self, site_id): return (20.0, 5.0, {"click": 1.0})
+    >>> sites = SiteSettings(Env())
+    >>> sites.offer(SiteConfig("shop", arms=("trending",), reward_window_s=60))
+    >>> sites.arms_for("shop"), sites.join_for("shop")[0], sites.arms_for("other")[0]
+    (('trending',), 60, 'similar')
+    >>> sites.problem(SiteConfig("shop", reward_window_s=7200))
+    'reward_window_s + grace_s must be shorter than RECOLOOP_SESSION_TIMEOUT_S (1800.0 s)'
+    """
+
+    def __init__(self, defaults: Defaults) -> None:
+        self.defaults = defaults
+        self._configs: dict[str, SiteConfig] = {}
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def config(self, site_id: str) -> SiteConfig | None:
+        return self._configs.get(site_id)
+
+    def problem(self, config: SiteConfig) -> str | None:
+        """Why ``config`` cannot be applied (the schema has checked each field), or None."""
+        window_s, grace_s, rewards = self._join(config)
+        if window_s + grace_s >= self.defaults.session_timeout_s:
+            return ("reward_window_s + grace_s must be shorter than RECOLOOP_SESSION_TIMEOUT_S "
+                    f"({self.defaults.session_timeout_s} s)")
+        if max(rewards.values(), default=0.0) <= 0:
+            return "some reaction type must have a reward above 0"
+        if config.exploration is not None and config.exploration[0] == "epsilon" \
+                and not 0 < config.exploration[1] <= 1:
+            return "an epsilon must be within (0, 1]"
+        rules = config.rules
+        if rules.price_min is not None and rules.price_max is not None \
+                and rules.price_min > rules.price_max:
+            return "price_min must not be above price_max"
+        return None
+
+    def offer(self, config: SiteConfig) -> str | None:
+        """Apply ``config``; the reason instead when it is refused (the site keeps its own)."""
+        problem = self.problem(config)
+        if problem is None:
+            self._configs[config.site_id] = config
+        return problem
+
+    def forget(self, site_id: str) -> None:
+        """The site's record was deleted (a tombstone): back to the defaults."""
+        self._configs.pop(site_id, None)
+
+    def arms_for(self, site_id: str) -> tuple[str, ...]:
+        config = self._configs.get(site_id)
+        if config is None or config.arms is None:
+            return self.defaults.arms_for(site_id)
+        return config.arms
+
+    def exploration_for(self, site_id: str) -> tuple[str, float, float]:
+        rule, epsilon, gamma = self.defaults.exploration_for(site_id)
+        config = self._configs.get(site_id)
+        if config is None or config.exploration is None:
+            return rule, epsilon, gamma
+        rule, value = config.exploration
+        return (rule, value, gamma) if rule == "epsilon" else (rule, epsilon, value)
+
+    def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
+        config = self._configs.get(site_id)
+        if config is None:
+            return self.defaults.join_for(site_id)
+        return self._join(config)
+
+    def _join(self, config: SiteConfig) -> tuple[float, float, dict[str, float]]:
+        window_s, grace_s, rewards = self.defaults.join_for(config.site_id)
+        return (window_s if config.reward_window_s is None else config.reward_window_s,
+                grace_s if config.grace_s is None else config.grace_s,
+                {**rewards, **config.rewards})
+
+    def rules_for(self, site_id: str) -> Rules:
+        config = self._configs.get(site_id)
+        return NO_RULES if config is None else config.rules
