@@ -1,5 +1,5 @@
 """The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``serve``,
-``keys create|revoke|list``, ``simulate``, ``demo``, ``bench``."""
+``keys create|revoke|list``, ``sites set|show|reset``, ``simulate``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
@@ -32,10 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the rank service (HTTP, RECOLOOP_SERVE_PORT)")
     keys = commands.add_parser("keys", help="the rank service's per-site API keys")
     keys_cmds = keys.add_subparsers(dest="keys_command", required=True)
-    keys_cmds.add_parser("create", help="print a new key for a site (once)").add_argument(
-        "--site", required=True)
+    create = keys_cmds.add_parser("create", help="print a new key (once)")
+    owner = create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--site", help="the site the key opens")
+    owner.add_argument("--admin", action="store_true", help="a key that sets site configs")
     keys_cmds.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
     keys_cmds.add_parser("list", help="key ids and their sites").add_argument("--site")
+    sites = commands.add_parser("sites", help="per-site settings and rules (reco.site-config)")
+    sites_cmds = sites.add_subparsers(dest="sites_command", required=True)
+    site_set = sites_cmds.add_parser("set", help="write a site's config from a JSON file")
+    site_set.add_argument("site_id")
+    site_set.add_argument("file", type=Path)
+    sites_cmds.add_parser("show", help="a site's config").add_argument("site_id")
+    sites_cmds.add_parser("reset", help="a site back to the defaults").add_argument("site_id")
 
     from app.sim import demo, runner
 
@@ -91,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return keys_command(settings, args.keys_command, getattr(args, "site", None),
                             getattr(args, "key_id", None))
+
+    if args.command == "sites":
+        from app.serve.main import sites_command
+
+        return sites_command(settings, args.sites_command, args.site_id,
+                             getattr(args, "file", None))
 
     if args.command == "simulate":
         return runner.main(args, settings)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from app.contract.decode import InvalidInput, validated
 from app.contract.topics import SITE_CONFIG
 from app.core.rules import PROMOTED_PLACES_DEFAULT, Rules
-from app.core.sites import SiteConfig
+from app.core.sites import SiteConfig, SiteSettings
 
 
 def decode_site_config(key: bytes | None, raw: bytes) -> SiteConfig:
@@ -36,3 +38,22 @@ def site_config(value: dict[str, Any]) -> SiteConfig:
             price_min=rules.get("price_min"), price_max=rules.get("price_max"),
             pinned=tuple(rules.get("pinned", ())), boosted=tuple(rules.get("boosted", ())),
             promoted_places_max=rules.get("promoted_places_max", PROMOTED_PLACES_DEFAULT)))
+
+
+def checked_site_config(site_id: str, value: Any, sites: SiteSettings) -> bytes:
+    """The record to write for ``site_id``'s config ``value`` (its ``site_id`` may be left
+    out); ValueError with the reason when it is refused, as a worker would refuse it."""
+    if not isinstance(value, dict):
+        raise ValueError("a site config is a JSON object")
+    value = {"site_id": site_id, **value}
+    if value["site_id"] != site_id:
+        raise ValueError(f"the config names site {value['site_id']!r}, not {site_id!r}")
+    raw = orjson.dumps(value)
+    try:
+        config = decode_site_config(site_id.encode(), raw)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    problem = sites.problem(config)
+    if problem is not None:
+        raise ValueError(problem)
+    return raw

@@ -19,10 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from app import __version__
+from app.contract.site_config import checked_site_config
+from app.contract.topics import SITE_CONFIG
+from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.serve.book import RankingBook
 from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
-from app.serve.keys import KeyBook
+from app.serve.keys import KeyBook, KeyRecord
+from app.settings import Settings
 
 MAX_WAIT_MS = 10_000
 
@@ -44,6 +48,7 @@ class Service:
     ingest: EventIngest | None
     metrics: ServeMetrics
     readiness: Readiness
+    sites: SiteSettings  # the defaults a site config is checked against
 
 
 class RankedItem(BaseModel):
@@ -91,22 +96,27 @@ class Invalid(BaseModel):
     rejected: list[dict[str, Any]]
 
 
-def site_key(request: Request) -> tuple[str, str]:
-    """The caller's site and key: 401 without a valid key, 429 past its rate."""
+def identify(request: Request) -> KeyRecord:
+    """The caller's key: 401 without a valid key, 429 past its rate."""
     keys: KeyBook = request.app.state.service.keys
     header = request.headers.get("authorization", "")
     key = header[7:] if header[:7].lower() == "bearer " else None
-    site = keys.site_of(key)
-    if site is None or key is None:
+    record = keys.identify(key)
+    if record is None or key is None:
         raise HTTPException(401, "an API key of the site is needed "
                             "(Authorization: Bearer <key>)")
     if not keys.allow(key):
         raise HTTPException(429, "this key's request rate is spent; retry shortly",
                             headers={"Retry-After": "1"})
-    return site, key
+    return record
 
 
-Caller = Annotated[tuple[str, str], Depends(site_key)]
+Caller = Annotated[KeyRecord, Depends(identify)]
+
+
+def own(caller: KeyRecord, site_id: str) -> None:
+    if not caller.opens(site_id):
+        raise HTTPException(403, "this key does not open this site")
 
 
 def create_app(service: Service) -> FastAPI:
@@ -125,10 +135,6 @@ def create_app(service: Service) -> FastAPI:
         metrics.request_duration.labels(route).observe(time.perf_counter() - started)
         return response
 
-    def own(site: str, site_id: str) -> None:
-        if site != site_id:
-            raise HTTPException(403, "this key belongs to another site")
-
     @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
              response_model=RankingAnswer)
     async def ranking(
@@ -143,7 +149,7 @@ def create_app(service: Service) -> FastAPI:
                 max_length=512, description="Wait for the ranking this event triggered.")]
             = None,
             wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0) -> RankingAnswer:
-        own(caller[0], site_id)
+        own(caller, site_id)
         book = service.book
         reached: bool | None = None
         if after_event_id is not None:
@@ -160,11 +166,11 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/events", status_code=202, response_model=Accepted,
               responses={422: {"model": Invalid}, 403: {}, 503: {}})
     async def events(caller: Caller, batch: EventBatch) -> Any:
-        site = caller[0]
+        site = caller.site_id
         if service.ingest is None:
             raise HTTPException(503, "this replica takes no events")
-        if any(isinstance(e.get("site_id"), str) and e["site_id"] != site
-               for e in batch.events):
+        if caller.admin or any(isinstance(e.get("site_id"), str) and e["site_id"] != site
+                               for e in batch.events):
             raise HTTPException(403, "events of another site")
         latest = service.ingest.latest_ts()
         results = [checked(e, n, site, latest) for n, e in enumerate(batch.events)]
@@ -183,6 +189,25 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(503, {"failed": [
                 {"index": n, "reason": errors[n]} for n in failed]})
         return Accepted(accepted=[str(e["event_id"]) for e in batch.events])
+
+    @app.put("/v1/sites/{site_id}/config", status_code=202,
+             responses={422: {}, 403: {}, 503: {}})
+    async def site_config(caller: Caller, site_id: Annotated[str, Path(max_length=256)],
+                          config: dict[str, Any]) -> dict[str, str]:
+        """Set the site's settings and rules (``topics/reco.site-config.json``); admin keys
+        only. 202 once the broker has the record: every worker applies it within seconds."""
+        if not caller.admin:
+            raise HTTPException(403, "site configs are set with an admin key")
+        if service.ingest is None:
+            raise HTTPException(503, "this replica writes nothing")
+        try:
+            raw = checked_site_config(site_id, config, service.sites)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        [error] = await service.ingest.send([(SITE_CONFIG, site_id.encode(), raw)])
+        if error is not None:
+            raise HTTPException(503, f"not written: {error}")
+        return {"site_id": site_id, "status": "written"}
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -232,7 +257,8 @@ async def _wait_for(book: RankingBook, site: str, session: str, event_id: str,
 def openapi_document() -> dict[str, Any]:
     """The service's OpenAPI schema, as ``/openapi.json`` serves it (and docs/openapi.json
     holds it: ``python -m app.serve.api > docs/openapi.json``)."""
-    idle = Service(RankingBook(1), KeyBook(1.0), None, ServeMetrics(), Readiness())
+    idle = Service(RankingBook(1), KeyBook(1.0), None, ServeMetrics(), Readiness(),
+                   SiteSettings(Settings()))
     return create_app(idle).openapi()
 
 

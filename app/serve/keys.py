@@ -31,14 +31,22 @@ _KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 @dataclass(frozen=True)
 class KeyRecord:
+    """A key's record; an admin key (``admin``, no site) sets sites' configs and nothing
+    else: it opens no site's rankings or events."""
+
     key_id: str
     site_id: str
     sha256: str
     created_ms: int
+    admin: bool = False
+
+    def opens(self, site_id: str) -> bool:
+        return not self.admin and self.site_id == site_id
 
     def to_value(self) -> bytes:
         return orjson.dumps({"key_id": self.key_id, "site_id": self.site_id,
-                             "sha256": self.sha256, "created_ms": self.created_ms})
+                             "sha256": self.sha256, "created_ms": self.created_ms,
+                             "admin": self.admin})
 
     @classmethod
     def from_value(cls, raw: bytes) -> KeyRecord:
@@ -47,19 +55,22 @@ class KeyRecord:
         if not isinstance(value, dict):
             raise ValueError("not an API key record")
         key_id, site, digest = value.get("key_id"), value.get("site_id"), value.get("sha256")
+        admin = value.get("admin") is True
         if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id) \
-                or not isinstance(site, str) or not site or not isinstance(digest, str) \
-                or len(digest) != 64:
+                or not isinstance(site, str) or not (site or admin) \
+                or not isinstance(digest, str) or len(digest) != 64:
             raise ValueError("not an API key record")
         created = value.get("created_ms")
-        return cls(key_id, site, digest, created if isinstance(created, int) else 0)
+        return cls(key_id, "" if admin else site, digest,
+                   created if isinstance(created, int) else 0, admin)
 
 
-def new_key(site_id: str, now_ms: int | None = None) -> tuple[str, KeyRecord]:
-    """A new key for ``site_id`` (shown once) and the record that stores only its digest."""
+def new_key(site_id: str | None, now_ms: int | None = None) -> tuple[str, KeyRecord]:
+    """A new key for ``site_id`` (None: an admin key), shown once, and the record that
+    stores only its digest."""
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    record = KeyRecord(key_id, site_id, _digest(secret),
-                       int(time.time() * 1000) if now_ms is None else now_ms)
+    record = KeyRecord(key_id, site_id or "", _digest(secret),
+                       int(time.time() * 1000) if now_ms is None else now_ms, site_id is None)
     return f"rk_{key_id}_{secret}", record
 
 
@@ -89,8 +100,8 @@ class KeyBook:
         with self._lock:
             return list(self._records.values())
 
-    def site_of(self, key: str | None) -> str | None:
-        """The site ``key`` belongs to; None for no key, a malformed, unknown or revoked one.
+    def identify(self, key: str | None) -> KeyRecord | None:
+        """The record of ``key``; None for no key, a malformed, unknown or revoked one.
         The digests are compared in constant time."""
         match = _KEY.fullmatch(key or "")
         if match is None:
@@ -100,7 +111,7 @@ class KeyBook:
             return None
         if not hmac.compare_digest(record.sha256, _digest(match.group(2))):
             return None
-        return record.site_id
+        return record
 
     def allow(self, key: str) -> bool:
         """Take one request from ``key``'s budget: ``rate_per_s`` a second, bursts of one

@@ -1,10 +1,12 @@
-"""``recoloop serve`` and ``recoloop keys``: the rank service and its API keys on Kafka."""
+"""``recoloop serve``, ``recoloop keys`` and ``recoloop sites``: the rank service, its API keys
+and the sites' configs, on Kafka."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import uvicorn
@@ -17,6 +19,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from app.contract.site_config import checked_site_config
+from app.contract.topics import SITE_CONFIG
+from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.serve.api import Readiness, Service, create_app
 from app.serve.book import RankingBook
@@ -74,7 +79,8 @@ def run(settings: Settings) -> int:
                          lambda m: offer_ranking(book, m), lookback_ms).start()
     key_feed = TopicFeed(settings, keys_topic, lambda m: offer_key(keys, m)).start()
     ingest = EventIngest(settings)
-    service = Service(book, keys, ingest, ServeMetrics(), FeedReadiness(rankings, key_feed))
+    service = Service(book, keys, ingest, ServeMetrics(), FeedReadiness(rankings, key_feed),
+                      SiteSettings(settings))
     try:
         uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
                     log_level=logging.getLevelName(logging.getLogger().level).lower(),
@@ -95,8 +101,9 @@ def _produce(settings: Settings, topic: str, key: str, value: bytes | None) -> N
         raise RuntimeError(f"the key record was not written: {errors or 'timed out'}")
 
 
-def create_key(settings: Settings, site_id: str) -> str:
-    """A new key for ``site_id``, on the keys topic; the key itself is returned once."""
+def create_key(settings: Settings, site_id: str | None) -> str:
+    """A new key for ``site_id`` (None: an admin key), on the keys topic; the key itself is
+    returned once."""
     key, record = new_key(site_id)
     _produce(settings, _ensure_keys_topic(settings), record.key_id, record.to_value())
     return key
@@ -106,12 +113,11 @@ def revoke_key(settings: Settings, key_id: str) -> None:
     _produce(settings, _ensure_keys_topic(settings), key_id, None)
 
 
-def key_records(settings: Settings) -> Iterator[KeyRecord]:
-    """Every live key record, read from the keys topic to its end."""
-    keys = KeyBook(1.0)
-    topic = _ensure_keys_topic(settings)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-keys-cli",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+def read_to_end(settings: Settings, topic: str, apply: Callable[[Message], None]) -> None:
+    """Every record of the one-partition ``topic``, from its start to its end."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-cli",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     try:
         while True:
@@ -120,15 +126,20 @@ def key_records(settings: Settings) -> Iterator[KeyRecord]:
             if message is None or (error is not None and error.code() == KafkaError._PARTITION_EOF):
                 break
             if error is None:
-                offer_key(keys, message)
+                apply(message)
     finally:
         consumer.close()
+
+
+def key_records(settings: Settings) -> Iterator[KeyRecord]:
+    """Every live key record, read from the keys topic to its end."""
+    keys = KeyBook(1.0)
+    read_to_end(settings, _ensure_keys_topic(settings), lambda m: offer_key(keys, m))
     yield from keys.records()
 
 
 def keys_command(settings: Settings, action: str, site: str | None, key_id: str | None) -> int:
     if action == "create":
-        assert site is not None
         print(create_key(settings, site))
         print("(shown once: store it now; only its SHA-256 is kept)", file=sys.stderr)
     elif action == "revoke":
@@ -138,5 +149,34 @@ def keys_command(settings: Settings, action: str, site: str | None, key_id: str 
     else:
         for record in key_records(settings):
             if site is None or record.site_id == site:
-                print(f"{record.key_id}\t{record.site_id}\tcreated_ms={record.created_ms}")
+                print(f"{record.key_id}\t{'(admin)' if record.admin else record.site_id}"
+                      f"\tcreated_ms={record.created_ms}")
+    return 0
+
+
+def set_site_config(settings: Settings, site_id: str, value: object) -> None:
+    """Write ``site_id``'s config; ValueError with the reason when it is refused."""
+    raw = checked_site_config(site_id, value, SiteSettings(settings))
+    _produce(settings, settings.topic(SITE_CONFIG), site_id, raw)
+
+
+def sites_command(settings: Settings, action: str, site_id: str, path: Path | None) -> int:
+    if action == "set":
+        assert path is not None
+        try:
+            set_site_config(settings, site_id, orjson.loads(path.read_bytes()))
+        except (ValueError, OSError) as exc:  # orjson's decode error is a ValueError
+            print(f"recoloop sites set: refused: {exc}", file=sys.stderr)
+            return 2
+        print(f"{site_id}: written; every worker applies it within seconds")
+    elif action == "reset":
+        _produce(settings, settings.topic(SITE_CONFIG), site_id, None)
+        print(f"{site_id}: back to the defaults")
+    else:
+        latest: dict[str, bytes | None] = {}
+        read_to_end(settings, settings.topic(SITE_CONFIG),
+                    lambda m: latest.__setitem__((m.key() or b"").decode(), m.value()))
+        raw = latest.get(site_id)
+        print("(no config: the RECOLOOP_* defaults)" if raw is None else
+              orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode())
     return 0

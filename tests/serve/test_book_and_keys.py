@@ -57,11 +57,16 @@ def test_a_key_opens_its_own_site_only_and_only_its_digest_is_stored():
     key, record = new_key("shop:a")
     keys.offer(record.key_id, KeyRecord.from_value(record.to_value()))
     assert key.split("_")[-1] not in record.to_value().decode()
-    assert keys.site_of(key) == "shop:a"
-    assert keys.site_of(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # wrong secret
-    assert keys.site_of(None) is None and keys.site_of("garbage") is None
+    found = keys.identify(key)
+    assert found is not None and found.opens("shop:a") and not found.opens("shop")
+    assert keys.identify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # wrong secret
+    assert keys.identify(None) is None and keys.identify("garbage") is None
     keys.offer(record.key_id, None)  # revoked
-    assert keys.site_of(key) is None
+    assert keys.identify(key) is None
+    admin, record = new_key(None)
+    keys.offer(record.key_id, KeyRecord.from_value(record.to_value()))
+    found = keys.identify(admin)
+    assert found is not None and found.admin and not found.opens("")  # opens no site
 
 
 def test_each_key_has_its_own_rate_refilled_by_the_clock():

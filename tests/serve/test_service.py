@@ -42,8 +42,9 @@ def click(site: str, session: str, event_id: str, **extra: Any) -> dict[str, Any
             "ts": now_ms(), "item_id": "sku-1", **extra}
 
 
-def key_for(s: Settings, port: int, site: str) -> str:
-    """A new key of ``site``, once the service has read it from the keys topic."""
+def key_for(s: Settings, port: int, site: str | None) -> str:
+    """A new key of ``site`` (None: an admin key), once the service has read it from the
+    keys topic."""
     key = create_key(s, site)
     deadline = time.monotonic() + 30
     while call(port, "GET", f"/v1/sites/{site}/sessions/x/ranking", key)[0] == 401:
