@@ -30,7 +30,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.serve": ("app.contract", "app.core.events", "app.core.sites", "app.observability",
                   "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
                   "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
-                  "prometheus_client", "uvicorn"),
+                  "prometheus_client", "starlette", "uvicorn"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.contract.site_config import checked_site_config
@@ -96,6 +97,33 @@ class Invalid(BaseModel):
     rejected: list[dict[str, Any]]
 
 
+class Measured:
+    """Requests by route template and status, and their durations (a plain ASGI
+    middleware: Starlette's BaseHTTPMiddleware costs a task per request)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+
+
 def identify(request: Request) -> KeyRecord:
     """The caller's key: 401 without a valid key, 429 past its rate."""
     keys: KeyBook = request.app.state.service.keys
@@ -125,18 +153,10 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     metrics = service.metrics
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                      ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.request_duration.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Measured, metrics=metrics)
 
     @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
-             response_model=RankingAnswer)
+             response_model=RankingAnswer, response_class=JSONResponse)
     async def ranking(
             caller: Caller,
             site_id: Annotated[str, Path(max_length=256)],
@@ -148,7 +168,7 @@ def create_app(service: Service) -> FastAPI:
             after_event_id: Annotated[str | None, Query(
                 max_length=512, description="Wait for the ranking this event triggered.")]
             = None,
-            wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0) -> RankingAnswer:
+            wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0) -> Response:
         own(caller, site_id)
         book = service.book
         reached: bool | None = None
@@ -156,12 +176,14 @@ def create_app(service: Service) -> FastAPI:
             reached = await _wait_for(book, site_id, session_id, after_event_id, wait_ms)
         answer = book.answer(site_id, session_id, segment)
         metrics.answers.labels(answer.source).inc()
-        ts = answer.ranking.get("ts") if answer.ranking else None
-        return RankingAnswer(
-            source=answer.source,
-            ranking=Ranking.model_validate(answer.ranking) if answer.ranking else None,
-            age_ms=int(time.time() * 1000) - ts if isinstance(ts, int) else None,
-            after_event_reached=reached, stale=service.readiness.broker_away())
+        # The ranking's JSON as the worker published it, spliced in: the hot path neither
+        # parses nor re-validates it (RankingAnswer documents the shape).
+        head = orjson.dumps({
+            "source": answer.source,
+            "age_ms": None if answer.ts is None else int(time.time() * 1000) - answer.ts,
+            "after_event_reached": reached, "stale": service.readiness.broker_away()})
+        return Response(head[:-1] + b',"ranking":' + (answer.raw or b"null") + b"}",
+                        media_type="application/json")
 
     @app.post("/v1/events", status_code=202, response_model=Accepted,
               responses={422: {"model": Invalid}, 403: {}, 503: {}})

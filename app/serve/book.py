@@ -33,11 +33,16 @@ class SessionEntry:
 
 @dataclass(frozen=True)
 class Answer:
-    """What a ranking request gets: the ranking and where it came from (``session``,
-    ``segment`` or ``site``), or nothing (``source`` ``none``)."""
+    """What a ranking request gets: the ranking's JSON as published and where it came from
+    (``session``, ``segment`` or ``site``), or nothing (``source`` ``none``)."""
 
     source: str
-    ranking: dict[str, Any] | None
+    raw: bytes | None
+    ts: int | None = None  # the ranking's
+
+    @property
+    def ranking(self) -> dict[str, Any] | None:
+        return None if self.raw is None else orjson.loads(self.raw)
 
 
 Waiter = Callable[[], None]
@@ -119,9 +124,9 @@ class RankingBook:
         with self._lock:
             entry = self._sessions.get((site, session))
             if entry is not None:
-                return Answer("session", orjson.loads(entry.raw))
+                return Answer("session", entry.raw, entry.ts)
             for source, key in (("segment", (site, segment)), ("site", (site, ""))):
                 raw = self._defaults.get(key)
                 if raw is not None and (source == "site" or segment):
-                    return Answer(source, orjson.loads(raw))
+                    return Answer(source, raw, orjson.loads(raw).get("ts"))
         return Answer("none", None)
