@@ -189,12 +189,13 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
 
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
               size: int, ranker: ItemRanker | None = None,
-              signals: ItemSignals | None = None, rules: Rules = NO_RULES
-              ) -> list[tuple[str, float]]:
+              signals: ItemSignals | None = None, rules: Rules = NO_RULES,
+              placed_by: dict[str, str] | None = None) -> list[tuple[str, float]]:
     """The ranked items ``arm`` would show this session, filled up by the fallbacks
     (``ranker``: the site's item model, for the ``learned`` arm; ``signals``: the session's
     :class:`ItemSignals` at ``ts`` when the caller has them already), under the site's
-    business ``rules``."""
+    business ``rules``. ``placed_by``, when given, gets what placed each item: the arm, a
+    fallback (``sales``, ``popular``, ``catalog``) or a promotion (``pinned``, ``boosted``)."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
     if arm == "learned" and signals is None:
@@ -209,7 +210,7 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
         known = lookup(session.site_id, item)
         return (known is None or known.available) and (not ruled or rules.allows(item, known))
 
-    def take(candidates: Iterable[tuple[str, float]]) -> None:
+    def take(candidates: Iterable[tuple[str, float]], by: str) -> None:
         for item, score in candidates:
             if len(picked) >= size:
                 return
@@ -218,20 +219,32 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
             seen.add(item)
             if can_show(item):
                 picked.append((item, score))
+                if placed_by is not None:
+                    placed_by[item] = by
 
     # Ask for more than needed: some candidates are in the basket or unavailable.
     wanted = 2 * size + len(session.basket)
     if signals is not None and arm == "learned":
         candidates = signals.candidates(stats, size + len(session.basket))
-        take((ranker or ItemRanker()).rank((item, signals.of(item)) for item in candidates))
+        take((ranker or ItemRanker()).rank((item, signals.of(item)) for item in candidates),
+             arm)
     else:
-        take(_own_items(arm, session, stats, ts, wanted))
+        take(_own_items(arm, session, stats, ts, wanted), arm)
     for fallback in ("sales", "popular"):
         if len(picked) < size:
-            take((item, 0.0) for item, _ in stats.scores(fallback).top(wanted, ts))
+            take(((item, 0.0) for item, _ in stats.scores(fallback).top(wanted, ts)), fallback)
     if len(picked) < size:
-        take((item, 0.0) for item in catalog.site_items(session.site_id))
-    return rules.promote(picked, size, can_show) if rules.promotes else picked
+        take(((item, 0.0) for item in catalog.site_items(session.site_id)), "catalog")
+    if not rules.promotes:
+        return picked
+    promoted = rules.promote(picked, size, can_show)
+    if placed_by is not None:
+        for item, _ in promoted[:rules.promoted_places_max]:
+            if item in rules.pinned:
+                placed_by[item] = "pinned"
+            elif item in rules.boosted:
+                placed_by[item] = "boosted"
+    return promoted
 
 
 def _own_items(arm: str, session: Session, stats: SiteStats, ts: int,

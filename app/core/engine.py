@@ -300,14 +300,23 @@ class Engine:
               signals: ItemSignals | None = None) -> Ranking:
         policy, version = self.policies.current(session.site_id)
         context = dict(session.context)
-        arm, propensity = policy.choose(context, stable_uniform(self.settings.seed, ranking_id))
+        estimates = policy.estimates(context)
+        probabilities = policy.spread(estimates)
+        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.seed,
+                                                                    ranking_id))
+        placed_by: dict[str, str] = {}
         items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size,
-                          policy.ranker, signals, self.sites.rules_for(session.site_id))
+                          policy.ranker, signals, self.sites.rules_for(session.site_id),
+                          placed_by)
+        # Why: what the bandit knew of every arm in this context, and what placed each item.
+        explain = {"arms": {a: {"estimate": estimates[a], "probability": probabilities[a]}
+                            for a in policy.arms},
+                   "placed_by": [placed_by.get(item, arm) for item, _ in items]}
         rules = self.rules_for(session.site_id)
         session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
                                  keep_ms=rules.window_ms + rules.grace_ms)
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
-                       tuple(items), version, context, segment, trigger_event_id)
+                       tuple(items), version, context, segment, trigger_event_id, explain)
 
     # -- default rankings -----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Input values arrive as JSON already checked against the schemas in ``topics/``; 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +191,8 @@ class Ranking:
     context: Context
     segment: str | None = None  # set on default rankings, whose session_id is "*"
     trigger_event_id: str | None = None  # the session event it answers; None for defaults
+    # Each arm's estimate and probability in this context, and what placed each item.
+    explain: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -214,4 +217,6 @@ class Ranking:
         }
         if self.segment is not None:
             value["segment"] = self.segment
+        if self.explain is not None:
+            value["explain"] = self.explain
         return value

@@ -161,7 +161,10 @@ class ContextualBandit:
 
     def probabilities(self, context: Mapping[str, Any]) -> dict[str, float]:
         """The probability with which :meth:`choose` picks each arm in this context."""
-        estimates = self.estimates(context)
+        return self.spread(self.estimates(context))
+
+    def spread(self, estimates: Mapping[str, float]) -> dict[str, float]:
+        """Each arm's probability, given each arm's :meth:`estimates` in a context."""
         best = max(estimates.values())
         greedy = [arm for arm, value in estimates.items() if value >= best - TIE_TOLERANCE]
         k = len(self.arms)
@@ -182,7 +185,12 @@ class ContextualBandit:
         ``draw`` is a uniform number in [0, 1) to use instead of the policy's own random
         stream, so a decision replayed after a crash picks the same arm.
         """
-        probabilities = self.probabilities(context)
+        return self.pick(self.probabilities(context), draw)
+
+    def pick(self, probabilities: Mapping[str, float],
+             draw: float | None = None) -> tuple[str, float]:
+        """The arm ``draw`` falls on among ``probabilities`` (:meth:`choose`, with the
+        probabilities at hand), and its probability."""
         if draw is None:
             draw = self._rng.random()
         cumulative = 0.0

@@ -71,6 +71,17 @@ class Ranking(BaseModel):
     trigger_event_id: str | None = None
 
 
+class ArmInContext(BaseModel):
+    estimate: float = Field(description="The bandit's expected reward of the arm here.")
+    probability: float = Field(description="The exact probability it had of being chosen.")
+
+
+class Explanation(BaseModel):
+    arms: dict[str, ArmInContext]
+    placed_by: list[str] = Field(description="Per item, in order: the arm, a fallback "
+                                 "(sales, popular, catalog) or a promotion (pinned, boosted).")
+
+
 class RankingAnswer(BaseModel):
     source: str = Field(description="session: the session's latest ranking; segment: its "
                         "context segment's default; site: the site's default; none.")
@@ -80,6 +91,8 @@ class RankingAnswer(BaseModel):
         description="With after_event_id: whether this ranking answers that event (or a "
         "later one); false when wait_ms ran out first.")
     stale: bool = Field(description="True while this replica cannot reach the broker.")
+    explain: Explanation | None = Field(
+        None, description="With explain=true: why the ranking is what it is.")
 
 
 class EventBatch(BaseModel):
@@ -168,7 +181,11 @@ def create_app(service: Service) -> FastAPI:
             after_event_id: Annotated[str | None, Query(
                 max_length=512, description="Wait for the ranking this event triggered.")]
             = None,
-            wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0) -> Response:
+            wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0,
+            explain: Annotated[bool, Query(
+                description="Add why: each arm's estimate and probability in this context, "
+                "and what placed each item (the arm, a fallback or a promotion).")] = False
+            ) -> Response:
         own(caller, site_id)
         book = service.book
         reached: bool | None = None
@@ -182,8 +199,10 @@ def create_app(service: Service) -> FastAPI:
             "source": answer.source,
             "age_ms": None if answer.ts is None else int(time.time() * 1000) - answer.ts,
             "after_event_reached": reached, "stale": service.readiness.broker_away()})
-        return Response(head[:-1] + b',"ranking":' + (answer.raw or b"null") + b"}",
-                        media_type="application/json")
+        body = head[:-1] + b',"ranking":' + (answer.raw or b"null")
+        if explain:
+            body += b',"explain":' + (answer.explain or b"null")
+        return Response(body + b"}", media_type="application/json")
 
     @app.post("/v1/events", status_code=202, response_model=Accepted,
               responses={422: {"model": Invalid}, 403: {}, 503: {}})

@@ -26,8 +26,9 @@ DEFAULT_SESSION = "*"
 
 @dataclass
 class SessionEntry:
-    raw: bytes  # the latest ranking's value, as published
+    raw: bytes  # the latest ranking's value, as published but for its explain
     ts: int
+    explain: bytes | None = None
     triggers: list[str] = field(default_factory=list)
 
 
@@ -39,6 +40,7 @@ class Answer:
     source: str
     raw: bytes | None
     ts: int | None = None  # the ranking's
+    explain: bytes | None = None  # its "explain" field's JSON, kept apart
 
     @property
     def ranking(self) -> dict[str, Any] | None:
@@ -65,7 +67,7 @@ class RankingBook:
         self.max_sessions = max_sessions
         self.max_defaults = max_defaults
         self._sessions: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
-        self._defaults: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._defaults: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._lock = threading.Lock()
 
@@ -75,21 +77,26 @@ class RankingBook:
     def offer(self, ranking: dict[str, Any], raw: bytes | None = None) -> None:
         """Take one ranking record (``raw``: its bytes as read, to serve them unchanged)."""
         site, session = str(ranking["site_id"]), str(ranking["session_id"])
+        explain: bytes | None = None
+        if "explain" in ranking:  # served only when asked for: kept apart
+            ranking = dict(ranking)
+            explain, raw = orjson.dumps(ranking.pop("explain")), None
         raw = raw if raw is not None else orjson.dumps(ranking)
+        stamped = ranking.get("ts")
+        ts = stamped if isinstance(stamped, int) else 0
         with self._lock:
             if session == DEFAULT_SESSION:
                 key = (site, str(ranking.get("segment") or ""))
                 self._defaults.pop(key, None)
-                self._defaults[key] = raw
+                self._defaults[key] = SessionEntry(raw, ts, explain)
                 while len(self._defaults) > self.max_defaults:
                     self._defaults.popitem(last=False)
                 return
             entry = self._sessions.pop((site, session), None)
-            ts = int(ranking.get("ts") or 0)
             if entry is None:
-                entry = SessionEntry(raw, ts)
+                entry = SessionEntry(raw, ts, explain)
             elif ts >= entry.ts:  # partitions are read in order; ts guards a replayed older one
-                entry.raw, entry.ts = raw, ts
+                entry.raw, entry.ts, entry.explain = raw, ts, explain
             trigger = ranking.get("trigger_event_id")
             if isinstance(trigger, str):
                 entry.triggers = [*entry.triggers[-(TRIGGERS_KEPT - 1):], trigger]
@@ -124,9 +131,9 @@ class RankingBook:
         with self._lock:
             entry = self._sessions.get((site, session))
             if entry is not None:
-                return Answer("session", entry.raw, entry.ts)
+                return Answer("session", entry.raw, entry.ts, entry.explain)
             for source, key in (("segment", (site, segment)), ("site", (site, ""))):
-                raw = self._defaults.get(key)
-                if raw is not None and (source == "site" or segment):
-                    return Answer(source, raw, orjson.loads(raw).get("ts"))
+                default = self._defaults.get(key)
+                if default is not None and (source == "site" or segment):
+                    return Answer(source, default.raw, default.ts, default.explain)
         return Answer("none", None)

@@ -78,6 +78,13 @@ def test_a_posted_event_is_ranked_and_served_read_your_writes(worker_settings: S
     assert status == 200, (body, service.log_tail())
     assert body["source"] == "session" and body["after_event_reached"] is True
     assert body["ranking"]["trigger_event_id"] == "c1" and not body["stale"]
+    assert "explain" not in body and "explain" not in body["ranking"]
+    # why: every arm's estimate and exact probability here, and what placed each item
+    status, why, _ = call(port, "GET", "/v1/sites/shop/sessions/s1/ranking?explain=true", key)
+    arms, ranking = why["explain"]["arms"], why["ranking"]
+    assert sum(arm["probability"] for arm in arms.values()) == pytest.approx(1.0)
+    assert arms[ranking["arm"]]["probability"] == pytest.approx(ranking["propensity"])
+    assert len(why["explain"]["placed_by"]) == len(ranking["items"])
     # a session the engine has not seen: the site's default (its first event made one)
     status, body, _ = call(port, "GET", "/v1/sites/shop/sessions/new/ranking", key)
     assert (status, body["source"]) == (200, "site"), body

@@ -69,6 +69,9 @@ def test_a_site_config_set_over_http_is_applied_by_the_running_worker(
         shown = [entry["item_id"] for entry in ranking["items"]]
         assert (ranking["arm"], ranking["propensity"]) == ("category1", 1.0)
         assert shown[0] == "promo" and shown.count("promo") == 1, shown
+        status, why, _ = call(port, "GET", f"/v1/sites/shop/sessions/s{n % 3}/ranking"
+                              "?explain=true", shop)
+        assert why["explain"]["placed_by"][0] == "pinned", why
         assert not {"pricey", "gift"} & set(shown), shown
     # Another site keeps the defaults.
     for m in range(3):
