@@ -237,7 +237,12 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
         take(((item, 0.0) for item in catalog.site_items(session.site_id)), "catalog")
     if not rules.promotes:
         return picked
-    promoted = rules.promote(picked, size, can_show)
+    def can_pin(item: str) -> bool:
+        """A pinned item comes from a config, not from what shoppers engaged: the catalog
+        must know it (a typo or a deleted item is not pinned to every ranking)."""
+        return can_show(item) and lookup(session.site_id, item) is not None
+
+    promoted = rules.promote(picked, size, can_pin)
     if placed_by is not None:
         for item, _ in promoted[:rules.promoted_places_max]:
             if item in rules.pinned:

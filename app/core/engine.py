@@ -52,6 +52,7 @@ EXPIRY_BUCKET_MS = 60_000
 # rewrites a small record, not the list of every session due in the same minute.
 WAKE_SHARDS = 32
 CLOCK_KEY = "clock"
+JOIN_RULES_CACHED = 1_000
 # The watermark's inputs: one per join input topic.
 INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
 
@@ -206,11 +207,13 @@ class Engine:
 
     def rules_for(self, site_id: str) -> JoinRules:
         """The site's join rules: the settings, with the site's overrides (one object per
-        distinct set of rules, so the cache does not grow with the number of sites)."""
+        distinct set of rules, the cache bounded by :data:`JOIN_RULES_CACHED`)."""
         window_s, grace_s, rewards = self.sites.join_for(site_id)
         key = (window_s, grace_s, tuple(sorted(rewards.items())))
         rules = self._rules.get(key)
         if rules is None:
+            if len(self._rules) >= JOIN_RULES_CACHED:  # site configs may each differ
+                self._rules.clear()
             rules = self._rules[key] = JoinRules(int(window_s * 1000), int(grace_s * 1000),
                                                  rewards)
         return rules

@@ -9,7 +9,7 @@ stay exact: they change which items an arm's list holds, never which arm is chos
 - **Promotions.** ``pinned`` items come first, in their order, whatever the arm chose;
   ``boosted`` items the arm's list holds move up behind them; together they take at most
   ``promoted_places_max`` places. A promotion that is excluded, unavailable or in the basket
-  is left out.
+  is left out, and so is a pinned item the catalog does not know (a typo, a deleted item).
 
 >>> rules = Rules(exclude_items=frozenset({"x"}), pinned=("p",), boosted=("b",))
 >>> rules.allows("x", None), rules.allows("y", None)

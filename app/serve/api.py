@@ -30,6 +30,8 @@ from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
 
 MAX_WAIT_MS = 10_000
+# A request body's limit: 1,000 events of a few hundred bytes each fit many times over.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class Readiness:
@@ -137,6 +139,36 @@ class Measured:
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
 
 
+class Guard:
+    """What is refused before a ``/v1`` request's body is read: no bearer key (401), a body
+    of unstated length (411) or above :data:`MAX_BODY_BYTES` (413). FastAPI reads and parses
+    a body before a route's dependencies check the key."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = dict(scope["headers"])
+            problem: tuple[int, str] | None = None
+            if not headers.get(b"authorization", b"")[:7].lower() == b"bearer ":
+                problem = 401, "an API key of the site is needed (Authorization: Bearer <key>)"
+            elif scope["method"] in ("POST", "PUT"):
+                length = headers.get(b"content-length", b"")
+                if not length.isdigit():
+                    problem = 411, "a body needs its Content-Length"
+                elif int(length) > MAX_BODY_BYTES:
+                    problem = 413, f"a body is at most {MAX_BODY_BYTES} bytes"
+            if problem is not None:
+                body = orjson.dumps({"detail": problem[1]})
+                await send({"type": "http.response.start", "status": problem[0],
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def identify(request: Request) -> KeyRecord:
     """The caller's key: 401 without a valid key, 429 past its rate."""
     keys: KeyBook = request.app.state.service.keys
@@ -166,7 +198,8 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     metrics = service.metrics
 
-    app.add_middleware(Measured, metrics=metrics)
+    app.add_middleware(Guard)
+    app.add_middleware(Measured, metrics=metrics)  # the outer one: it counts what Guard refuses
 
     @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
              response_model=RankingAnswer, response_class=JSONResponse)
@@ -284,14 +317,14 @@ async def _wait_for(book: RankingBook, site: str, session: str, event_id: str,
             loop.call_soon_threadsafe(arrived.set)
 
         book.on_next(site, session, wake)
-        if book.has_answered(site, session, event_id):  # came while registering
-            book.forget_waiter(site, session, wake)
-            return True
         try:
+            if book.has_answered(site, session, event_id):  # came while registering
+                return True
             await asyncio.wait_for(arrived.wait(), left)
         except TimeoutError:
-            book.forget_waiter(site, session, wake)
             return book.has_answered(site, session, event_id)
+        finally:  # also when the client went away (a cancellation)
+            book.forget_waiter(site, session, wake)
     return True
 
 

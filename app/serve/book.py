@@ -21,7 +21,6 @@ import orjson
 # Trigger ids remembered per session: a site asking for event E's ranking finds it even
 # when a few newer events of the session came first.
 TRIGGERS_KEPT = 16
-DEFAULT_SESSION = "*"
 
 
 @dataclass
@@ -85,17 +84,19 @@ class RankingBook:
         stamped = ranking.get("ts")
         ts = stamped if isinstance(stamped, int) else 0
         with self._lock:
-            if session == DEFAULT_SESSION:
-                key = (site, str(ranking.get("segment") or ""))
+            if "segment" in ranking:  # only default rankings have one (a session may be "*")
+                key = (site, str(ranking["segment"] or ""))
                 self._defaults.pop(key, None)
                 self._defaults[key] = SessionEntry(raw, ts, explain)
                 while len(self._defaults) > self.max_defaults:
                     self._defaults.popitem(last=False)
                 return
+            # A session's rankings are on one partition, read once in order: the last wins
+            # (its ts is its event's, and a site's clocks may disagree).
             entry = self._sessions.pop((site, session), None)
             if entry is None:
                 entry = SessionEntry(raw, ts, explain)
-            elif ts >= entry.ts:  # partitions are read in order; ts guards a replayed older one
+            else:
                 entry.raw, entry.ts, entry.explain = raw, ts, explain
             trigger = ranking.get("trigger_event_id")
             if isinstance(trigger, str):
@@ -105,10 +106,15 @@ class RankingBook:
                 self._sessions.popitem(last=False)
             waiters = self._waiters.pop((site, session), [])
         for wake in waiters:
-            wake()
+            try:
+                wake()
+            except RuntimeError:  # its event loop is closed: nobody waits any more
+                pass
 
     def has_answered(self, site: str, session: str, event_id: str) -> bool:
-        """Whether a ranking triggered by ``event_id`` (or a later one) has arrived."""
+        """Whether the ranking ``event_id`` triggered has arrived, or one of the next
+        ``TRIGGERS_KEPT - 1`` of the session's rankings (an event further back reads as
+        not answered: the wait runs out)."""
         with self._lock:
             entry = self._sessions.get((site, session))
             return entry is not None and event_id in entry.triggers

@@ -27,6 +27,7 @@ import orjson
 
 _KEY = re.compile(r"rk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class KeyRecord:
         admin = value.get("admin") is True
         if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id) \
                 or not isinstance(site, str) or not (site or admin) \
-                or not isinstance(digest, str) or len(digest) != 64:
+                or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
             raise ValueError("not an API key record")
         created = value.get("created_ms")
         return cls(key_id, "" if admin else site, digest,
@@ -72,6 +73,10 @@ def new_key(site_id: str | None, now_ms: int | None = None) -> tuple[str, KeyRec
     record = KeyRecord(key_id, site_id or "", _digest(secret),
                        int(time.time() * 1000) if now_ms is None else now_ms, site_id is None)
     return f"rk_{key_id}_{secret}", record
+
+
+def is_key_id(text: str) -> bool:
+    return _KEY_ID.fullmatch(text) is not None
 
 
 def _digest(secret: str) -> str:

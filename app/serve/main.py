@@ -27,7 +27,7 @@ from app.serve.api import Readiness, Service, create_app
 from app.serve.book import RankingBook
 from app.serve.feeds import TopicFeed
 from app.serve.ingest import EventIngest
-from app.serve.keys import KeyBook, KeyRecord, new_key
+from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key
 from app.settings import Settings
 from app.stream.channels import Channels, InternalTopic
 from app.stream.topic_admin import ensure_internal_topics
@@ -56,9 +56,12 @@ def offer_key(keys: KeyBook, message: Message) -> None:
     key_id = (message.key() or b"").decode("utf-8", "replace")
     raw = message.value()
     try:
-        keys.offer(key_id, None if raw is None else KeyRecord.from_value(raw))
-    except ValueError:
-        log.error("api-keys: the record of %r is not a key record: skipped", key_id)
+        record = None if raw is None else KeyRecord.from_value(raw)
+        if record is not None and record.key_id != key_id:
+            raise ValueError("its key id is not its record key")
+        keys.offer(key_id, record)
+    except ValueError as exc:
+        log.error("api-keys: the record of %r is not a key record (%s): skipped", key_id, exc)
 
 
 def offer_ranking(book: RankingBook, message: Message) -> None:
@@ -144,6 +147,10 @@ def keys_command(settings: Settings, action: str, site: str | None, key_id: str 
         print("(shown once: store it now; only its SHA-256 is kept)", file=sys.stderr)
     elif action == "revoke":
         assert key_id is not None
+        if not is_key_id(key_id):
+            print("recoloop keys revoke: give the key id (the 12 hex digits after rk_, as "
+                  "keys list shows them), not the key", file=sys.stderr)
+            return 2
         revoke_key(settings, key_id)
         print(f"revoked {key_id}")
     else:

@@ -194,7 +194,7 @@ class BanditModels:
         return policy
 
     def reconfigured(self, site_id: str) -> None:
-        """The site's settings changed: its bandit follows them from its next decision."""
-        policy = self._decoded.get(site_id)
-        if policy is not None:
-            self._decoded[site_id] = self._fit(site_id, policy)
+        """The site's settings changed: its bandit follows them from its next decision (read
+        back from its committed bytes, fitted to the new arms; called between transactions)."""
+        if site_id not in self._learning:
+            self._decoded.pop(site_id, None)

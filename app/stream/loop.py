@@ -211,6 +211,9 @@ class Tail:
 
     def open(self) -> None:
         metadata = self.consumer.list_topics(self.topic, timeout=TIMEOUT_S).topics[self.topic]
+        if not metadata.partitions:
+            log.warning("%s does not exist: nothing of it is read until a restart after "
+                        "`recoloop topics apply`", self.topic)
         self.partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING)
                            for p in sorted(metadata.partitions)]
         self.consumer.assign(self.partitions)
@@ -301,7 +304,8 @@ class Runtime:
                                self._apply_site_stat)
         self.config_tail = Tail(self._reader_config, self.channels.site_config,
                                 self._apply_site_config)
-        self._tails = (self.catalog_tail, self.models_tail, self.stats_tail, self.config_tail)
+        # The sites' configs first: a model read back is fitted to its site's arms at once.
+        self._tails = (self.config_tail, self.catalog_tail, self.models_tail, self.stats_tail)
 
     # -- status (read from the health server's threads) ----------------------------------
 

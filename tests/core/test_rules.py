@@ -55,5 +55,6 @@ def test_pinned_items_come_first_and_boosted_ones_next_within_the_cap():
     assert promoted[:2] == ["p", plain[-1]] and len(promoted) == 4
     capped = items(Rules(pinned=("p", "q"), boosted=(plain[-1],), promoted_places_max=1))
     assert capped[0] == "p" and capped.count("p") == 1
-    # a pinned item the rules exclude, or in the basket, is not shown
+    # a pinned item the rules exclude, or the catalog does not know, is not shown
     assert "p" not in items(Rules(pinned=("p",), exclude_items=frozenset({"p"})))
+    assert items(Rules(pinned=("typo-sku", "p")))[:2] == ["p", plain[0]]

@@ -5,6 +5,7 @@ site only, on every route."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,17 @@ def call(port: int, method: str, path: str, key: str | None = None,
             return answer.status, json.loads(answer.read() or b"null"), dict(answer.headers)
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null"), dict(error.headers)
+
+
+def status_before_body(port: int, key: str | None, length: int | None) -> int:
+    """The status a POST /v1/events gets for its head alone, claiming a ``length``-byte
+    body (None: no Content-Length)."""
+    head = "POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    head += f"Authorization: Bearer {key}\r\n" if key else ""
+    head += f"Content-Length: {length}\r\n" if length is not None else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall((head + "\r\n").encode())
+        return int(connection.recv(1024).split(b" ", 2)[1])
 
 
 def click(site: str, session: str, event_id: str, **extra: Any) -> dict[str, Any]:
@@ -124,6 +136,11 @@ def test_a_key_reads_and_writes_its_own_site_only_on_every_route(worker_settings
         assert call(port, method, path, mine, body)[0] == 403, path  # another site's key
     assert call(port, "POST", "/v1/events", theirs,
                 {"events": [click("shop", "s", "e1"), click("shop:a", "s", "e2")]})[0] == 403
+
+    # refused before the body is read (none is sent): no key, or a body past the limit
+    assert status_before_body(port, None, 5 * 2**20) == 401
+    assert status_before_body(port, theirs, 5 * 2**20) == 413
+    assert status_before_body(port, theirs, None) == 411
 
     revoke_key(s, mine[3:15])
     deadline = time.monotonic() + 30

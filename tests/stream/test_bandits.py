@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from app.contract.codec import decode_model, encode_model, model_version
+from app.core.sites import SiteConfig, SiteSettings
 from app.settings import Settings
 from app.stream.bandits import BanditModels
 from tests.stream.test_state import Exploit
@@ -94,3 +95,27 @@ def test_a_model_record_claiming_more_than_a_model_may_hold_is_skipped():
         policy.update("trending", {"visitor": f"v{n}"}, 1.0)
     with pytest.raises(UndecodableRecord):
         decode_model(encode_model(policy))  # it would be re-published past the bound
+
+
+def test_a_site_config_read_before_its_model_keeps_what_the_model_learned_of_its_arms():
+    """A worker reads the sites' configs before the models: a model whose site's config
+    adds arms to the defaults must come back with those arms' learning (fitted to the
+    defaults first, with_arms would have blanked them)."""
+    configured = SiteSettings(SETTINGS)
+    configured.offer(SiteConfig("shop", arms=("category1", "trending", "similar")))
+    writer = BanditModels(SETTINGS, sites=configured)
+    for _ in range(50):
+        writer.learning("shop").update("similar", {}, 1.0)
+    raw = dict(writer.changes())["shop"]
+    writer.committed([("shop", raw)])
+
+    sites = SiteSettings(SETTINGS)
+    reader = BanditModels(SETTINGS, sites=sites)
+    sites.offer(SiteConfig("shop", arms=("category1", "trending", "similar")))  # config first
+    reader.offer("shop", raw)
+    assert reader.current("shop")[0].estimates({})["similar"] > 0.5
+    # and a config change between transactions re-reads the committed model under it
+    sites.offer(SiteConfig("shop", arms=("similar", "learned")))
+    reader.reconfigured("shop")
+    policy = reader.current("shop")[0]
+    assert policy.arms == ("similar", "learned") and policy.estimates({})["similar"] > 0.5
