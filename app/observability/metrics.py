@@ -266,7 +266,7 @@ class _MetricsOnly(MetricsHandler):
 
 
 # Answers of the rank service, by where the ranking came from (app.serve.book.Answer).
-ANSWER_SOURCES = ("session", "segment", "site", "none")
+ANSWER_SOURCES = ("session", "segment", "site", "catalog", "none")
 
 
 class ServeMetrics:
@@ -289,7 +289,8 @@ class ServeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.answers = Counter(
             "recoloop_serve_answers_total", "Rankings answered, by source: the session's own, "
-            "its segment's default, the site's default, or none.", ["source"], registry=r)
+            "its segment's default, the site's default, the site's catalog, or none.",
+            ["source"], registry=r)
         for source in ANSWER_SOURCES:
             self.answers.labels(source)
         self.events_ingested = Counter(

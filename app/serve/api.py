@@ -24,7 +24,7 @@ from app.contract.site_config import checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
-from app.serve.book import RankingBook
+from app.serve.book import CatalogItems, RankingBook
 from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
 from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
@@ -52,6 +52,7 @@ class Service:
     metrics: ServeMetrics
     readiness: Readiness
     sites: SiteSettings  # the defaults a site config is checked against
+    catalog: CatalogItems | None = None  # the last fallback: a few available items per site
 
 
 class RankedItem(BaseModel):
@@ -86,13 +87,17 @@ class Explanation(BaseModel):
 
 class RankingAnswer(BaseModel):
     source: str = Field(description="session: the session's latest ranking; segment: its "
-                        "context segment's default; site: the site's default; none.")
+                        "context segment's default; site: the site's default; catalog: no "
+                        "ranking yet, available items of the site's catalog; none.")
     ranking: Ranking | None
     age_ms: int | None = Field(description="Now minus the ranking's ts.")
     after_event_reached: bool | None = Field(
         description="With after_event_id: whether this ranking answers that event (or a "
         "later one); false when wait_ms ran out first.")
     stale: bool = Field(description="True while this replica cannot reach the broker.")
+    catalog_items: list[str] | None = Field(
+        None, description="With source catalog: available items, to show as the site's own "
+        "list (send the display without ranking_id).")
     explain: Explanation | None = Field(
         None, description="With explain=true: why the ranking is what it is.")
 
@@ -224,14 +229,15 @@ def create_app(service: Service) -> FastAPI:
         reached: bool | None = None
         if after_event_id is not None:
             reached = await _wait_for(book, site_id, session_id, after_event_id, wait_ms)
-        answer = book.answer(site_id, session_id, segment)
+        answer = book.answer(site_id, session_id, segment, service.catalog)
         metrics.answers.labels(answer.source).inc()
         # The ranking's JSON as the worker published it, spliced in: the hot path neither
         # parses nor re-validates it (RankingAnswer documents the shape).
         head = orjson.dumps({
             "source": answer.source,
             "age_ms": None if answer.ts is None else int(time.time() * 1000) - answer.ts,
-            "after_event_reached": reached, "stale": service.readiness.broker_away()})
+            "after_event_reached": reached, "stale": service.readiness.broker_away(),
+            **({"catalog_items": answer.items} if answer.items else {})})
         body = head[:-1] + b',"ranking":' + (answer.raw or b"null")
         if explain:
             body += b',"explain":' + (answer.explain or b"null")

@@ -1,5 +1,6 @@
 """The rank service's memory of ``reco.rankings``: each session's latest ranking, and each
-site's default rankings per context segment, bounded by count.
+site's default rankings per context segment, bounded by count; and of ``reco.catalog``, a
+few available items per site.
 
 Fed by one thread (:mod:`app.serve.feeds`), read by the request handlers. A session's entry
 keeps the ranking's JSON bytes as published (a few hundred bytes) and the ids of the last
@@ -34,12 +35,14 @@ class SessionEntry:
 @dataclass(frozen=True)
 class Answer:
     """What a ranking request gets: the ranking's JSON as published and where it came from
-    (``session``, ``segment`` or ``site``), or nothing (``source`` ``none``)."""
+    (``session``, ``segment`` or ``site``), or available ``items`` of the site's catalog
+    (``catalog``), or nothing (``none``)."""
 
     source: str
     raw: bytes | None
     ts: int | None = None  # the ranking's
     explain: bytes | None = None  # its "explain" field's JSON, kept apart
+    items: list[str] = field(default_factory=list)  # source "catalog": no ranking, items
 
     @property
     def ranking(self) -> dict[str, Any] | None:
@@ -132,8 +135,10 @@ class RankingBook:
             if not waiters:
                 self._waiters.pop((site, session), None)
 
-    def answer(self, site: str, session: str, segment: str) -> Answer:
-        """The session's latest ranking, else its segment's default, else the site's."""
+    def answer(self, site: str, session: str, segment: str,
+               catalog: CatalogItems | None = None) -> Answer:
+        """The session's latest ranking, else its segment's default, else the site's, else
+        (source ``catalog``, no ranking) available items of ``catalog``."""
         with self._lock:
             entry = self._sessions.get((site, session))
             if entry is not None:
@@ -142,4 +147,38 @@ class RankingBook:
                 default = self._defaults.get(key)
                 if default is not None and (source == "site" or segment):
                     return Answer(source, default.raw, default.ts, default.explain)
-        return Answer("none", None)
+        items = catalog.available(site) if catalog is not None else []
+        return Answer("catalog", None, items=items) if items else Answer("none", None)
+
+
+class CatalogItems:
+    """The first ``per_site`` available items of each of the last ``max_sites`` sites of
+    ``reco.catalog``: what a site that has sent no event yet is shown.
+
+    >>> catalog = CatalogItems(per_site=2)
+    >>> for item, available in (("a", True), ("b", True), ("c", True), ("a", False)):
+    ...     catalog.offer("shop", item, available)
+    >>> catalog.available("shop")
+    ['b']
+    """
+
+    def __init__(self, per_site: int = 200, max_sites: int = 10_000) -> None:
+        self.per_site, self.max_sites = per_site, max_sites
+        self._sites: OrderedDict[str, dict[str, None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def offer(self, site: str, item: str, available: bool) -> None:
+        with self._lock:
+            items = self._sites.pop(site, {})
+            if not available:
+                items.pop(item, None)
+            elif len(items) < self.per_site:
+                items[item] = None
+            if items:
+                self._sites[site] = items
+            while len(self._sites) > self.max_sites:
+                self._sites.popitem(last=False)
+
+    def available(self, site: str, n: int = 10) -> list[str]:
+        with self._lock:
+            return list(self._sites.get(site, {}))[:n]

@@ -19,12 +19,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from app.contract.decode import InvalidInput, decode_catalog
 from app.contract.site_config import checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.serve.api import Readiness, Service, create_app
-from app.serve.book import RankingBook
+from app.serve.book import CatalogItems, RankingBook
 from app.serve.feeds import TopicFeed
 from app.serve.ingest import EventIngest
 from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key
@@ -64,6 +65,14 @@ def offer_key(keys: KeyBook, message: Message) -> None:
         log.error("api-keys: the record of %r is not a key record (%s): skipped", key_id, exc)
 
 
+def offer_catalog(catalog: CatalogItems, message: Message) -> None:
+    try:
+        site_id, item_id, value = decode_catalog(message.key(), message.value())
+    except InvalidInput:
+        return  # the workers dead-letter it
+    catalog.offer(site_id, item_id, value is not None and bool(value["available"]))
+
+
 def offer_ranking(book: RankingBook, message: Message) -> None:
     raw = message.value()
     if raw is not None:
@@ -81,16 +90,20 @@ def run(settings: Settings) -> int:
     rankings = TopicFeed(settings, Channels.of(settings).rankings,
                          lambda m: offer_ranking(book, m), lookback_ms).start()
     key_feed = TopicFeed(settings, keys_topic, lambda m: offer_key(keys, m)).start()
+    catalog = CatalogItems()
+    catalog_feed = TopicFeed(settings, Channels.of(settings).catalog,
+                             lambda m: offer_catalog(catalog, m)).start()
     ingest = EventIngest(settings)
-    service = Service(book, keys, ingest, ServeMetrics(), FeedReadiness(rankings, key_feed),
-                      SiteSettings(settings))
+    service = Service(book, keys, ingest, ServeMetrics(),
+                      FeedReadiness(rankings, key_feed, catalog_feed), SiteSettings(settings),
+                      catalog)
     try:
         uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
                     log_level=logging.getLevelName(logging.getLogger().level).lower(),
                     access_log=False)
     finally:
-        rankings.stop()
-        key_feed.stop()
+        for feed in (rankings, key_feed, catalog_feed):
+            feed.stop()
         ingest.close()
     return 0
 

@@ -47,6 +47,10 @@ def test_a_site_config_set_over_http_is_applied_by_the_running_worker(
     port = service.serve_port
     shop, other = key_for(s, port, "shop"), key_for(s, port, "other")
     admin = key_for(s, port, None)
+    # No event of the site yet: available items of its catalog, flagged as such.
+    status, body, _ = call(port, "GET", "/v1/sites/shop/sessions/new/ranking", shop)
+    assert (status, body["source"], body["ranking"]) == (200, "catalog", None), body
+    assert set(body["catalog_items"]) == set(CATALOG_ITEMS)
 
     assert call(port, "PUT", "/v1/sites/shop/config", shop, CONFIG)[0] == 403  # a site key
     status, body, _ = call(port, "PUT", "/v1/sites/shop/config", admin,
