@@ -23,7 +23,7 @@ from tests.kafka_io import collect, event, now_ms, produce, values
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RANKING_FIELDS = {"ranking_id", "site_id", "session_id", "ts", "arm", "propensity", "items",
-                  "model_version", "context", "trigger_event_id"}
+                  "model_version", "context", "trigger_event_id", "explain"}
 
 
 def test_rewards_3_1_0_and_a_ranking_after_each_session_event(worker, worker_settings):
@@ -67,6 +67,10 @@ def test_rewards_3_1_0_and_a_ranking_after_each_session_event(worker, worker_set
         assert 0 < ranking["propensity"] <= 1
         assert isinstance(ranking["model_version"], int)
         assert all(set(item) == {"item_id", "score"} for item in ranking["items"])
+        explain = ranking["explain"]  # why: the arms here, and what placed each item
+        assert set(explain["arms"]) == set(s.arms)
+        assert explain["arms"][ranking["arm"]]["probability"] == ranking["propensity"]
+        assert len(explain["placed_by"]) == len(ranking["items"])
     assert by_id["rk-r-basket"]["session_id"] == "s1"
     assert by_id["rk-d-basket"]["context"] == {"region": "eu"}
     # Topics are read in no fixed order across each other, but one session's rankings are in
