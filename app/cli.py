@@ -1,5 +1,6 @@
 """The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``serve``,
-``keys create|revoke|list``, ``sites set|show|reset``, ``simulate``, ``demo``, ``bench``."""
+``keys create|revoke|list``, ``sites set|show|reset``, ``evaluate``, ``simulate``, ``demo``,
+``bench``."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     sites_cmds.add_parser("show", help="a site's config").add_argument("site_id")
     sites_cmds.add_parser("reset", help="a site back to the defaults").add_argument("site_id")
 
+    from app.evaluation import offline
     from app.sim import demo, runner
+
+    offline.add_arguments(commands.add_parser(
+        "evaluate", help="off-policy estimates of candidate policies on a site's decisions"))
 
     simulate = commands.add_parser("simulate", help="play simulated shops against a running "
                                    "engine through the topics")
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return sites_command(settings, args.sites_command, args.site_id,
                              getattr(args, "file", None))
 
+    if args.command == "evaluate":
+        return offline.main(args, settings)
     if args.command == "simulate":
         return runner.main(args, settings)
     if args.command == "demo":

@@ -31,6 +31,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                   "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
                   "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
                   "prometheus_client", "starlette", "uvicorn"),
+    "app.evaluation.ope": (),  # pure: the standard library only
+    "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.settings",
+                       "app.stream.channels", "confluent_kafka", "orjson"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

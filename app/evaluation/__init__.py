@@ -1,0 +1,1 @@
+"""Evaluation: what a policy earned, or would have (off-policy estimates on logged decisions)."""

@@ -1,0 +1,174 @@
+"""``recoloop evaluate``: what a candidate policy would have earned on a site's logged
+decisions (``reco.rewards``, read committed), by IPS, self-normalised IPS and doubly robust.
+
+Candidates (``--policy``): ``arm:NAME`` (always that arm), ``uniform`` (every arm alike),
+``current`` (the site's bandit as it is now, from the models topic, in each decision's
+context), ``epsilon:E`` and ``squarecb:G`` (the current bandit with another exploration).
+The doubly robust estimate's reward model is the mean reward per arm and context, shrunk
+toward the arm's mean (``PRIOR_DECISIONS`` pseudo-decisions), fitted on the same log.
+Decisions of arms the site's bandit does not have (its own lists) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from app.contract.codec import UndecodableRecord, decode_model
+from app.contract.topics import REWARDS
+from app.core.policy import ContextualBandit
+from app.evaluation.ope import Estimate, Logged, estimate_all
+from app.settings import Settings
+from app.stream.channels import Channels
+
+PRIOR_DECISIONS = 10.0
+Chooser = Callable[[Mapping[str, Any]], Mapping[str, float]]  # context -> arm probabilities
+
+
+def candidate(spec: str, arms: Sequence[str], current: ContextualBandit | None) -> Chooser:
+    """The candidate policy ``spec`` names, as each arm's probability in a context."""
+    kind, _, value = spec.partition(":")
+    if kind == "arm":
+        if value not in arms:
+            raise ValueError(f"unknown arm {value!r}; the site's arms: {list(arms)}")
+        return lambda context: {arm: float(arm == value) for arm in arms}
+    if kind == "uniform":
+        return lambda context: {arm: 1.0 / len(arms) for arm in arms}
+    if kind in ("current", "epsilon", "squarecb"):
+        if current is None:
+            raise ValueError("the site has no model on the models topic yet")
+        policy = current
+        if kind != "current":
+            policy = ContextualBandit.from_state(current.to_state())
+            policy.rule = kind
+            if kind == "epsilon":
+                policy.epsilon = float(value)
+            else:
+                policy.squarecb_gamma = float(value)
+        return policy.probabilities
+    raise ValueError(f"unknown policy {spec!r}: arm:NAME, uniform, current, epsilon:E or "
+                     "squarecb:G")
+
+
+def _context_key(context: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in context.items()))
+
+
+def reward_model(decisions: Iterable[Mapping[str, Any]]
+                 ) -> Callable[[Mapping[str, Any], str], float]:
+    """Mean reward per (context, arm), shrunk toward the arm's mean, then the overall one."""
+    by_cell: dict[tuple[Any, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    by_arm: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    total = [0.0, 0.0]
+    for d in decisions:
+        for cell in (by_cell[(_context_key(d["context"]), d["arm"])], by_arm[d["arm"]], total):
+            cell[0] += d["reward"]
+            cell[1] += 1
+    overall = total[0] / total[1] if total[1] else 0.0
+
+    def predict(context: Mapping[str, Any], arm: str) -> float:
+        arm_sum, arm_n = by_arm.get(arm, (0.0, 0.0))
+        arm_mean = (arm_sum + PRIOR_DECISIONS * overall) / (arm_n + PRIOR_DECISIONS)
+        cell_sum, cell_n = by_cell.get((_context_key(context), arm), (0.0, 0.0))
+        return (cell_sum + PRIOR_DECISIONS * arm_mean) / (cell_n + PRIOR_DECISIONS)
+
+    return predict
+
+
+def evaluate(decisions: Sequence[Mapping[str, Any]], chooser: Chooser,
+             arms: Sequence[str]) -> list[Estimate]:
+    """The estimates of ``chooser`` on ``decisions`` (``reco.rewards`` values)."""
+    usable = [d for d in decisions if d.get("arm") in arms and d.get("propensity", 0) > 0]
+    model = reward_model(usable)
+    rows = []
+    for d in usable:
+        context = d.get("context") or {}
+        probabilities = chooser(context)
+        rows.append(Logged(
+            float(d["reward"]), float(d["propensity"]), probabilities.get(d["arm"], 0.0),
+            model(context, d["arm"]),
+            sum(p * model(context, arm) for arm, p in probabilities.items())))
+    return estimate_all(rows)
+
+
+def read_site(settings: Settings, topic: str, keep: Callable[[bytes | None, bytes], bool],
+              ) -> list[bytes]:
+    """Every committed record of ``topic`` up to its end as of now that ``keep`` keeps."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-evaluate",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        kept: list[bytes] = []
+        done = {p for p, end in ends.items() if end == 0}
+        while len(done) < len(partitions):
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is not None:
+                    continue
+                value = message.value()
+                if value is not None and keep(message.key(), value):
+                    kept.append(value)
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            done |= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+        return kept
+    finally:
+        consumer.close()
+
+
+def site_decisions(settings: Settings, site_id: str) -> list[dict[str, Any]]:
+    decisions = []
+    for raw in read_site(settings, settings.topic(REWARDS), lambda key, value: True):
+        value = orjson.loads(raw)
+        if value.get("site_id") == site_id:
+            decisions.append(value)
+    return decisions
+
+
+def site_model(settings: Settings, site_id: str) -> ContextualBandit | None:
+    found = read_site(settings, Channels.of(settings).models,
+                      lambda key, value: key == site_id.encode())
+    for raw in reversed(found):
+        try:
+            return decode_model(raw)
+        except UndecodableRecord:
+            continue
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True)
+    parser.add_argument("--policy", action="append", required=True,
+                        help="arm:NAME, uniform, current, epsilon:E or squarecb:G (repeatable)")
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    decisions = site_decisions(settings, args.site)
+    current = site_model(settings, args.site)
+    arms = current.arms if current is not None else tuple(settings.arms_for(args.site))
+    logged = [d for d in decisions if d.get("arm") in arms]
+    if not logged:
+        print(f"recoloop evaluate: no decisions of site {args.site!r} on {REWARDS}",
+              file=sys.stderr)
+        return 1
+    print(f"site {args.site}: {len(logged)} logged decisions of arms {list(arms)}; "
+          f"logged reward per decision {sum(d['reward'] for d in logged) / len(logged):.4f}")
+    print("| policy | estimator | value | 95 % interval | effective sample size |")
+    print("|---|---|---|---|---|")
+    for spec in args.policy:
+        try:
+            estimates = evaluate(logged, candidate(spec, arms, current), arms)
+        except ValueError as exc:
+            print(f"recoloop evaluate: {exc}", file=sys.stderr)
+            return 2
+        for e in estimates:
+            print(f"| {spec} | {e.name} | {e.value:.4f} | {e.low:.4f} .. {e.high:.4f} | "
+                  f"{e.effective_sample_size:,.0f} of {e.n:,} |")
+    return 0
