@@ -1,21 +1,19 @@
 """The off-policy estimators against policies whose true value is known, and on the Open
-Bandit Dataset: Bernoulli Thompson Sampling's click-through rate estimated from the uniform
-random log, against the rate its own log shows."""
+Bandit Dataset (``bench/ope_obd.py``): Bernoulli Thompson Sampling's click-through rate
+estimated from the uniform random log, against the rate its own log shows."""
 
 from __future__ import annotations
 
-import csv
 import random
 import statistics
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from app.evaluation.offline import candidate, evaluate
 from app.evaluation.ope import Logged, estimate_all
+from bench.ope_obd import thompson_on_random
 
-OBD = Path(__file__).resolve().parents[1] / "data" / "obd"
 # The true mean reward of each arm, per context: a world where the truth is known.
 TRUTH = {"mobile": {"similar": 0.2, "category1": 0.5, "learned": 0.35},
          "desktop": {"similar": 0.6, "category1": 0.3, "learned": 0.4}}
@@ -75,23 +73,9 @@ def test_doubly_robust_has_less_variance_than_ips_when_its_model_is_right():
     assert all(e.covers(TRUTH["mobile"]["learned"]) for e in (ips, snips, dr))
 
 
-def read_obd(policy: str) -> list[dict[str, str]]:
-    with (OBD / f"{policy}-all.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
 def test_thompson_samplings_ctr_estimated_from_the_random_log_matches_its_own_log():
-    random_log, bts_log = read_obd("random"), read_obd("bts")
-    # Bernoulli TS is not contextual: its action distribution is that of its own log, each
-    # item's share of each position (obp simulates it from the policy's priors instead).
-    shown = Counter((r["item_id"], r["position"]) for r in bts_log)
-    per_position = Counter(r["position"] for r in bts_log)
-    rows = [Logged(float(r["click"]), float(r["propensity_score"]),
-                   shown[(r["item_id"], r["position"])] / per_position[r["position"]])
-            for r in random_log]
-    on_policy = [float(r["click"]) for r in bts_log]
-    truth = statistics.fmean(on_policy)
-    half = 1.96 * statistics.pstdev(on_policy) / len(on_policy) ** 0.5
-    for e in estimate_all(rows):
+    estimates, truth, half = thompson_on_random()  # the Open Bandit Dataset's small sample
+    assert [e.name for e in estimates] == ["ips", "snips"]
+    for e in estimates:
         assert e.covers(truth), (e, truth)
         assert truth - half <= e.value <= truth + half, (e, truth, half)  # within its interval
