@@ -11,6 +11,7 @@ learning``), which adds only transport delays (the bandit there learns a batch l
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +65,8 @@ class InProcessEngine:
         self.next_tick_ms: int | None = None
         self.rejected: dict[str, int] = {}
         self.offset = 0
+        # Each closed decision's reco.rewards value, for whoever logs them.
+        self.on_decision: Callable[[dict[str, Any]], None] = lambda decision: None
 
     def respond(self, records: list[Outgoing], now_ms: int) -> list[dict[str, Any]]:
         """Everything the engine publishes after ``records`` (and the ticks due by ``now_ms``)."""
@@ -96,6 +99,7 @@ class InProcessEngine:
         for decision in effects.rewards:
             learn_decision(self.policies.current(decision.site_id)[0],
                            decision.learning_value())
+            self.on_decision(decision.to_value())
         for engagement in effects.engagements:
             learn_into(self.site_stats.get, self.site_stats.set, engagement)
         rankings.extend(ranking.to_value() for ranking in effects.rankings)
