@@ -56,8 +56,16 @@ def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
     def produced(messages: list[Message]) -> int:
         return sum(1 for m in messages if m.topic() in wanted)
 
+    def shown_all_read(messages: list[Message]) -> bool:
+        """Every ranking a display names has been read too: the rankings topic is read
+        beside the inputs, and may lag them (the input count alone stopped too early)."""
+        published = {r["ranking_id"] for r in values(messages, s.topic(RANKINGS))}
+        return all(v["ranking_id"] in published for v in values(messages, s.topic(SERVED))
+                   if "ranking_id" in v)
+
     messages = collect(s.bootstrap_servers, [*wanted, s.topic(RANKINGS)],
-                       lambda ms: produced(ms) >= sum(wanted.values()), timeout_s=30)
+                       lambda ms: produced(ms) >= sum(wanted.values()) and shown_all_read(ms),
+                       timeout_s=30)
     for topic, count in wanted.items():
         assert len(values(messages, topic)) == count, topic
 
