@@ -115,6 +115,18 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
+def _process_series(registry: CollectorRegistry) -> Info:
+    """The standard process_* and python_* series (CPU, memory, open fds, GC) of this
+    process, and ``recoloop_build_info``, on ``registry``."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    build = Info("recoloop_build", "recoloop build information.", registry=registry)
+    build.info({"version": __version__, "python_version": platform.python_version(),
+                "confluent_kafka_version": _version("confluent-kafka")})
+    return build
+
+
 class Metrics:
     """The worker's metrics, on a registry of its own so tests can build several."""
 
@@ -123,10 +135,7 @@ class Metrics:
         r = self.registry
         self.site = SiteLabels()
         self.segment = SegmentLabels()
-        # Standard process_* and python_* series (CPU, memory, open fds, GC) of this worker.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        self.build = _process_series(r)
 
         # -- input ------------------------------------------------------------------------
         self.events_consumed = Counter(
@@ -228,10 +237,6 @@ class Metrics:
             ["reason"], registry=r)
         for reason in RESTART_REASONS:
             self.worker_restarts.labels(reason)
-        self.build = Info("recoloop_build", "recoloop build information.", registry=r)
-        self.build.info({"version": __version__,
-                         "python_version": platform.python_version(),
-                         "confluent_kafka_version": _version("confluent-kafka")})
 
     def forget_assignment(self) -> None:
         """Drop series that describe partitions this worker may no longer own.
@@ -276,9 +281,7 @@ class ServeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        self.build = _process_series(r)
         self.requests = Counter(
             "recoloop_serve_requests_total", "HTTP requests answered, by route and status.",
             ["route", "status"], registry=r)
@@ -302,5 +305,3 @@ class ServeMetrics:
         self.sessions_in_memory = Gauge(
             "recoloop_serve_sessions_in_memory", "Sessions whose latest ranking this replica "
             "holds (bounded by RECOLOOP_SERVE_MAX_SESSIONS).", registry=r)
-        self.build = Info("recoloop_build", "recoloop build information.", registry=r)
-        self.build.info({"version": __version__, "python_version": platform.python_version()})
