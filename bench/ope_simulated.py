@@ -19,7 +19,8 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from app.evaluation.offline import candidate, evaluate
+from app.core.shadow import candidate
+from app.evaluation.offline import evaluate
 from app.settings import DEFAULT_REWARDS, Settings
 from app.sim.common import SimClock, run_simulated
 from app.sim.world import Simulator

@@ -9,6 +9,7 @@ import orjson
 
 from app.contract.decode import InvalidInput, validated
 from app.contract.topics import SITE_CONFIG
+from app.core.experiment import Experiment, Variant
 from app.core.rules import PROMOTED_PLACES_DEFAULT, Rules
 from app.core.sites import SiteConfig, SiteSettings
 
@@ -22,14 +23,29 @@ def decode_site_config(key: bytes | None, raw: bytes) -> SiteConfig:
     return site_config(value)
 
 
+def _exploration(value: dict[str, Any] | None) -> tuple[str, float] | None:
+    return None if not value else (value["rule"], float(value["parameter"]))
+
+
+def _experiment(value: dict[str, Any] | None) -> Experiment | None:
+    if value is None:
+        return None
+    return Experiment(value["name"], tuple(
+        Variant(v["name"], float(v["share"]),
+                arms=tuple(v["arms"]) if "arms" in v else None,
+                exploration=_exploration(v.get("exploration")), baseline=v.get("baseline"),
+                items=tuple(v.get("items", ())), apprentice=bool(v.get("apprentice")))
+        for v in value["variants"]))
+
+
 def site_config(value: dict[str, Any]) -> SiteConfig:
     rules: dict[str, Any] = value.get("rules") or {}
-    exploration = value.get("exploration")
     return SiteConfig(
         site_id=value["site_id"],
         arms=tuple(value["arms"]) if "arms" in value else None,
-        exploration=(exploration["rule"], float(exploration["parameter"]))
-        if exploration else None,
+        exploration=_exploration(value.get("exploration")),
+        experiment=_experiment(value.get("experiment")),
+        shadow=tuple(value.get("shadow", ())),
         reward_window_s=value.get("reward_window_s"), grace_s=value.get("grace_s"),
         rewards={kind: float(weight) for kind, weight in (value.get("rewards") or {}).items()},
         rules=Rules(

@@ -15,7 +15,7 @@ never recommended; items the catalog does not know are assumed available.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -190,12 +190,14 @@ def record_reaction(stats: SiteStats, session: Session, reaction: Reaction,
 def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView, ts: int,
               size: int, ranker: ItemRanker | None = None,
               signals: ItemSignals | None = None, rules: Rules = NO_RULES,
-              placed_by: dict[str, str] | None = None) -> list[tuple[str, float]]:
+              placed_by: dict[str, str] | None = None,
+              fixed: Sequence[str] = ()) -> list[tuple[str, float]]:
     """The ranked items ``arm`` would show this session, filled up by the fallbacks
     (``ranker``: the site's item model, for the ``learned`` arm; ``signals``: the session's
     :class:`ItemSignals` at ``ts`` when the caller has them already), under the site's
-    business ``rules``. ``placed_by``, when given, gets what placed each item: the arm, a
-    fallback (``sales``, ``popular``, ``catalog``) or a promotion (``pinned``, ``boosted``)."""
+    business ``rules`` (``fixed``: a control variant's fixed list, :mod:`app.core.experiment`).
+    ``placed_by``, when given, gets what placed each item: the arm, a fallback (``sales``,
+    ``popular``, ``catalog``) or a promotion (``pinned``, ``boosted``)."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
     if arm == "learned" and signals is None:
@@ -228,6 +230,8 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
         candidates = signals.candidates(stats, size + len(session.basket))
         take((ranker or ItemRanker()).rank((item, signals.of(item)) for item in candidates),
              arm)
+    elif fixed:
+        take(((item, 0.0) for item in fixed), arm)
     else:
         take(_own_items(arm, session, stats, ts, wanted), arm)
     for fallback in ("sales", "popular"):

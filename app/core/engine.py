@@ -34,7 +34,8 @@ from app.core.candidates import (
     learn_engagement,
 )
 from app.core.catalog import CatalogView
-from app.core.events import ClosedDecision, Context, Ranking, Reaction, Served, Tick
+from app.core.events import Apprentice, ClosedDecision, Context, Ranking, Reaction, Served, Tick
+from app.core.experiment import MAIN_VARIANT, NOTHING, Variant, model_key
 from app.core.join import JoinResult, JoinRules, PendingDisplay
 from app.core.keys import escape, state_key
 from app.core.policy import ContextualBandit
@@ -79,9 +80,17 @@ class EngineSettings(Defaults, Protocol):
 
 
 class Policies(Protocol):
-    def current(self, site_id: str) -> tuple[ContextualBandit, int]:
-        """The site's bandit and its model version (read only: learning happens elsewhere)."""
+    def current(self, key: str) -> tuple[ContextualBandit, int]:
+        """The bandit of a site (or of a site's experiment variant: ``key`` is a
+        :func:`app.core.experiment.model_key`) and its model version (read only: learning
+        happens elsewhere)."""
         ...
+
+
+# A session's place in its site's experiment: the experiment's name and the variant; both
+# None when the site runs none.
+Placement = tuple[str | None, Variant | None]
+NO_EXPERIMENT: Placement = (None, None)
 
 
 @dataclass
@@ -246,19 +255,21 @@ class Engine:
             return
         stats = self._stats(store, event.site_id)
         signals: ItemSignals | None = None
+        placement = self._placement(event.site_id, event.session_id)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            if "learned" in self.sites.arms_for(session.site_id):
+            if "learned" in self.sites.arms_for(session.site_id, _model_of(placement[1])):
                 # A display changes neither the session's items nor the statistics: the
                 # signals it is learned with also serve the ranking it triggers.
                 signals = ItemSignals(session, stats, self.catalog, event.ts)
-            effects.absorb(join.add_display(session.join, self._display(session, event, signals)))
+            effects.absorb(join.add_display(session.join, self._display(
+                session, stats, event, signals, placement)))
         else:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
                 effects.absorb(join.add_reaction(session.join, event))
             engagement = Engagement.of(session, event,
-                                       "session_knn" in self.sites.arms_for(event.site_id))
+                                       self.sites.uses_arm(event.site_id, "session_knn"))
             if self.site_stats is None:
                 learn_engagement(stats, engagement)
             else:
@@ -268,8 +279,10 @@ class Engine:
             effects.absorb(join.advance(session.join, clock.stream_time,
                                         self.rules_for(session.site_id)))
         session.touch(event.ts, event.context)
-        effects.rankings.append(self._rank(session, stats, f"rk-{event.event_id}", event.ts,
-                                           trigger_event_id=event.event_id, signals=signals))
+        ranking = self._rank(session, stats, f"rk-{event.event_id}", event.ts, placement,
+                             trigger_event_id=event.event_id, signals=signals)
+        if ranking is not None:
+            effects.rankings.append(ranking)
         self._note_site(store, clock, session, effects)
         stats.flush()
         self._register(store, clock, key, session)
@@ -287,21 +300,53 @@ class Engine:
         known = self.catalog.item(reaction.site_id, reaction.item_id)
         return reaction if known is None else replace(reaction, category=known.category)
 
-    def _display(self, session: Session, served: Served,
-                 signals: ItemSignals | None) -> PendingDisplay:
+    def _placement(self, site_id: str, session_id: str) -> Placement:
+        found = self.sites.variant_for(site_id, session_id)
+        return NO_EXPERIMENT if found is None else found
+
+    def _display(self, session: Session, stats: SiteStats, served: Served,
+                 signals: ItemSignals | None, placement: Placement) -> PendingDisplay:
         issued = session.issued.get(served.ranking_id) if served.ranking_id else None
+        experiment, variant = placement
         if issued is not None:  # the engine's own record of the ranking is authoritative
             display = PendingDisplay(served, issued.arm, issued.propensity, issued.context)
+            if experiment is not None and issued.variant is not None:  # its own variant
+                variant = self.sites.variant_named(session.site_id, issued.variant) or variant
         else:
             display = PendingDisplay(served, served.arm, served.propensity, served.context)
+        if experiment is not None and variant is not None:
+            display.experiment, display.variant = experiment, variant.name
+            if variant.apprentice:
+                display.apprentice = self._apprentice(session, stats, served, display.arm)
         if signals is not None:
             display.signals = tuple(signals.of(item) for item in served.items[:POSITIONS_LEARNED])
         return display
 
+    def _apprentice(self, session: Session, stats: SiteStats, served: Served,
+                    shown_arm: str | None) -> Apprentice:
+        """What the site's engine would have shown instead of an apprentice control's list."""
+        policy = self.policies.current(model_key(session.site_id, None))[0]
+        probabilities = policy.probabilities(session.context)
+        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.seed,
+                                                                    served.event_id))
+        items = arm_items(arm, session, stats, self.catalog, served.ts,
+                          self.settings.ranking_size, policy.ranker,
+                          rules=self.sites.rules_for(session.site_id))
+        return Apprentice(arm, propensity, probabilities.get(shown_arm or "", 0.0),
+                          tuple(item for item, _ in items))
+
     def _rank(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
-              segment: str | None = None, trigger_event_id: str | None = None,
-              signals: ItemSignals | None = None) -> Ranking:
-        policy, version = self.policies.current(session.site_id)
+              placement: Placement, segment: str | None = None,
+              trigger_event_id: str | None = None,
+              signals: ItemSignals | None = None) -> Ranking | None:
+        """The session's next ranking under its variant; None under a control that shows
+        ``nothing`` (the site shows its own list)."""
+        experiment, variant = placement
+        variant_name = None if variant is None else variant.name
+        if variant is not None and variant.control:
+            return self._baseline(session, stats, ranking_id, ts, placement, segment,
+                                  trigger_event_id)
+        policy, version = self.policies.current(model_key(session.site_id, variant_name))
         context = dict(session.context)
         estimates = policy.estimates(context)
         probabilities = policy.spread(estimates)
@@ -315,11 +360,36 @@ class Engine:
         explain = {"arms": {a: {"estimate": estimates[a], "probability": probabilities[a]}
                             for a in policy.arms},
                    "placed_by": [placed_by.get(item, arm) for item, _ in items]}
-        rules = self.rules_for(session.site_id)
-        session.remember_ranking(ranking_id, IssuedRanking(arm, propensity, context, version, ts),
-                                 keep_ms=rules.window_ms + rules.grace_ms)
+        self._remember(session, ranking_id, IssuedRanking(arm, propensity, context, version, ts,
+                                                          variant_name))
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
-                       tuple(items), version, context, segment, trigger_event_id, explain)
+                       tuple(items), version, context, segment, trigger_event_id, explain,
+                       experiment, variant_name)
+
+    def _baseline(self, session: Session, stats: SiteStats, ranking_id: str, ts: int,
+                  placement: Placement, segment: str | None,
+                  trigger_event_id: str | None) -> Ranking | None:
+        """A control variant's fixed list: an arm's, or the site's own; shown for sure."""
+        experiment, variant = placement
+        assert variant is not None and variant.baseline is not None
+        if variant.baseline == NOTHING:
+            return None
+        placed_by: dict[str, str] = {}
+        items = arm_items(variant.baseline, session, stats, self.catalog, ts,
+                          self.settings.ranking_size, rules=self.sites.rules_for(session.site_id),
+                          placed_by=placed_by, fixed=variant.items)
+        context = dict(session.context)
+        self._remember(session, ranking_id, IssuedRanking(variant.baseline, 1.0, context, 0, ts,
+                                                          variant.name))
+        explain = {"arms": {}, "placed_by": [placed_by.get(item, variant.baseline)
+                                             for item, _ in items]}
+        return Ranking(ranking_id, session.site_id, session.session_id, ts, variant.baseline,
+                       1.0, tuple(items), 0, context, segment, trigger_event_id, explain,
+                       experiment, variant.name)
+
+    def _remember(self, session: Session, ranking_id: str, issued: IssuedRanking) -> None:
+        rules = self.rules_for(session.site_id)
+        session.remember_ranking(ranking_id, issued, keep_ms=rules.window_ms + rules.grace_ms)
 
     # -- default rankings -----------------------------------------------------------------
 
@@ -342,25 +412,47 @@ class Engine:
             while len(defaults.segments) > SEGMENTS_KEPT_PER_SITE:
                 dropped = next(iter(defaults.segments))
                 del defaults.segments[dropped]
-                defaults.published.pop(dropped, None)
+                _forget_published(defaults, dropped)
         if first:
             stats = self._stats(store, site_id)
-            effects.rankings.append(self._default(site_id, "", {}, stats, clock, defaults))
+            for placement in self._default_placements(site_id):
+                self._default(site_id, "", {}, stats, clock, defaults, placement, effects)
         if defaults is not None:
             store.set(defaults_key(site_id), defaults)
 
+    def _default_placements(self, site_id: str) -> list[Placement]:
+        """Whose default rankings a site has: its engine's, and each experiment variant's
+        that ranks otherwise (not a control showing ``nothing``)."""
+        experiment = self.sites.experiment_for(site_id)
+        if experiment is None:
+            return [NO_EXPERIMENT]
+        return [NO_EXPERIMENT, *((experiment.name, variant) for variant in experiment.variants
+                                 if variant.name != MAIN_VARIANT and variant.baseline != NOTHING)]
+
+    def _default_version(self, site_id: str, placement: Placement) -> int:
+        variant = placement[1]
+        if variant is not None and variant.control:
+            return 0
+        return self.policies.current(model_key(site_id, _model_of(variant)))[1]
+
     def _default(self, site_id: str, segment: str, context: Context, stats: SiteStats,
-                 clock: PartitionClock, defaults: SiteDefaults | None) -> Ranking:
-        """The default ranking of a site's segment, noted as published in ``defaults``."""
-        version = self.policies.current(site_id)[1]
+                 clock: PartitionClock, defaults: SiteDefaults | None, placement: Placement,
+                 effects: Effects) -> None:
+        """The default ranking of a site's segment (of an experiment variant), noted as
+        published in ``defaults``."""
+        variant = placement[1]
         if defaults is not None:
-            defaults.published[segment] = (clock.wall_ms, version)
+            defaults.published[_published_key(segment, variant)] = (
+                clock.wall_ms, self._default_version(site_id, placement))
         blank = Session(site_id, DEFAULT_SESSION_ID, context=dict(context))
         # The segment as a digest: a ranking id stays short enough to echo in a display.
-        digest = hashlib.blake2b(segment.encode(), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(_published_key(segment, variant).encode(),
+                                 digest_size=8).hexdigest()
         ranking_id = f"default:{escape(site_id)}:{digest}:{clock.wall_ms}"
         now = max(clock.kind_times.values())  # the latest event time read here
-        return self._rank(blank, stats, ranking_id, now, segment)
+        ranking = self._rank(blank, stats, ranking_id, now, placement, segment)
+        if ranking is not None:
+            effects.rankings.append(ranking)
 
     def _publish_defaults(self, store: Store, clock: PartitionClock, tick: Tick,
                           effects: Effects) -> None:
@@ -385,16 +477,17 @@ class Engine:
             for segment in [k for k, s in defaults.segments.items()
                             if now - s.seen_ts > self._site_idle_ms]:
                 del defaults.segments[segment]
-                defaults.published.pop(segment, None)
+                _forget_published(defaults, segment)
             stats = self._stats(store, site_id)
-            version = self.policies.current(site_id)[1]
-            for segment, context in [("", {}), *((k, s.context)
-                                                for k, s in defaults.segments.items())]:
-                published = defaults.published.get(segment)
-                if published is None or published[1] != version \
-                        or tick.wall_ms - published[0] >= interval_ms:
-                    effects.rankings.append(self._default(site_id, segment, context, stats,
-                                                          clock, defaults))
+            for placement in self._default_placements(site_id):
+                version = self._default_version(site_id, placement)
+                for segment, context in [("", {}), *((k, s.context)
+                                                    for k, s in defaults.segments.items())]:
+                    published = defaults.published.get(_published_key(segment, placement[1]))
+                    if published is None or published[1] != version \
+                            or tick.wall_ms - published[0] >= interval_ms:
+                        self._default(site_id, segment, context, stats, clock, defaults,
+                                      placement, effects)
             store.set(defaults_key(site_id), defaults)
 
     # -- time -----------------------------------------------------------------------------
@@ -502,3 +595,20 @@ class Engine:
 
 def _read_only(key: str, value: object) -> None:
     raise AssertionError(f"shared site statistics are learned by the site's learner ({key})")
+
+
+def _model_of(variant: Variant | None) -> str | None:
+    """The variant whose model ``variant`` ranks with (None: the site's own)."""
+    return None if variant is None else variant.model
+
+
+def _published_key(segment: str, variant: Variant | None) -> str:
+    """Where SiteDefaults.published notes a segment's default (a variant's: ``|@variant``;
+    a segment's parts all hold ``=``, so the two never meet)."""
+    return segment if variant is None else f"{segment}|@{variant.name}"
+
+
+def _forget_published(defaults: SiteDefaults, segment: str) -> None:
+    for key in [k for k in defaults.published
+                if k == segment or k.startswith(f"{segment}|@")]:
+        del defaults.published[key]

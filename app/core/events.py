@@ -93,6 +93,7 @@ class Reaction:
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # ``"source": "organic"``: the visitor found the item on their own; never attributed.
     organic: bool = False
+    price: float | None = None  # sent with basket adds: revenue per display in reports
 
     @classmethod
     def from_value(cls, reaction_type: str, value: dict[str, Any],
@@ -109,6 +110,7 @@ class Reaction:
             context=dict(value.get("context") or {}),
             origin=origin,
             organic=value.get("source") == "organic",
+            price=value.get("price"),
         )
 
 
@@ -131,6 +133,31 @@ class Outcome:
     item_id: str
     ts: int
     delay_ms: int
+    price: float | None = None
+
+    def to_value(self) -> dict[str, Any]:
+        value = {"type": self.type, "item_id": self.item_id, "ts": self.ts,
+                 "delay_ms": self.delay_ms}
+        if self.price is not None:
+            value["price"] = self.price
+        return value
+
+
+@dataclass(frozen=True)
+class Apprentice:
+    """What the engine would have shown beside a site's own choice (an apprentice control):
+    its arm and that arm's probability, the probability it gave the arm that was shown (0
+    for a list that is no arm of its), and its items."""
+
+    arm: str
+    propensity: float
+    shown_arm_probability: float
+    items: tuple[str, ...]
+
+    def to_value(self) -> dict[str, Any]:
+        return {"arm": self.arm, "propensity": self.propensity,
+                "shown_arm_probability": self.shown_arm_probability,
+                "items": list(self.items)}
 
 
 @dataclass(frozen=True)
@@ -150,9 +177,12 @@ class ClosedDecision:
     outcomes: tuple[Outcome, ...]
     closed_by: str  # "window" | "max_reward" | "idle"
     signals: tuple[tuple[float, ...], ...] = ()  # per shown item, for the item model
+    experiment: str | None = None  # the site's experiment and the session's variant in it
+    variant: str | None = None
+    apprentice: Apprentice | None = None
 
     def to_value(self) -> dict[str, Any]:
-        return {
+        value = {
             "served_id": self.served_id,
             "ranking_id": self.ranking_id,
             "site_id": self.site_id,
@@ -163,12 +193,14 @@ class ClosedDecision:
             "items": list(self.items),
             "served_ts": self.served_ts,
             "reward": self.reward,
-            "outcomes": [
-                {"type": o.type, "item_id": o.item_id, "ts": o.ts, "delay_ms": o.delay_ms}
-                for o in self.outcomes
-            ],
+            "outcomes": [outcome.to_value() for outcome in self.outcomes],
             "closed_by": self.closed_by,
         }
+        if self.experiment is not None:
+            value["experiment"], value["variant"] = self.experiment, self.variant
+        if self.apprentice is not None:
+            value["apprentice"] = self.apprentice.to_value()
+        return value
 
     def learning_value(self) -> dict[str, Any]:
         """The record the learner reads (the decisions topic): the ``reco.rewards`` value and
@@ -193,14 +225,18 @@ class Ranking:
     trigger_event_id: str | None = None  # the session event it answers; None for defaults
     # Each arm's estimate and probability in this context, and what placed each item.
     explain: Mapping[str, Any] | None = None
+    experiment: str | None = None  # the site's experiment and the session's variant in it
+    variant: str | None = None
 
     @property
     def key(self) -> str:
         """The Kafka key: the session, or ``site_id|*|segment`` for a default ranking (the site
-        id escaped as in :mod:`app.core.keys`, so no two sites share one)."""
+        id escaped as in :mod:`app.core.keys`, so no two sites share one), ``|@variant``
+        appended for an experiment variant's (a segment's parts all hold a ``=``)."""
         if self.segment is None:
             return self.session_id
-        return f"{escape(self.site_id)}|*|{self.segment}"
+        key = f"{escape(self.site_id)}|*|{self.segment}"
+        return key if self.variant is None else f"{key}|@{self.variant}"
 
     def to_value(self) -> dict[str, Any]:
         value = {
@@ -219,4 +255,6 @@ class Ranking:
             value["segment"] = self.segment
         if self.explain is not None:
             value["explain"] = self.explain
+        if self.experiment is not None:
+            value["experiment"], value["variant"] = self.experiment, self.variant
         return value

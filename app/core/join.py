@@ -26,7 +26,7 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from app.core.events import ClosedDecision, Context, Outcome, Reaction, Served
+from app.core.events import Apprentice, ClosedDecision, Context, Outcome, Reaction, Served
 
 # Closed displays remembered per session, so a reaction after the close is recognised as late.
 RECENTLY_CLOSED_KEPT = 16
@@ -59,6 +59,9 @@ class PendingDisplay:
     outcomes: list[Outcome] = field(default_factory=list)
     # Each shown item's signals at display time, for the item model (app.core.ranker).
     signals: tuple[tuple[float, ...], ...] = ()
+    experiment: str | None = None
+    variant: str | None = None
+    apprentice: Apprentice | None = None
 
     def close(self, closed_by: str) -> ClosedDecision:
         s = self.served
@@ -67,6 +70,7 @@ class PendingDisplay:
             session_id=s.session_id, arm=self.arm, propensity=self.propensity,
             context=self.context, items=s.items, served_ts=s.ts, reward=self.reward,
             outcomes=tuple(self.outcomes), closed_by=closed_by, signals=self.signals,
+            experiment=self.experiment, variant=self.variant, apprentice=self.apprentice,
         )
 
 
@@ -165,7 +169,7 @@ def _attribute(state: SessionJoin, reaction: Reaction, watermark: int, rules: Jo
         # Past the cap only an outcome that raises the reward is kept (the reward record
         # must stay small however often a visitor clicks).
         display.outcomes.append(Outcome(reaction.type, reaction.item_id, reaction.ts,
-                                        reaction.ts - best.ts))
+                                        reaction.ts - best.ts, reaction.price))
     display.reward = max(display.reward, reward)
     result.attributed += 1
     if display.reward >= rules.max_reward:

@@ -245,14 +245,20 @@ class ContextualBandit:
         return policy
 
 
-def learn_decision(policy: ContextualBandit, decision: Mapping[str, Any]) -> bool:
+def learn_decision(policy: ContextualBandit, decision: Mapping[str, Any],
+                   apprentice: bool = False) -> bool:
     """Teach ``policy`` one closed decision (a ``decisions`` record: a ``reco.rewards`` value
     with each shown item's ``signals``): the bandit its arm's reward, the item model which
     shown items were reacted to. False, learning nothing, when its arm is not one of the
-    policy's (the site's own lists are joined and logged, not learned)."""
-    if decision.get("arm") not in policy.arms:
+    policy's (the site's own lists are joined and logged, not learned), unless the decision
+    is an ``apprentice`` control's: the item model then learns from the site's list."""
+    known = decision.get("arm") in policy.arms
+    if not known and not apprentice:
         return False
-    policy.update(decision["arm"], decision.get("context") or {}, float(decision["reward"]))
+    if known:
+        policy.update(decision["arm"], decision.get("context") or {}, float(decision["reward"]))
+    else:  # the version counts every decision learned, so this one is published too
+        policy.n_updates += 1
     policy.ranker.learn_display(decision.get("items") or [], decision.get("signals") or [],
                                 reacted_items(decision.get("outcomes") or []))
     return True

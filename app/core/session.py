@@ -29,6 +29,7 @@ class IssuedRanking:
     context: Context
     model_version: int
     ts: int = 0  # event time it was published at
+    variant: str | None = None  # the session's variant in the site's experiment
 
 
 @dataclass

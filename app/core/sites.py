@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from app.core.experiment import FIXED_ITEMS, MAIN_VARIANT, Experiment, Variant
 from app.core.rules import NO_RULES, Rules
+
+# The policies a site may have scored in the shadow of its live one (app.evaluation).
+SHADOW_POLICIES_MAX = 8
 
 
 class Defaults(Protocol):
@@ -35,6 +39,9 @@ class SiteConfig:
     grace_s: float | None = None
     rewards: Mapping[str, float] = field(default_factory=dict)
     rules: Rules = NO_RULES
+    experiment: Experiment | None = None
+    # Candidate policies scored live on every closed decision ("arm:X", "uniform", ...).
+    shadow: tuple[str, ...] = ()
 
 
 class SiteSettings:
@@ -78,6 +85,8 @@ class SiteSettings:
         if rules.price_min is not None and rules.price_max is not None \
                 and rules.price_min > rules.price_max:
             return "price_min must not be above price_max"
+        if config.experiment is not None:
+            return _experiment_problem(config.experiment)
         return None
 
     def offer(self, config: SiteConfig) -> str | None:
@@ -91,18 +100,51 @@ class SiteSettings:
         """The site's record was deleted (a tombstone): back to the defaults."""
         self._configs.pop(site_id, None)
 
-    def arms_for(self, site_id: str) -> tuple[str, ...]:
+    def experiment_for(self, site_id: str) -> Experiment | None:
+        config = self._configs.get(site_id)
+        return None if config is None else config.experiment
+
+    def variant_for(self, site_id: str, session_id: str) -> tuple[str, Variant] | None:
+        """The site's experiment and the session's variant in it; None without one."""
+        experiment = self.experiment_for(site_id)
+        return None if experiment is None else (experiment.name,
+                                                experiment.assign(session_id))
+
+    def shadow_for(self, site_id: str) -> tuple[str, ...]:
+        config = self._configs.get(site_id)
+        return () if config is None else config.shadow
+
+    def variant_named(self, site_id: str, variant: str | None) -> Variant | None:
+        experiment = self.experiment_for(site_id)
+        return None if experiment is None else experiment.variant(variant)
+
+    def uses_arm(self, site_id: str, arm: str) -> bool:
+        """Whether the site's engine, or a variant of its experiment, may show ``arm``."""
+        experiment = self.experiment_for(site_id)
+        variants = () if experiment is None else experiment.variants
+        return arm in self.arms_for(site_id) or any(
+            arm in self.arms_for(site_id, v.name) or v.baseline == arm for v in variants)
+
+    def arms_for(self, site_id: str, variant: str | None = None) -> tuple[str, ...]:
+        """The arms of the site's bandit, or of its experiment's ``variant``'s."""
+        own = self.variant_named(site_id, variant)
+        if own is not None and own.arms is not None:
+            return own.arms
         config = self._configs.get(site_id)
         if config is None or config.arms is None:
             return self.defaults.arms_for(site_id)
         return config.arms
 
-    def exploration_for(self, site_id: str) -> tuple[str, float, float]:
+    def exploration_for(self, site_id: str,
+                        variant: str | None = None) -> tuple[str, float, float]:
         rule, epsilon, gamma = self.defaults.exploration_for(site_id)
         config = self._configs.get(site_id)
-        if config is None or config.exploration is None:
+        own = self.variant_named(site_id, variant)
+        chosen = own.exploration if own is not None and own.exploration is not None else (
+            None if config is None else config.exploration)
+        if chosen is None:
             return rule, epsilon, gamma
-        rule, value = config.exploration
+        rule, value = chosen
         return (rule, value, gamma) if rule == "epsilon" else (rule, epsilon, value)
 
     def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
@@ -120,3 +162,24 @@ class SiteSettings:
     def rules_for(self, site_id: str) -> Rules:
         config = self._configs.get(site_id)
         return NO_RULES if config is None else config.rules
+
+
+def _experiment_problem(experiment: Experiment) -> str | None:
+    names = [variant.name for variant in experiment.variants]
+    if len(set(names)) != len(names):
+        return "an experiment's variants must have distinct names"
+    for variant in experiment.variants:
+        if variant.name == MAIN_VARIANT and (variant.control or variant.arms is not None
+                                             or variant.exploration is not None):
+            return (f"the variant {MAIN_VARIANT!r} is the site's own engine: it takes no "
+                    "baseline, arms or exploration of its own (name another variant)")
+        if variant.control and (variant.arms is not None or variant.exploration is not None):
+            return f"variant {variant.name!r}: a control takes no arms or exploration"
+        if variant.apprentice and not variant.control:
+            return f"variant {variant.name!r}: only a control (with a baseline) is an apprentice"
+        if (variant.baseline == FIXED_ITEMS) != bool(variant.items):
+            return f"variant {variant.name!r}: items go with the baseline {FIXED_ITEMS!r}, only"
+        if variant.exploration is not None and variant.exploration[0] == "epsilon" \
+                and not 0 < variant.exploration[1] <= 1:
+            return f"variant {variant.name!r}: an epsilon must be within (0, 1]"
+    return None

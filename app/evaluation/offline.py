@@ -22,38 +22,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from app.contract.codec import UndecodableRecord, decode_model
 from app.contract.topics import REWARDS
+from app.core.experiment import model_key
 from app.core.policy import ContextualBandit
+from app.core.shadow import Chooser, candidate
 from app.evaluation.ope import Estimate, Logged, estimate_all
 from app.settings import Settings
 from app.stream.channels import Channels
 
 PRIOR_DECISIONS = 10.0
-Chooser = Callable[[Mapping[str, Any]], Mapping[str, float]]  # context -> arm probabilities
-
-
-def candidate(spec: str, arms: Sequence[str], current: ContextualBandit | None) -> Chooser:
-    """The candidate policy ``spec`` names, as each arm's probability in a context."""
-    kind, _, value = spec.partition(":")
-    if kind == "arm":
-        if value not in arms:
-            raise ValueError(f"unknown arm {value!r}; the site's arms: {list(arms)}")
-        return lambda context: {arm: float(arm == value) for arm in arms}
-    if kind == "uniform":
-        return lambda context: {arm: 1.0 / len(arms) for arm in arms}
-    if kind in ("current", "epsilon", "squarecb"):
-        if current is None:
-            raise ValueError("the site has no model on the models topic yet")
-        policy = current
-        if kind != "current":
-            policy = ContextualBandit.from_state(current.to_state())
-            policy.rule = kind
-            if kind == "epsilon":
-                policy.epsilon = float(value)
-            else:
-                policy.squarecb_gamma = float(value)
-        return policy.probabilities
-    raise ValueError(f"unknown policy {spec!r}: arm:NAME, uniform, current, epsilon:E or "
-                     "squarecb:G")
 
 
 def _context_key(context: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -132,9 +108,12 @@ def site_decisions(settings: Settings, site_id: str) -> list[dict[str, Any]]:
     return decisions
 
 
-def site_model(settings: Settings, site_id: str) -> ContextualBandit | None:
+def site_model(settings: Settings, site_id: str,
+               variant: str | None = None) -> ContextualBandit | None:
+    """The site's (or its experiment variant's) newest bandit on the models topic."""
+    wanted = model_key(site_id, variant).encode()
     found = read_site(settings, Channels.of(settings).models,
-                      lambda key, value: key == site_id.encode())
+                      lambda key, value: key == wanted)
     for raw in reversed(found):
         try:
             return decode_model(raw)

@@ -45,6 +45,9 @@ MAX_SITE_LABELS = 100
 OTHER_SITE = "other"
 # Context segments per site given their own choice-share series; the rest fold into "other".
 MAX_SEGMENT_LABELS = 20
+# Experiment variants per site with their own KPI series (an experiment has at most 8).
+MAX_VARIANT_LABELS = 12
+NO_VARIANT = "none"
 # Reasons (InvalidInput.reason) a record goes to the dead-letter topic. Their series are
 # created at zero so "no dead letters" is a rate of 0, not a missing series.
 DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
@@ -177,6 +180,37 @@ class Metrics:
             "recoloop_reward_delay_seconds", "Delay from a display to an attributed reaction.",
             buckets=(0.5, 1, 2, 5, 10, 15, 20), registry=r)
 
+        # -- KPIs per site and experiment variant ("none": the site runs no experiment) ----
+        self.variant = SegmentLabels(cap=MAX_VARIANT_LABELS)
+        self.variant_decisions = Counter(
+            "recoloop_variant_decisions_total",
+            "Closed decisions (displays whose reward window closed), per experiment variant.",
+            ["site", "variant"], registry=r)
+        self.variant_reward = Counter(
+            "recoloop_variant_reward_total", "Sum of rewards of closed decisions, per variant.",
+            ["site", "variant"], registry=r)
+        self.variant_displays_reacted = Counter(
+            "recoloop_variant_displays_reacted_total",
+            "Closed displays with at least one attributed reaction of the type (click: the "
+            "click-through rate over recoloop_variant_decisions_total; basket_add: "
+            "conversion), per variant.",
+            ["site", "variant", "type"], registry=r)
+        self.variant_revenue = Counter(
+            "recoloop_variant_revenue_total",
+            "Sum of the prices sent with basket adds attributed to closed displays, per "
+            "variant (in the site's currency).",
+            ["site", "variant"], registry=r)
+        self.shadow_value = Gauge(
+            "recoloop_shadow_value",
+            "A candidate policy's estimated reward per decision (self-normalised IPS) on the "
+            "site engine's closed decisions since this worker took the site's learning; the "
+            "site's settings name the candidates (policy \"current\" is the live bandit).",
+            ["site", "policy"], registry=r)
+        self.shadow_effective_decisions = Gauge(
+            "recoloop_shadow_effective_decisions",
+            "How many decisions recoloop_shadow_value is worth (Kish's effective sample size).",
+            ["site", "policy"], registry=r)
+
         # -- rankings and the bandit ------------------------------------------------------
         self.event_to_ranking = Histogram(
             "recoloop_event_to_ranking_seconds",
@@ -238,6 +272,19 @@ class Metrics:
         for reason in RESTART_REASONS:
             self.worker_restarts.labels(reason)
 
+    def count_kpis(self, site_id: str, variant_name: str | None, reward: float,
+                   reacted: set[str], revenue: float) -> None:
+        """Count one closed decision into its site and variant's KPI series: its reward, the
+        reaction types it had, and the prices of its basket adds."""
+        site = self.site(site_id)
+        variant = self.variant(site, variant_name or NO_VARIANT)
+        self.variant_decisions.labels(site, variant).inc()
+        self.variant_reward.labels(site, variant).inc(reward)
+        for kind in reacted:
+            self.variant_displays_reacted.labels(site, variant, kind).inc()
+        if revenue:
+            self.variant_revenue.labels(site, variant).inc(revenue)
+
     def forget_assignment(self) -> None:
         """Drop series that describe partitions this worker may no longer own.
 
@@ -247,6 +294,8 @@ class Metrics:
         self.join_pending_displays.clear()
         self.bandit_estimate.clear()
         self.bandit_choice_share.clear()
+        self.shadow_value.clear()
+        self.shadow_effective_decisions.clear()
 
     def serve(self, port: int, host: str) -> None:
         """Serve ``/metrics`` (and nothing else: other paths are 404) from a daemon thread."""

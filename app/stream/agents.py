@@ -36,7 +36,9 @@ from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
 from app.core.candidates import Engagement
 from app.core.engine import Effects, Engine, segment_key
 from app.core.events import Origin, Reaction, Served, Tick
+from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import learn_decision
+from app.core.shadow import ShadowScores, candidate
 from app.core.store import Store
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -76,6 +78,8 @@ class Agents:
         self.metrics = metrics
         self.partitions = partitions
         self._skew_ms = int(settings.max_clock_skew_s * 1000)
+        # Live scores of each site's candidate policies, since this worker took its learning.
+        self._shadow_scores: dict[str, ShadowScores] = {}
 
     # -- the join inputs ------------------------------------------------------------------
 
@@ -113,6 +117,10 @@ class Agents:
             labels = (site(decision.site_id), decision.arm or "unknown")
             out.count(m.decisions_closed.labels(*labels, decision.closed_by).inc)
             out.count(partial(m.reward.labels(*labels).inc, decision.reward))
+            out.count(partial(m.count_kpis, decision.site_id, decision.variant,
+                              decision.reward, {o.type for o in decision.outcomes},
+                              sum(o.price or 0.0 for o in decision.outcomes
+                                  if o.type == "basket_add")))
             for outcome in decision.outcomes:
                 out.count(partial(m.reward_delay.observe, outcome.delay_ms / 1000))
         for ranking in effects.rankings:
@@ -141,10 +149,18 @@ class Agents:
             self._engagement(decision)
             return
         site_id = decision["site_id"]
-        if decision["arm"] not in self.models.current(site_id)[0].arms:
+        learner = self._learner(site_id, decision.get("variant"))
+        if learner is None:
+            return  # a control's decision: joined and logged, never learned
+        key, apprentice = learner
+        if decision["arm"] not in self.models.current(key)[0].arms and not apprentice:
             return  # displays without a known arm are joined and logged, not learned
-        policy = self.models.learning(site_id)
-        learn_decision(policy, decision)
+        if key == model_key(site_id, None) and not apprentice:
+            self._shadow(site_id, decision, out)
+        policy = self.models.learning(key)
+        learn_decision(policy, decision, apprentice)
+        if key != model_key(site_id, None):
+            return  # the gauges below describe the site's own engine
         m, label = self.metrics, self.metrics.site(site_id)
         estimates = policy.estimates({})
         shares = {segment: policy.probabilities(context) for segment, context in (
@@ -159,6 +175,41 @@ class Agents:
                 for arm, share in probabilities.items():
                     m.bandit_choice_share.labels(label, segment_label, arm).set(share)
         out.count(learned)
+
+    def _learner(self, site_id: str, variant_name: str | None) -> tuple[str, bool] | None:
+        """Which model a decision of ``variant_name`` teaches, and whether as an apprentice
+        (a control the engine ran beside); None when it teaches none (a control's, or a
+        variant's the site's experiment no longer has)."""
+        if variant_name is None or variant_name == MAIN_VARIANT:
+            return model_key(site_id, None), False
+        variant = self.engine.sites.variant_named(site_id, variant_name)
+        if variant is None or variant.model is None:
+            return None
+        return model_key(site_id, variant.model), variant.apprentice
+
+    def _shadow(self, site_id: str, decision: dict[str, Any], out: Staged) -> None:
+        """Score the site's candidate policies on one of its engine's decisions (before the
+        engine learns it: each candidate is judged as it would have decided)."""
+        specs = self.engine.sites.shadow_for(site_id)
+        if not specs or not decision.get("propensity"):
+            return
+        policy = self.models.current(model_key(site_id, None))[0]
+        scores = self._shadow_scores.setdefault(site_id, ShadowScores())
+        scores.forget(specs)
+        m, label = self.metrics, self.metrics.site(site_id)
+        context = decision.get("context") or {}
+        for spec in specs:
+            try:
+                chooser = candidate(spec, policy.arms, policy)
+            except ValueError:
+                continue  # an arm the site no longer has
+            scores.add(spec, chooser(context), decision["arm"], float(decision["propensity"]),
+                       float(decision["reward"]))
+            value, effective = scores.value(spec), scores.effective_decisions(spec)
+            if value is not None:
+                out.count(partial(m.shadow_value.labels(label, spec).set, value))
+                out.count(partial(m.shadow_effective_decisions.labels(label, spec).set,
+                                  effective))
 
     def _engagement(self, value: dict[str, Any]) -> None:
         try:

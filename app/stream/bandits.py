@@ -1,5 +1,8 @@
 """Every site's bandit as one worker knows it, and the learning in its open transaction.
 
+A bandit is named by its :func:`app.core.experiment.model_key`: the site's own, or one of
+its experiment's variants' (``site|variant``); "site" below is either.
+
 Each site's bandit is learned by one worker (the owner of the site's partition of the
 decisions topic) and published on the compacted models topic that every worker reads, in
 the plain encoding of :mod:`app.contract.codec` (never a pickle). A model's version is its
@@ -28,6 +31,7 @@ from pathlib import Path
 from rocksdict import Options, Rdict
 
 from app.contract.codec import UndecodableRecord, decode_model, encode_model, model_version
+from app.core.experiment import site_of_model_key
 from app.core.policy import ContextualBandit
 from app.core.sites import SiteSettings
 from app.settings import Settings
@@ -180,21 +184,26 @@ class BanditModels:
         known = self._committed.get(site_id)
         return known is None or model_version(known) < model_version(raw)
 
-    def _fresh(self, site_id: str) -> ContextualBandit:
-        return self._fit(site_id, ContextualBandit(self.sites.arms_for(site_id),
-                                                   seed=self.settings.seed))
+    def _fresh(self, key: str) -> ContextualBandit:
+        site_id, variant = site_of_model_key(key)
+        return self._fit(key, ContextualBandit(self.sites.arms_for(site_id, variant),
+                                               seed=self.settings.seed))
 
-    def _fit(self, site_id: str, policy: ContextualBandit) -> ContextualBandit:
-        """The policy under the site's current settings: its arms (what it learned of the
-        arms it keeps stays) and its exploration."""
-        arms = self.sites.arms_for(site_id)
+    def _fit(self, key: str, policy: ContextualBandit) -> ContextualBandit:
+        """The policy under its site's (or experiment variant's) current settings: its arms
+        (what it learned of the arms it keeps stays) and its exploration."""
+        site_id, variant = site_of_model_key(key)
+        arms = self.sites.arms_for(site_id, variant)
         if policy.arms != arms:
             policy = policy.with_arms(arms)
-        policy.rule, policy.epsilon, policy.squarecb_gamma = self.sites.exploration_for(site_id)
+        policy.rule, policy.epsilon, policy.squarecb_gamma = self.sites.exploration_for(
+            site_id, variant)
         return policy
 
     def reconfigured(self, site_id: str) -> None:
-        """The site's settings changed: its bandit follows them from its next decision (read
-        back from its committed bytes, fitted to the new arms; called between transactions)."""
-        if site_id not in self._learning:
-            self._decoded.pop(site_id, None)
+        """The site's settings changed: its bandits follow them from their next decision
+        (read back from their committed bytes, fitted to the new arms; called between
+        transactions)."""
+        for key in [k for k in self._decoded
+                    if k not in self._learning and site_of_model_key(k)[0] == site_id]:
+            del self._decoded[key]

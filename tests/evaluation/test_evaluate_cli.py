@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from app.contract.topics import REWARDS
+from app.core.shadow import candidate
 from app.evaluation import offline
-from app.evaluation.offline import candidate, evaluate
+from app.evaluation.offline import evaluate
 from app.settings import Settings
 from tests.evaluation.test_ope import LOGGING, logged_decisions
 from tests.kafka_io import produce

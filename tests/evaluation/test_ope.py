@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from app.evaluation.offline import candidate, evaluate
+from app.core.shadow import candidate
+from app.evaluation.offline import evaluate
 from app.evaluation.ope import Logged, estimate_all
 from bench.ope_obd import thompson_on_random
 

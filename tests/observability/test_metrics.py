@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from app.observability.metrics import (
     DEAD_LETTER_REASONS,
     MAX_SITE_LABELS,
+    MAX_VARIANT_LABELS,
     OTHER_SITE,
     RESTART_REASONS,
     Metrics,
@@ -46,6 +47,16 @@ def test_unknown_site_ids_do_not_grow_the_series():
     assert len(sites) == MAX_SITE_LABELS + 1
 
 
+def test_variant_labels_are_bounded_per_site():
+    m = Metrics()
+    for n in range(MAX_VARIANT_LABELS + 5):
+        m.count_kpis("shop", f"v{n}", 1.0, set(), 0.0)
+    m.count_kpis("shop", None, 0.0, set(), 0.0)
+    variants = {sample.labels["variant"] for family in m.registry.collect()
+                if family.name == "recoloop_variant_decisions" for sample in family.samples}
+    assert len(variants) == MAX_VARIANT_LABELS + 1 and "other" in variants
+
+
 def exercised() -> Metrics:
     """A registry in which every recoloop metric has at least one series."""
     m = Metrics()
@@ -68,6 +79,9 @@ def exercised() -> Metrics:
     m.worker_ready.set(1)
     m.state_restored_records.inc(3)
     m.worker_restarts.labels("fatal").inc()
+    m.count_kpis("shop", "control", 3.0, {"click", "basket_add"}, 79.9)
+    m.shadow_value.labels(site, "arm:trending").set(0.4)
+    m.shadow_effective_decisions.labels(site, "arm:trending").set(120)
     return m
 
 
@@ -111,7 +125,10 @@ def test_names_follow_prometheus_conventions():
         "recoloop_worker_ready": "gauge", "recoloop_reward_delay_seconds": "histogram",
         "recoloop_event_to_ranking_seconds": "histogram", "recoloop_build": "info",
         "recoloop_state_restored_records": "counter", "recoloop_records_undecodable": "counter",
-        "recoloop_worker_restarts": "counter",
+        "recoloop_worker_restarts": "counter", "recoloop_variant_decisions": "counter",
+        "recoloop_variant_reward": "counter", "recoloop_variant_displays_reacted": "counter",
+        "recoloop_variant_revenue": "counter", "recoloop_shadow_value": "gauge",
+        "recoloop_shadow_effective_decisions": "gauge",
     }
     assert {name: f.type for name, f in families.items()} == expected
     text = generate_latest(exercised().registry).decode()
