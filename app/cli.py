@@ -1,6 +1,6 @@
 """The ``recoloop`` command: ``kafka up|down|status``, ``topics apply``, ``worker``, ``serve``,
-``keys create|revoke|list``, ``sites set|show|reset``, ``evaluate``, ``simulate``, ``demo``,
-``bench``."""
+``keys create|revoke|list``, ``sites set|show|reset``, ``evaluate``, ``report``, ``simulate``,
+``demo``, ``bench``."""
 
 from __future__ import annotations
 
@@ -48,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     sites_cmds.add_parser("reset", help="a site back to the defaults").add_argument("site_id")
 
     from app.evaluation import offline
+    from app.evaluation import report as kpi_report
     from app.sim import demo, runner
 
     offline.add_arguments(commands.add_parser(
         "evaluate", help="off-policy estimates of candidate policies on a site's decisions"))
+
+    kpi_report.add_arguments(commands.add_parser(
+        "report", help="KPIs per experiment variant with intervals, uplift and power "
+        "(Markdown and PNG)"))
 
     simulate = commands.add_parser("simulate", help="play simulated shops against a running "
                                    "engine through the topics")
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "evaluate":
         return offline.main(args, settings)
+    if args.command == "report":
+        return kpi_report.main(args, settings)
     if args.command == "simulate":
         return runner.main(args, settings)
     if args.command == "demo":

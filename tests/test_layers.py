@@ -27,13 +27,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.world"),
-    "app.serve": ("app.contract", "app.core.events", "app.core.sites", "app.observability",
+    "app.serve": ("app.contract", "app.core.events", "app.core.experiment", "app.core.sites",
+                  "app.observability",
                   "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
                   "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
                   "prometheus_client", "starlette", "uvicorn"),
     "app.evaluation.ope": (),  # pure: the standard library only
+    "app.evaluation.kpis": (),
     "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.settings",
-                       "app.stream.channels", "confluent_kafka", "orjson"),
+                       "app.stream.channels", "confluent_kafka", "orjson", "matplotlib"),
     "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }

@@ -38,6 +38,19 @@ def _experiment(value: dict[str, Any] | None) -> Experiment | None:
         for v in value["variants"]))
 
 
+def apply_site_config(sites: SiteSettings, key: bytes | None, raw: bytes | None) -> str | None:
+    """Apply one ``reco.site-config`` record to ``sites`` (a tombstone: back to the
+    defaults); the reason when it is refused and the site keeps its previous config."""
+    site_id = (key or b"").decode("utf-8", "replace")
+    if raw is None:
+        sites.forget(site_id)
+        return None
+    try:
+        return sites.offer(decode_site_config(key, raw))
+    except InvalidInput as exc:
+        return str(exc)
+
+
 def site_config(value: dict[str, Any]) -> SiteConfig:
     rules: dict[str, Any] = value.get("rules") or {}
     return SiteConfig(

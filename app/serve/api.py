@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import __version__
 from app.contract.site_config import checked_site_config
 from app.contract.topics import SITE_CONFIG
+from app.core.experiment import MAIN_VARIANT, NOTHING
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
-from app.serve.book import CatalogItems, RankingBook
+from app.serve.book import Answer, CatalogItems, RankingBook
 from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
 from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
@@ -98,6 +99,12 @@ class RankingAnswer(BaseModel):
     catalog_items: list[str] | None = Field(
         None, description="With source catalog: available items, to show as the site's own "
         "list (send the display without ranking_id).")
+    experiment: str | None = Field(
+        None, description="The site's experiment, when it runs one (site settings).")
+    variant: str | None = Field(
+        None, description="The session's variant in it. Under a control with the baseline "
+        "'nothing' the source is none: show the site's own list and send the display "
+        "without ranking_id.")
     explain: Explanation | None = Field(
         None, description="With explain=true: why the ranking is what it is.")
 
@@ -229,7 +236,13 @@ def create_app(service: Service) -> FastAPI:
         reached: bool | None = None
         if after_event_id is not None:
             reached = await _wait_for(book, site_id, session_id, after_event_id, wait_ms)
-        answer = book.answer(site_id, session_id, segment, service.catalog)
+        placement = service.sites.variant_for(site_id, session_id)
+        variant = "" if placement is None or placement[1].name == MAIN_VARIANT \
+            else placement[1].name
+        if placement is not None and placement[1].baseline == NOTHING:
+            answer = Answer("none", None)  # the site shows its own list to this variant
+        else:
+            answer = book.answer(site_id, session_id, segment, service.catalog, variant)
         metrics.answers.labels(answer.source).inc()
         # The ranking's JSON as the worker published it, spliced in: the hot path neither
         # parses nor re-validates it (RankingAnswer documents the shape).
@@ -237,6 +250,8 @@ def create_app(service: Service) -> FastAPI:
             "source": answer.source,
             "age_ms": None if answer.ts is None else int(time.time() * 1000) - answer.ts,
             "after_event_reached": reached, "stale": service.readiness.broker_away(),
+            **({"experiment": placement[0], "variant": placement[1].name}
+               if placement is not None else {}),
             **({"catalog_items": answer.items} if answer.items else {})})
         body = head[:-1] + b',"ranking":' + (answer.raw or b"null")
         if explain:

@@ -53,7 +53,7 @@ Waiter = Callable[[], None]
 
 
 class RankingBook:
-    """Latest rankings by (site, session) and default rankings by (site, segment).
+    """Latest rankings by (site, session) and default rankings by (site, segment, variant).
 
     >>> book = RankingBook(max_sessions=1)
     >>> book.offer({"site_id": "s", "session_id": "a", "ts": 1, "trigger_event_id": "e1",
@@ -69,7 +69,7 @@ class RankingBook:
         self.max_sessions = max_sessions
         self.max_defaults = max_defaults
         self._sessions: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
-        self._defaults: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
+        self._defaults: OrderedDict[tuple[str, str, str], SessionEntry] = OrderedDict()
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._lock = threading.Lock()
 
@@ -88,7 +88,7 @@ class RankingBook:
         ts = stamped if isinstance(stamped, int) else 0
         with self._lock:
             if "segment" in ranking:  # only default rankings have one (a session may be "*")
-                key = (site, str(ranking["segment"] or ""))
+                key = (site, str(ranking["segment"] or ""), str(ranking.get("variant") or ""))
                 self._defaults.pop(key, None)
                 self._defaults[key] = SessionEntry(raw, ts, explain)
                 while len(self._defaults) > self.max_defaults:
@@ -136,14 +136,16 @@ class RankingBook:
                 self._waiters.pop((site, session), None)
 
     def answer(self, site: str, session: str, segment: str,
-               catalog: CatalogItems | None = None) -> Answer:
+               catalog: CatalogItems | None = None, variant: str = "") -> Answer:
         """The session's latest ranking, else its segment's default, else the site's, else
-        (source ``catalog``, no ranking) available items of ``catalog``."""
+        (source ``catalog``, no ranking) available items of ``catalog``. ``variant``: the
+        session's experiment variant, whose defaults it gets (``""``: the site's engine's)."""
         with self._lock:
             entry = self._sessions.get((site, session))
             if entry is not None:
                 return Answer("session", entry.raw, entry.ts, entry.explain)
-            for source, key in (("segment", (site, segment)), ("site", (site, ""))):
+            for source, key in (("segment", (site, segment, variant)),
+                                ("site", (site, "", variant))):
                 default = self._defaults.get(key)
                 if default is not None and (source == "site" or segment):
                     return Answer(source, default.raw, default.ts, default.explain)

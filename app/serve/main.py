@@ -20,7 +20,7 @@ from confluent_kafka import (
 )
 
 from app.contract.decode import InvalidInput, decode_catalog
-from app.contract.site_config import checked_site_config
+from app.contract.site_config import apply_site_config, checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
@@ -73,6 +73,14 @@ def offer_catalog(catalog: CatalogItems, message: Message) -> None:
     catalog.offer(site_id, item_id, value is not None and bool(value["available"]))
 
 
+def offer_site_config(sites: SiteSettings, message: Message) -> None:
+    """Follow the sites' experiments (a session's variant picks its default ranking)."""
+    problem = apply_site_config(sites, message.key(), message.value())
+    if problem is not None:
+        log.warning("site config at offset %d refused, the previous one stays: %s",
+                    message.offset(), problem)
+
+
 def offer_ranking(book: RankingBook, message: Message) -> None:
     raw = message.value()
     if raw is not None:
@@ -93,16 +101,19 @@ def run(settings: Settings) -> int:
     catalog = CatalogItems()
     catalog_feed = TopicFeed(settings, Channels.of(settings).catalog,
                              lambda m: offer_catalog(catalog, m)).start()
+    sites = SiteSettings(settings)
+    config_feed = TopicFeed(settings, Channels.of(settings).site_config,
+                            lambda m: offer_site_config(sites, m)).start()
     ingest = EventIngest(settings)
     service = Service(book, keys, ingest, ServeMetrics(),
-                      FeedReadiness(rankings, key_feed, catalog_feed), SiteSettings(settings),
+                      FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog)
     try:
         uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
                     log_level=logging.getLevelName(logging.getLogger().level).lower(),
                     access_log=False)
     finally:
-        for feed in (rankings, key_feed, catalog_feed):
+        for feed in (rankings, key_feed, catalog_feed, config_feed):
             feed.stop()
         ingest.close()
     return 0

@@ -58,7 +58,7 @@ from confluent_kafka import (
 
 from app.contract.codec import MAX_RECORD_BYTES, RecordTooLarge, check_size, encode_state
 from app.contract.decode import InvalidInput, decode_catalog
-from app.contract.site_config import decode_site_config
+from app.contract.site_config import apply_site_config
 from app.core.catalog import apply_record
 from app.core.events import Origin
 from app.core.sites import SiteSettings
@@ -606,20 +606,13 @@ class Runtime:
 
     def _apply_site_config(self, message: Message) -> None:
         """A site's settings and rules: applied at once, or refused (the site keeps its own)."""
-        key, value = message.key(), message.value()
-        site_id = (key or b"").decode("utf-8", "replace")
-        if value is None:
-            self.sites.forget(site_id)
-        else:
-            try:
-                problem = self.sites.offer(decode_site_config(key, value))
-            except InvalidInput as exc:
-                problem = str(exc)
-            if problem is not None:
-                log.error("site config of %r at offset %d refused, the previous one stays: %s",
-                          site_id, message.offset(), problem)
-                self._count_undecodable("site_config")
-                return
+        site_id = (message.key() or b"").decode("utf-8", "replace")
+        problem = apply_site_config(self.sites, message.key(), message.value())
+        if problem is not None:
+            log.error("site config of %r at offset %d refused, the previous one stays: %s",
+                      site_id, message.offset(), problem)
+            self._count_undecodable("site_config")
+            return
         self.models.reconfigured(site_id)
 
     def _apply_model(self, message: Message) -> None:
