@@ -18,9 +18,10 @@ import json
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
-from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED, SITE_CONFIG
 from app.settings import Settings
 from tests.kafka_io import event, produce
 from tests.prometheus_io import (
@@ -63,15 +64,20 @@ def prometheus(worker: WorkerProcess, tmp_path: Path):
 def drive_events(s: Settings) -> None:
     t = int(time.time() * 1000)
     shop = {"site_id": "shop"}
+    # Candidate policies scored in the shadow of the site's bandit (recoloop_shadow_value).
+    produce(s.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
+        {**shop, "shadow": ["uniform", "arm:similar"]}))])
     produce(s.bootstrap_servers, [
         # A display from a known arm that earns the maximum reward: closed at once, learned.
         event(s.topic(SERVED), {**shop, "event_id": "d1", "session_id": "s1", "ts": t,
                                 "items": ["a", "b"], "arm": "similar", "propensity": 0.5,
                                 "context": {"device": "mobile"}}),
+        event(s.topic(CLICKS), {**shop, "event_id": "c0", "session_id": "s1",
+                                "ts": t + 200, "item_id": "a"}),
         event(s.topic(DETAIL_VIEWS), {**shop, "event_id": "v1", "session_id": "s1",
                                       "ts": t + 500, "item_id": "a"}),
         event(s.topic(BASKET_ADDS), {**shop, "event_id": "b1", "session_id": "s1",
-                                     "ts": t + 1_000, "item_id": "a"}),
+                                     "ts": t + 1_000, "item_id": "a", "price": 25.0}),
         # A display nobody reacts to: pending in the join until its window closes.
         event(s.topic(SERVED), {**shop, "event_id": "d2", "session_id": "s2", "ts": t,
                                 "items": ["c"], "arm": "category1", "propensity": 0.25}),
@@ -150,6 +156,9 @@ def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query_has_d
     assert ready_gauge["value"][1] == "1"
     assert prometheus.query('recoloop_dead_letters_total{reason="invalid_json"} == 1')
     assert prometheus.query("recoloop_build_info")[0]["metric"]["version"]
+    [revenue] = prometheus.query('sum(recoloop_variant_revenue_total{site="shop",'
+                                 'variant="none"})')
+    assert float(revenue["value"][1]) == 25.0
 
     # promtool accepts the worker's exposition, the config and the rules.
     status, text = http_get(metrics_url)
