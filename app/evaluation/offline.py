@@ -6,7 +6,8 @@ Candidates (``--policy``): ``arm:NAME`` (always that arm), ``uniform`` (every ar
 context), ``epsilon:E`` and ``squarecb:G`` (the current bandit with another exploration).
 The doubly robust estimate's reward model is the mean reward per arm and context, shrunk
 toward the arm's mean (``PRIOR_DECISIONS`` pseudo-decisions), fitted on the same log.
-Decisions of arms the site's bandit does not have (its own lists) are left out.
+Decisions of arms the site's bandit does not have (its own lists) are left out, and so are
+other experiment variants' (``--variant`` picks one: its decisions and its model).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from app.contract.codec import UndecodableRecord, decode_model
 from app.contract.topics import REWARDS
-from app.core.experiment import model_key
+from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import ContextualBandit
 from app.core.shadow import Chooser, candidate
 from app.evaluation.ope import Estimate, Logged, estimate_all
@@ -126,13 +127,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True)
     parser.add_argument("--policy", action="append", required=True,
                         help="arm:NAME, uniform, current, epsilon:E or squarecb:G (repeatable)")
+    parser.add_argument("--variant", help="the experiment variant whose decisions and model "
+                        "to use (default: the site's own engine)")
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     decisions = site_decisions(settings, args.site)
-    current = site_model(settings, args.site)
+    variant = getattr(args, "variant", None)
+    current = site_model(settings, args.site, variant)
     arms = current.arms if current is not None else tuple(settings.arms_for(args.site))
-    logged = [d for d in decisions if d.get("arm") in arms]
+    # One logging policy's decisions: a control's list or another variant's bandit would
+    # leave the candidates' other arms without support.
+    own = {None, MAIN_VARIANT} if variant in (None, MAIN_VARIANT) else {variant}
+    logged = [d for d in decisions if d.get("arm") in arms and d.get("variant") in own]
     if not logged:
         print(f"recoloop evaluate: no decisions of site {args.site!r} on {REWARDS}",
               file=sys.stderr)
