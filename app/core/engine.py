@@ -307,17 +307,23 @@ class Engine:
     def _display(self, session: Session, stats: SiteStats, served: Served,
                  signals: ItemSignals | None, placement: Placement) -> PendingDisplay:
         issued = session.issued.get(served.ranking_id) if served.ranking_id else None
-        experiment, variant = placement
+        # A display belongs to the experiment and variant of the ranking it shows, whatever
+        # the site's config says by now (a control's list never teaches the engine); a list
+        # of the site's own to the session's variant now.
         if issued is not None:  # the engine's own record of the ranking is authoritative
             display = PendingDisplay(served, issued.arm, issued.propensity, issued.context)
-            if experiment is not None and issued.variant is not None:  # its own variant
-                variant = self.sites.variant_named(session.site_id, issued.variant) or variant
+            names = (issued.experiment, issued.variant)
         else:
             display = PendingDisplay(served, served.arm, served.propensity, served.context)
-        if experiment is not None and variant is not None:
-            display.experiment, display.variant = experiment, variant.name
-            if variant.apprentice:
-                display.apprentice = self._apprentice(session, stats, served, display.arm)
+            experiment, variant = placement
+            names = _default_placement(served.ranking_id) or (
+                experiment, None if variant is None else variant.name)
+        display.experiment, display.variant = names
+        current = self.sites.experiment_for(session.site_id)
+        own = current.variant(names[1]) if current is not None and current.name == names[0] \
+            else None
+        if own is not None and own.apprentice:
+            display.apprentice = self._apprentice(session, stats, served, display.arm)
         if signals is not None:
             display.signals = tuple(signals.of(item) for item in served.items[:POSITIONS_LEARNED])
         return display
@@ -361,7 +367,7 @@ class Engine:
                             for a in policy.arms},
                    "placed_by": [placed_by.get(item, arm) for item, _ in items]}
         self._remember(session, ranking_id, IssuedRanking(arm, propensity, context, version, ts,
-                                                          variant_name))
+                                                          experiment, variant_name))
         return Ranking(ranking_id, session.site_id, session.session_id, ts, arm, propensity,
                        tuple(items), version, context, segment, trigger_event_id, explain,
                        experiment, variant_name)
@@ -380,7 +386,7 @@ class Engine:
                           placed_by=placed_by, fixed=variant.items)
         context = dict(session.context)
         self._remember(session, ranking_id, IssuedRanking(variant.baseline, 1.0, context, 0, ts,
-                                                          variant.name))
+                                                          experiment, variant.name))
         explain = {"arms": {}, "placed_by": [placed_by.get(item, variant.baseline)
                                              for item, _ in items]}
         return Ranking(ranking_id, session.site_id, session.session_id, ts, variant.baseline,
@@ -449,6 +455,9 @@ class Engine:
         digest = hashlib.blake2b(_published_key(segment, variant).encode(),
                                  digest_size=8).hexdigest()
         ranking_id = f"default:{escape(site_id)}:{digest}:{clock.wall_ms}"
+        experiment = self.sites.experiment_for(site_id)
+        if experiment is not None:  # which variant a display of it belongs to
+            ranking_id += f":{experiment.name}:{MAIN_VARIANT if variant is None else variant.name}"
         now = max(clock.kind_times.values())  # the latest event time read here
         ranking = self._rank(blank, stats, ranking_id, now, placement, segment)
         if ranking is not None:
@@ -479,7 +488,11 @@ class Engine:
                 del defaults.segments[segment]
                 _forget_published(defaults, segment)
             stats = self._stats(store, site_id)
-            for placement in self._default_placements(site_id):
+            placements = self._default_placements(site_id)
+            ranked = {"" if v is None else v.name for _, v in placements}
+            for key in [k for k in defaults.published if _published_variant(k) not in ranked]:
+                del defaults.published[key]  # a variant the experiment no longer has
+            for placement in placements:
                 version = self._default_version(site_id, placement)
                 for segment, context in [("", {}), *((k, s.context)
                                                     for k, s in defaults.segments.items())]:
@@ -602,10 +615,26 @@ def _model_of(variant: Variant | None) -> str | None:
     return None if variant is None else variant.model
 
 
+def _default_placement(ranking_id: str | None) -> tuple[str | None, str | None] | None:
+    """The (experiment, variant) a default ranking's id names ((None, None): published
+    outside any experiment); None for any other id. Ids are
+    ``default:site:digest:ms[:experiment:variant]``, the site escaped, names without ``:``."""
+    if ranking_id is None or not ranking_id.startswith("default:"):
+        return None
+    parts = ranking_id.split(":")
+    return (parts[4], parts[5]) if len(parts) == 6 else (None, None)
+
+
 def _published_key(segment: str, variant: Variant | None) -> str:
     """Where SiteDefaults.published notes a segment's default (a variant's: ``|@variant``;
     a segment's parts all hold ``=``, so the two never meet)."""
     return segment if variant is None else f"{segment}|@{variant.name}"
+
+
+def _published_variant(key: str) -> str:
+    """The variant a :func:`_published_key` names ("": the site's engine)."""
+    _, sep, tail = key.rpartition("|@")
+    return tail if sep and "=" not in tail else ""
 
 
 def _forget_published(defaults: SiteDefaults, segment: str) -> None:

@@ -29,7 +29,8 @@ class IssuedRanking:
     context: Context
     model_version: int
     ts: int = 0  # event time it was published at
-    variant: str | None = None  # the session's variant in the site's experiment
+    experiment: str | None = None  # the site's experiment then, and the session's variant
+    variant: str | None = None
 
 
 @dataclass

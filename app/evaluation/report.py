@@ -49,10 +49,10 @@ def apprentice_summary(decisions: Sequence[Mapping[str, Any]]) -> dict[str, floa
     rows = [d for d in decisions if isinstance(d.get("apprentice"), dict)]
     if not rows:
         return None
-    agree = sum(d["apprentice"]["arm"] == d.get("arm") for d in rows) / len(rows)
-    overlap = sum(len(set(d["apprentice"]["items"]) & set(d.get("items") or ()))
-                  / max(1, len(d["apprentice"]["items"])) for d in rows) / len(rows)
-    value = sum(float(d["reward"]) * float(d["apprentice"]["shown_arm_probability"])
+    agree = sum(d["apprentice"].get("arm") == d.get("arm") for d in rows) / len(rows)
+    overlap = sum(len(set(d["apprentice"].get("items") or ()) & set(d.get("items") or ()))
+                  / max(1, len(d["apprentice"].get("items") or ())) for d in rows) / len(rows)
+    value = sum(float(d["reward"]) * float(d["apprentice"].get("shown_arm_probability") or 0)
                 for d in rows) / len(rows)
     logged = sum(float(d["reward"]) for d in rows) / len(rows)
     return {"decisions": len(rows), "arm_agreement": agree, "item_overlap": overlap,
@@ -191,16 +191,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the variant uplifts are measured against (default: control)")
     parser.add_argument("--mde", type=float, default=0.05,
                         help="the relative uplift the sample should detect (default 0.05)")
-    parser.add_argument("--periods", type=int, default=12, help="spans of the time table")
+    parser.add_argument("--experiment", help="the experiment to report (default: the newest "
+                        "the site's decisions name; its sessions were split together)")
+    parser.add_argument("--periods", type=_positive, default=12, help="spans of the time table")
     parser.add_argument("--out", type=Path, default=Path("."),
                         help="directory for report-<site>.md and .png (default: here)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def one_experiment(decisions: list[dict[str, Any]], name: str | None) -> list[dict[str, Any]]:
+    """The decisions of experiment ``name`` (default: the one of the newest decision that
+    names one); all of them when none does. Another experiment split the sessions anew."""
+    named = [d for d in decisions if d.get("experiment")]
+    if name is None and named:
+        name = max(named, key=lambda d: d["served_ts"])["experiment"]
+    return decisions if name is None else [d for d in decisions if d.get("experiment") == name]
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     since_ms = parse_since(args.since, int(time.time() * 1000))
     decisions = [value for value in (orjson.loads(raw) for raw in read_site(
         settings, settings.topic(REWARDS), lambda key, value: True))
-        if value.get("site_id") == args.site and value.get("served_ts", 0) >= since_ms]
+        if isinstance(value, dict) and value.get("site_id") == args.site
+        and isinstance(value.get("served_ts"), int) and value["served_ts"] >= since_ms
+        and isinstance(value.get("reward"), int | float)]
+    decisions = one_experiment(decisions, getattr(args, "experiment", None))
     if not decisions:
         print(f"recoloop report: no decisions of site {args.site!r} on {REWARDS}",
               file=sys.stderr)

@@ -227,3 +227,51 @@ def test_shadow_scores_recover_a_fixed_arms_value_from_a_uniform_log():
     assert scores.effective_decisions("arm:a") == pytest.approx(2_000)
     with pytest.raises(ValueError):
         candidate("arm:zzz", ("a", "b"), None)
+
+
+def close_all(engine: Engine, store: EncodedStore, ts: int) -> list:
+    rewards = []
+    for n, kind in enumerate(("served", "click", "detail_view", "basket_add")):
+        event = Served(f"clock{ts}-{n}", SITE, "clock", ts, ("z",)) if kind == "served" \
+            else Reaction(f"clock{ts}-{n}", kind, SITE, "clock", ts, "z")
+        rewards += engine.handle(store, event).rewards
+    return rewards
+
+
+def test_a_display_keeps_its_rankings_variant_when_the_experiment_changes(setup):
+    engine, _, sites = setup
+    store = EncodedStore()
+    control = sessions_of(sites, "control", 1)[0]
+    rankings = engine.handle(store, Served("d0", SITE, control, T0, ("i1",))).rankings
+    ranking = next(r for r in rankings if r.session_id == control)
+    assert ranking.variant == "control"
+    sites.forget(SITE)  # the experiment ends while the control's list is on screen
+    engine.handle(store, Served("d1", SITE, control, T0 + 10, ("i2",),
+                                ranking_id=ranking.ranking_id))
+    decision = next(r for r in close_all(engine, store, T0 + 60_000) if r.served_id == "d1")
+    # Still the control's: the site's engine does not learn a list it did not choose.
+    assert (decision.experiment, decision.variant, decision.propensity) == \
+        ("home-1", "control", 1.0)
+
+
+def test_a_shown_default_ranking_belongs_to_the_variant_it_was_published_for(setup):
+    engine, _, sites = setup
+    store = EncodedStore()
+    rankings = engine.handle(store, Served("d0", SITE, "first", T0, ("i1",))).rankings
+    default = next(r for r in rankings if r.segment is not None and r.variant == "candidate")
+    engine_session = sessions_of(sites, "engine", 1)[0]  # shown another variant's default
+    engine.handle(store, Served("d1", SITE, engine_session, T0 + 10, ("i2",),
+                                ranking_id=default.ranking_id, arm=default.arm,
+                                propensity=default.propensity))
+    decision = next(r for r in close_all(engine, store, T0 + 60_000) if r.served_id == "d1")
+    assert (decision.experiment, decision.variant) == ("home-1", "candidate")
+
+
+def test_report_reads_one_experiment_at_a_time():
+    old = [{"experiment": "a", "served_ts": 1, "variant": "control"}]
+    new = [{"experiment": "b", "served_ts": 5, "variant": "engine"}]
+    before = [{"served_ts": 0}]
+    from app.evaluation.report import one_experiment
+    assert one_experiment(old + new + before, None) == new
+    assert one_experiment(old + new + before, "a") == old
+    assert one_experiment(before, None) == before
