@@ -100,7 +100,7 @@ def variant_kpis(decisions: Iterable[Decision]) -> dict[str, dict[str, Kpi]]:
         lambda: defaultdict(lambda: defaultdict(lambda: [0.0, 0.0])))
     priced: set[str] = set()
     for d in decisions:
-        variant = d.get("variant") or NO_VARIANT
+        variant = str(d.get("variant") or NO_VARIANT)
         session = sums[variant][str(d.get("session_id"))]
         for name, (_, value_of) in DISPLAY_KPIS.items():
             value = value_of(d)
@@ -169,7 +169,7 @@ def by_period(decisions: Iterable[Decision], periods: int,
     spans: dict[int, list[Decision]] = defaultdict(list)
     for d in rows:
         spans[(int(d["served_ts"]) - first) // width].append(d)
-    variants = sorted({d.get("variant") or NO_VARIANT for d in rows})
+    variants = sorted({str(d.get("variant") or NO_VARIANT) for d in rows})
     out: dict[str, list[tuple[int, Kpi | None]]] = {v: [] for v in variants}
     for span in range(periods):
         kpis = variant_kpis(spans.get(span, []))

@@ -220,7 +220,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         settings, settings.topic(REWARDS), lambda key, value: True))
         if isinstance(value, dict) and value.get("site_id") == args.site
         and isinstance(value.get("served_ts"), int) and value["served_ts"] >= since_ms
-        and isinstance(value.get("reward"), int | float)]
+        and isinstance(value.get("reward"), int | float)
+        and isinstance(value.get("outcomes", []), list)]
     decisions = one_experiment(decisions, getattr(args, "experiment", None))
     if not decisions:
         print(f"recoloop report: no decisions of site {args.site!r} on {REWARDS}",

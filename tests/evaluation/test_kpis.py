@@ -129,3 +129,25 @@ def test_report_reads_the_sites_decisions_and_its_interval_covers_the_truth(
         (tmp_path / "report-shop.md").read_text() in out
     assert (tmp_path / "report-shop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.main(argparse.Namespace(**{**vars(args), "site": "nobody"}), s) == 1
+
+
+def test_the_apprentice_summary_counts_agreement_and_the_engines_value():
+    rows = [{"arm": "bestsellers", "reward": 1.0, "items": ["a", "b"],
+             "apprentice": {"arm": "bestsellers", "propensity": 0.8,
+                            "shown_arm_probability": 0.8, "items": ["a", "c"]}},
+            {"arm": "bestsellers", "reward": 0.0, "items": ["a", "b"],
+             "apprentice": {"arm": "similar", "propensity": 0.2,
+                            "shown_arm_probability": 0.8, "items": ["x", "y"]}},
+            {"arm": "bestsellers", "reward": 1.0, "items": ["a"]}]  # no apprentice: left out
+    summary = report.apprentice_summary(rows)
+    assert summary == {"decisions": 2, "arm_agreement": 0.5, "item_overlap": 0.25,
+                       "engine_value_ips": 0.4, "site_value": 0.5}
+    assert report.apprentice_summary(rows[2:]) is None
+
+
+def test_a_variant_that_is_not_a_string_is_reported_not_crashed_on():
+    log = simulated_log(4, 200)
+    log[0] = {**log[0], "variant": 7}
+    assert "7" in variant_kpis(log)
+    text = report.markdown("shop", log, "control", 0.05, 3)
+    assert "| 7 |" not in text.split("## KPIs")[0] and "click-through rate" in text
