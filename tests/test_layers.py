@@ -20,7 +20,8 @@ STDLIB = frozenset(sys.stdlib_module_names)
 ALLOWED: dict[str, tuple[str, ...]] = {
     "app.core": ("app.core", "river", "numpy"),
     "app.contract": ("app.core", "app.contract", "orjson", "fastjsonschema", "msgspec"),
-    "app.observability": ("app.observability", "app.__init__", "prometheus_client"),
+    "app.observability": ("app.observability", "app.__init__", "prometheus_client",
+                          "opentelemetry"),
     "app.dev": ("app.dev", "confluent_kafka"),
     "app.settings": ("app.contract.topics",),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
@@ -31,7 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                   "app.observability",
                   "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
                   "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
-                  "prometheus_client", "starlette", "uvicorn"),
+                  "prometheus_client", "starlette", "uvicorn", "opentelemetry"),
     "app.evaluation.ope": (),  # pure: the standard library only
     "app.evaluation.kpis": (),
     "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.settings",

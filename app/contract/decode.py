@@ -32,9 +32,10 @@ class InvalidInput(ValueError):
         self.detail = detail
 
 
-def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
-           ) -> Served | Reaction:
-    """Parse and validate one input message of ``reco.served`` or a reaction topic.
+def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None,
+           trace: str | None = None) -> Served | Reaction:
+    """Parse and validate one input message of ``reco.served`` or a reaction topic
+    (``trace``: the traceparent of the worker's span for it, carried by the event).
 
     ``latest_ts`` bounds event times: one from a wrong clock far in the future would push
     the partition's stream time ahead and close every open display at once.
@@ -51,9 +52,9 @@ def decode(logical_topic: str, origin: Origin, latest_ts: int | None = None
         raise InvalidInput("key_mismatch", "the message key must be the event's session_id "
                            "(inputs are co-partitioned by session)")
     if logical_topic == SERVED:
-        return Served.from_value(value)
+        return Served.from_value(value, trace)
     return Reaction.from_value(REACTION_TYPE_BY_TOPIC[logical_topic], value,
-                               origin.cut(WAITING_ORIGIN_BYTES))
+                               origin.cut(WAITING_ORIGIN_BYTES), trace)
 
 
 def catalog_key(site_id: str, item_id: str) -> str:

@@ -144,6 +144,7 @@ class Effects:
     # For the site's learner, when statistics are shared (see Engine): one per reaction.
     engagements: list[Engagement] = field(default_factory=list)
     attributed: int = 0
+    traced: list[tuple[Served, Reaction]] = field(default_factory=list)  # JoinResult.traced
     duplicate: bool = False
     pending_displays: int = 0  # open displays on the event's partition after it
 
@@ -152,6 +153,7 @@ class Effects:
         self.late += result.late
         self.unattributed += result.unattributed
         self.attributed += result.attributed
+        self.traced += result.traced
 
 
 def session_key(site_id: str, session_id: str) -> str:

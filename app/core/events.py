@@ -28,9 +28,12 @@ class Served:
     arm: str | None = None
     propensity: float | None = None
     context: Context = field(default_factory=dict)
+    # The W3C traceparent of the worker's span for this display (app.observability.tracing):
+    # its reward and model update join that trace. Not part of the record's value.
+    trace: str | None = field(default=None, compare=False)
 
     @classmethod
-    def from_value(cls, value: dict[str, Any]) -> Served:
+    def from_value(cls, value: dict[str, Any], trace: str | None = None) -> Served:
         return cls(
             event_id=value["event_id"],
             site_id=value["site_id"],
@@ -41,6 +44,7 @@ class Served:
             arm=value.get("arm"),
             propensity=value.get("propensity"),
             context=dict(value.get("context") or {}),
+            trace=trace,
         )
 
 
@@ -56,6 +60,7 @@ class Origin:
     value: bytes | None
     full_key_bytes: int | None = None  # set on a cut copy
     full_value_bytes: int | None = None
+    trace: str | None = None  # the record's W3C traceparent header, when tracing is on
 
     @property
     def key_bytes(self) -> int:
@@ -94,10 +99,11 @@ class Reaction:
     # ``"source": "organic"``: the visitor found the item on their own; never attributed.
     organic: bool = False
     price: float | None = None  # sent with basket adds: revenue per display in reports
+    trace: str | None = field(default=None, compare=False)  # as Served.trace
 
     @classmethod
     def from_value(cls, reaction_type: str, value: dict[str, Any],
-                   origin: Origin | None = None) -> Reaction:
+                   origin: Origin | None = None, trace: str | None = None) -> Reaction:
         return cls(
             event_id=value["event_id"],
             type=reaction_type,
@@ -111,6 +117,7 @@ class Reaction:
             origin=origin,
             organic=value.get("source") == "organic",
             price=value.get("price"),
+            trace=trace,
         )
 
 
@@ -180,6 +187,7 @@ class ClosedDecision:
     experiment: str | None = None  # the site's experiment and the session's variant in it
     variant: str | None = None
     apprentice: Apprentice | None = None
+    trace: str | None = None  # its display's (Served.trace)
 
     def to_value(self) -> dict[str, Any]:
         value = {

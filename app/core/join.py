@@ -71,6 +71,7 @@ class PendingDisplay:
             context=self.context, items=s.items, served_ts=s.ts, reward=self.reward,
             outcomes=tuple(self.outcomes), closed_by=closed_by, signals=self.signals,
             experiment=self.experiment, variant=self.variant, apprentice=self.apprentice,
+            trace=s.trace,
         )
 
 
@@ -100,6 +101,8 @@ class JoinResult:
     late: list[Reaction] = field(default_factory=list)
     unattributed: list[Reaction] = field(default_factory=list)
     attributed: int = 0
+    # (display, reaction) of each attribution to a traced display, for its trace.
+    traced: list[tuple[Served, Reaction]] = field(default_factory=list)
 
 
 def add_display(state: SessionJoin, display: PendingDisplay) -> JoinResult:
@@ -172,6 +175,8 @@ def _attribute(state: SessionJoin, reaction: Reaction, watermark: int, rules: Jo
                                         reaction.ts - best.ts, reaction.price))
     display.reward = max(display.reward, reward)
     result.attributed += 1
+    if best.trace is not None:
+        result.traced.append((best, reaction))
     if display.reward >= rules.max_reward:
         _close(state, best.event_id, "max_reward", result)
     return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
@@ -25,6 +25,7 @@ from app.contract.topics import SITE_CONFIG
 from app.core.experiment import MAIN_VARIANT, NOTHING
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
+from app.observability.tracing import Tracing
 from app.serve.book import Answer, CatalogItems, RankingBook
 from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
 from app.serve.keys import KeyBook, KeyRecord
@@ -54,6 +55,7 @@ class Service:
     readiness: Readiness
     sites: SiteSettings  # the defaults a site config is checked against
     catalog: CatalogItems | None = None  # the last fallback: a few available items per site
+    tracing: Tracing = field(default_factory=Tracing)  # off unless OTEL_* ask
 
 
 class RankedItem(BaseModel):
@@ -212,6 +214,11 @@ def create_app(service: Service) -> FastAPI:
 
     app.add_middleware(Guard)
     app.add_middleware(Measured, metrics=metrics)  # the outer one: it counts what Guard refuses
+    if service.tracing.enabled:
+        # A span per request, continuing the caller's traceparent; posted events carry it on.
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=service.tracing.provider,
+                                           excluded_urls="health,ready,metrics")
 
     @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
              response_model=RankingAnswer, response_class=JSONResponse)
@@ -276,7 +283,7 @@ def create_app(service: Service) -> FastAPI:
                 {"index": r.index, "event_id": r.event_id, "reason": r.reason}
                 for r in rejected]})
         records = [r for r in results if not isinstance(r, Rejected)]
-        errors = await service.ingest.send(records)
+        errors = await service.ingest.send(records, service.tracing.current_headers())
         failed = [n for n, error in enumerate(errors) if error is not None]
         metrics.events_ingested.labels("accepted").inc(len(records) - len(failed))
         if failed:

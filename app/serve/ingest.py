@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from app.contract.decode import InvalidInput, decode
 from app.contract.topics import REACTION_TOPIC_BY_TYPE, SERVED
 from app.core.events import Origin
+from app.observability.tracing import Headers
 from app.settings import Settings
 
 TOPIC_BY_TYPE = {"served": SERVED, **REACTION_TOPIC_BY_TYPE}
@@ -86,8 +87,10 @@ class EventIngest:
     def latest_ts(self) -> int:
         return int(time.time() * 1000) + int(self.settings.max_clock_skew_s * 1000)
 
-    async def send(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[str | None]:
-        """Produce ``records``; per record None once the broker has it, else the error."""
+    async def send(self, records: Sequence[tuple[str, bytes, bytes]],
+                   headers: Headers | None = None) -> list[str | None]:
+        """Produce ``records`` (each with ``headers``: the request's traceparent when traced);
+        per record None once the broker has it, else the error."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in records]
 
@@ -104,7 +107,7 @@ class EventIngest:
         for (topic, key, value), future in zip(records, futures, strict=True):
             try:
                 self._producer.produce(self.settings.topic(topic), value, key,
-                                       on_delivery=delivered(future))
+                                       on_delivery=delivered(future), headers=headers)
             except (BufferError, KafkaException) as exc:
                 future.set_result(f"not queued: {exc}")
         return list(await asyncio.gather(*futures))

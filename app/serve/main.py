@@ -24,6 +24,7 @@ from app.contract.site_config import apply_site_config, checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
+from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, create_app
 from app.serve.book import CatalogItems, RankingBook
 from app.serve.feeds import TopicFeed
@@ -90,6 +91,11 @@ def offer_ranking(book: RankingBook, message: Message) -> None:
 def run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tracing = Tracing.from_env("recoloop-serve")
+    except TracingError as exc:
+        print(f"recoloop serve: {exc}", file=sys.stderr)
+        return 2
     keys_topic = _ensure_keys_topic(settings)
     book = RankingBook(settings.serve_max_sessions)
     keys = KeyBook(settings.serve_key_rate_per_s)
@@ -107,7 +113,7 @@ def run(settings: Settings) -> int:
     ingest = EventIngest(settings)
     service = Service(book, keys, ingest, ServeMetrics(),
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
-                      catalog)
+                      catalog, tracing)
     try:
         uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
                     log_level=logging.getLevelName(logging.getLogger().level).lower(),
@@ -116,6 +122,7 @@ def run(settings: Settings) -> int:
         for feed in (rankings, key_feed, catalog_feed, config_feed):
             feed.stop()
         ingest.close()
+        tracing.shutdown()
     return 0
 
 

@@ -41,6 +41,7 @@ from app.core.policy import learn_decision
 from app.core.shadow import ShadowScores, candidate
 from app.core.store import Store
 from app.observability.metrics import Metrics
+from app.observability.tracing import Headers, Span, Tracing
 from app.settings import Settings
 from app.stream.bandits import BanditModels
 from app.stream.channels import Channels
@@ -52,15 +53,18 @@ log = logging.getLogger(__name__)
 class Staged:
     """What one transaction sends (besides state changes), and counts once it commits."""
 
-    # (topic, key, value), each sent to the partition of its key
-    records: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    # (topic, key, value, headers), each sent to the partition of its key
+    records: list[tuple[str, bytes | None, bytes, Headers | None]] = field(default_factory=list)
     counts: list[Callable[[], None]] = field(default_factory=list)
+    span: Span | None = None  # the transaction's, when tracing is on
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes,
+             headers: Headers | None = None) -> None:
         """Stage a record; :class:`RecordTooLarge` if it could not be sent (the loop then
-        dead-letters the input that caused it)."""
+        dead-letters the input that caused it). ``headers`` hold one traceparent at most
+        (66 bytes), well within the margin between MAX_RECORD_BYTES and the broker's limit."""
         check_size(topic, key, value)
-        self.records.append((topic, key, value))
+        self.records.append((topic, key, value, headers))
 
     def count(self, update: Callable[[], None]) -> None:
         self.counts.append(update)
@@ -69,8 +73,9 @@ class Staged:
 class Agents:
     def __init__(self, settings: Settings, channels: Channels, engine: Engine,
                  models: BanditModels, site_stats: SiteStatistics, metrics: Metrics,
-                 partitions: int) -> None:
+                 partitions: int, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = Tracing() if tracing is None else tracing
         self.channels = channels
         self.engine = engine
         self.models = models
@@ -85,14 +90,26 @@ class Agents:
 
     def join_input(self, origin: Origin, timestamp_ms: int, state: Store, out: Staged) -> None:
         topic = self.channels.logical[origin.topic]
+        span = None if origin.trace is None else self.tracing.start(
+            f"recoloop.{topic}", origin.trace, links=(out.span,), attributes={
+                "messaging.destination.name": origin.topic,
+                "messaging.destination.partition.id": str(origin.partition),
+                "messaging.kafka.offset": origin.offset})
         try:
             # Event times may run ahead of the message's own timestamp only so far.
-            event: Served | Reaction = decode(topic, origin, timestamp_ms + self._skew_ms)
+            event: Served | Reaction = decode(topic, origin, timestamp_ms + self._skew_ms,
+                                              self.tracing.traceparent(span))
         except InvalidInput as error:
             self.reject(origin, topic, error, out)
+            self.tracing.end(span, f"dead-lettered: {error.reason}")
             return
         effects = self.engine.handle(state, event)
-        self._publish(origin.partition, effects, timestamp_ms / 1000, out)
+        self._publish(origin.partition, effects, timestamp_ms / 1000, out, span)
+        if span is not None:
+            span.set_attributes({"recoloop.site_id": event.site_id,
+                                 "recoloop.event_id": event.event_id,
+                                 "recoloop.duplicate": effects.duplicate})
+            self.tracing.end(span)
         m, site = self.metrics, self.metrics.site(event.site_id)
         outcome = "duplicate" if effects.duplicate else "accepted"
         out.count(lambda: m.events_consumed.labels(topic, site, outcome).inc())
@@ -105,15 +122,29 @@ class Agents:
         self._publish(partition, effects, None, out)
 
     def _publish(self, partition: int, effects: Effects, produced_at_s: float | None,
-                 out: Staged) -> None:
-        m, site, ch = self.metrics, self.metrics.site, self.channels
+                 out: Staged, span: Span | None = None) -> None:
+        """Stage the effects of one input (``span``: its span) or of a tick."""
+        m, site, ch, tracing = self.metrics, self.metrics.site, self.channels, self.tracing
         pending = effects.pending_displays
         out.count(lambda: m.join_pending_displays.labels(str(partition)).set(pending))
+        for served, reaction in effects.traced:  # in the display's trace, linked to its own
+            tracing.end(tracing.start("recoloop.attribute", served.trace, links=(
+                reaction.trace, out.span), attributes={
+                    "recoloop.served_id": served.event_id, "recoloop.reaction": reaction.type,
+                    "recoloop.item_id": reaction.item_id,
+                    "recoloop.delay_ms": reaction.ts - served.ts}))
         for decision in effects.rewards:
             value = orjson.dumps(decision.to_value())
-            out.send(ch.rewards, decision.session_id.encode(), value)
+            reward_span = None if decision.trace is None else tracing.start(
+                "recoloop.reward", decision.trace, links=(out.span,), attributes={
+                    "recoloop.served_id": decision.served_id, "recoloop.reward": decision.reward,
+                    "recoloop.closed_by": decision.closed_by})
+            headers = tracing.headers(reward_span)
+            tracing.end(reward_span)
+            out.send(ch.rewards, decision.session_id.encode(), value, headers)
             out.send(ch.decisions, decision.site_id.encode(),
-                     orjson.dumps(decision.learning_value()) if decision.signals else value)
+                     orjson.dumps(decision.learning_value()) if decision.signals else value,
+                     headers)
             labels = (site(decision.site_id), decision.arm or "unknown")
             out.count(m.decisions_closed.labels(*labels, decision.closed_by).inc)
             out.count(partial(m.reward.labels(*labels).inc, decision.reward))
@@ -124,7 +155,12 @@ class Agents:
             for outcome in decision.outcomes:
                 out.count(partial(m.reward_delay.observe, outcome.delay_ms / 1000))
         for ranking in effects.rankings:
-            out.send(ch.rankings, ranking.key.encode(), orjson.dumps(ranking.to_value()))
+            with tracing.child("recoloop.ranking", span) as ranking_span:
+                if ranking_span is not None:
+                    ranking_span.set_attributes({"recoloop.ranking_id": ranking.ranking_id,
+                                                 "recoloop.arm": ranking.arm})
+                out.send(ch.rankings, ranking.key.encode(), orjson.dumps(ranking.to_value()),
+                         tracing.headers(ranking_span))
             out.count(m.rankings_published.labels(site(ranking.site_id), ranking.arm).inc)
             if produced_at_s is not None:
                 age_s = max(0.0, time.time() - produced_at_s)
@@ -144,6 +180,16 @@ class Agents:
     # -- the learner ----------------------------------------------------------------------
 
     def decision(self, origin: Origin, out: Staged) -> None:
+        span = None if origin.trace is None else self.tracing.start(
+            "recoloop.learn", origin.trace, links=(out.span,))
+        try:
+            self._decision(origin, out, span)
+        finally:
+            self.tracing.end(span)
+
+    def _decision(self, origin: Origin, out: Staged, span: Span | None) -> None:
+        if span is not None:
+            span.set_attribute("recoloop.learned", False)  # until it is
         decision = orjson.loads(origin.value or b"{}")
         if decision.get("kind") == "engagement":
             self._engagement(decision)
@@ -159,6 +205,12 @@ class Agents:
             self._shadow(site_id, decision, out)
         policy = self.models.learning(key)
         learn_decision(policy, decision, apprentice)
+        if span is not None:
+            span.set_attributes({"recoloop.site_id": site_id, "recoloop.model": key,
+                                 "recoloop.arm": decision["arm"],
+                                 "recoloop.reward": float(decision["reward"]),
+                                 "recoloop.model_updates": policy.n_updates,
+                                 "recoloop.apprentice": apprentice, "recoloop.learned": True})
         if key != model_key(site_id, None):
             return  # the gauges below describe the site's own engine
         m, label = self.metrics, self.metrics.site(site_id)

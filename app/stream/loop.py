@@ -65,6 +65,7 @@ from app.core.sites import SiteSettings
 from app.core.store import MemoryStore, Store
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import RESTART_REASONS, Metrics
+from app.observability.tracing import Headers, Tracing
 from app.settings import Settings
 from app.stream.agents import Agents, Staged
 from app.stream.bandits import BanditModels, SpilledModels
@@ -186,17 +187,20 @@ class Patience:
             log.warning("%s: waiting for %.0f s so far (%s)", self.what, waited, why)
 
 
-def received(message: Message) -> tuple[Origin, int]:
+def received(message: Message, tracing: Tracing | None = None) -> tuple[Origin, int]:
     """A consumed message's origin and its Kafka timestamp in ms, a time no producer's clock
     can push: the broker's (``LogAppendTime``, how ``topics apply`` makes the inputs), else the
-    producer's but never later than this worker's clock, and now when it has none."""
+    producer's but never later than this worker's clock, and now when it has none. With
+    ``tracing`` on, the origin carries the message's ``traceparent`` header."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     kind, timestamp_ms = message.timestamp()
     if kind != TIMESTAMP_LOG_APPEND_TIME:
         now_ms = int(time.time() * 1000)
         timestamp_ms = now_ms if kind == TIMESTAMP_NOT_AVAILABLE else min(timestamp_ms, now_ms)
-    return Origin(topic, partition, offset, message.key(), message.value()), timestamp_ms
+    trace = None if tracing is None else tracing.incoming(message.headers())
+    return Origin(topic, partition, offset, message.key(), message.value(),
+                  trace=trace), timestamp_ms
 
 
 class Tail:
@@ -254,8 +258,10 @@ class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
                  agents_for: Callable[[BanditModels, Store, SiteStatistics, SiteSettings],
                                       Agents],
-                 heartbeat: float | None = None, stuck: StuckCalls | None = None) -> None:
+                 heartbeat: float | None = None, stuck: StuckCalls | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = Tracing() if tracing is None else tracing
         self.channels = Channels.of(settings)
         self.partitions = partitions
         self.metrics = metrics
@@ -392,45 +398,56 @@ class Runtime:
         return [first, *self.consumer.consume(MAX_BATCH - 1, 0)]
 
     def _transaction(self, messages: list[Message], tick: bool) -> None:
-        out = Staged()
         inputs = []
+        tracing = self.tracing if self.tracing.enabled else None
         for message in messages:
             if message.error():
                 raise_if_fatal(message.error(), "consumer")
                 log.warning("consumer: %s", message.error())
             else:
-                inputs.append(received(message))
+                inputs.append(received(message, tracing))
+        batch = None if not inputs else self.tracing.start("recoloop.batch", links=[
+            origin.trace for origin, _ in inputs if origin.trace is not None], attributes={
+                "recoloop.records": len(inputs), "recoloop.tick": tick})  # none for ticks
+        committed = False
+        try:
+            committed = self._batch(inputs, tick, Staged(span=batch))
+        finally:
+            self.tracing.end(batch, None if committed else "aborted: the batch is redone")
+
+    def _batch(self, inputs: list[tuple[Origin, int]], tick: bool, out: Staged) -> bool:
+        """Handle the batch's inputs and commit what they caused; False if it was aborted."""
         first: dict[tuple[str, int], int] = {}  # where to go back to if the batch aborts
         after: dict[tuple[str, int], int] = {}
         for origin, _ in inputs:
             first.setdefault((origin.topic, origin.partition), origin.offset)
             after[(origin.topic, origin.partition)] = origin.offset + 1
         self.producer.begin_transaction()
-        for origin, timestamp_ms in inputs:
-            try:
-                self._handle(origin, timestamp_ms, out)
-                self._check_oversized(origin.partition)
-            except Exception as exc:  # set this record aside and redo the batch
-                where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
-                if isinstance(exc, RecordTooLarge):
-                    log.warning("%s: %s; dead-lettering it", where, exc)
-                    error = InvalidInput("too_large", str(exc))
-                else:  # a bug
-                    log.exception("processing failed on %s", where)
-                    error = InvalidInput("processing_error", repr(exc))
-                self._poisoned[(origin.topic, origin.partition, origin.offset)] = error
-                self._abort(first)
-                return
-        if tick:
-            wall_ms = int(time.time() * 1000)
-            for partition, state in self.states.items():
+        with self.tracing.child("recoloop.join", out.span):
+            for origin, timestamp_ms in inputs:
                 try:
-                    self.agents.tick(partition, wall_ms, state, out)
-                except Exception:
-                    log.exception("tick failed on partition %s", partition)
-                    self._abort(first)
-                    return
-        self._commit(out, first, after, tick)
+                    self._handle(origin, timestamp_ms, out)
+                    self._check_oversized(origin.partition)
+                except Exception as exc:  # set this record aside and redo the batch
+                    where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
+                    if isinstance(exc, RecordTooLarge):
+                        log.warning("%s: %s; dead-lettering it", where, exc)
+                        error = InvalidInput("too_large", str(exc))
+                    else:  # a bug
+                        log.exception("processing failed on %s", where)
+                        error = InvalidInput("processing_error", repr(exc))
+                    self._poisoned[(origin.topic, origin.partition, origin.offset)] = error
+                    return self._abort(first)
+            if tick:
+                wall_ms = int(time.time() * 1000)
+                for partition, state in self.states.items():
+                    try:
+                        self.agents.tick(partition, wall_ms, state, out)
+                    except Exception:
+                        log.exception("tick failed on partition %s", partition)
+                        return self._abort(first)
+        with self.tracing.child("recoloop.produce", out.span):
+            return self._commit(out, first, after, tick)
 
     def _handle(self, origin: Origin, timestamp_ms: int, out: Staged) -> None:
         # Kept until a batch holding it commits: a batch may be redone more than once.
@@ -445,7 +462,7 @@ class Runtime:
             self.agents.join_input(origin, timestamp_ms, self.states[origin.partition], out)
 
     def _commit(self, out: Staged, first: dict[tuple[str, int], int],
-                after: dict[tuple[str, int], int], tick: bool) -> None:
+                after: dict[tuple[str, int], int], tick: bool) -> bool:
         changelog_offsets: dict[int, int] = {}
 
         def delivered(error: KafkaError | None, message: Message) -> None:
@@ -456,8 +473,7 @@ class Runtime:
 
         changes = {p: state.changes() for p, state in self.states.items()}
         if self._oversized_records(changes):
-            self._abort(first)
-            return
+            return self._abort(first)
         model_changes = self.models.changes()
         stat_changes = self.site_stats.changes()
         try:
@@ -469,8 +485,8 @@ class Runtime:
                 self._produce(self.channels.models, raw, site_id.encode())
             for name, raw in stat_changes:
                 self._produce(self.channels.site_stats, raw, name.encode())
-            for topic, record_key, record_value in out.records:
-                self._produce(topic, record_value, record_key)
+            for topic, record_key, record_value, headers in out.records:
+                self._produce(topic, record_value, record_key, headers)
             # Delivered before the offsets go in: send_offsets_to_transaction blocks while the
             # broker is unreachable (StuckCalls), so it had better start just after it answered.
             self._flush()
@@ -492,8 +508,7 @@ class Runtime:
             if not exc.args[0].txn_requires_abort():
                 raise  # not retriable, not abortable: run() rebuilds the clients
             log.warning("transaction aborted, the batch will be redone: %s", exc.args[0])
-            self._abort(first)
-            return
+            return self._abort(first)
         for p, records in changes.items():
             if records:
                 self.states[p].committed(records, changelog_offsets[p])
@@ -506,6 +521,7 @@ class Runtime:
             del self._poisoned[where]  # dead-lettered for good
         for count in out.counts:
             count()
+        return True
 
     def _oversized_records(self, changes: dict[int, list[Record]]) -> bool:
         """Whether a state record is over the limit; if so the batch is redone watching it.
@@ -567,9 +583,11 @@ class Runtime:
             # next Runtime's init_transactions aborts the transaction.
             patience.waiting(f"{left} records not delivered yet")
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any
-                 ) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 headers: Headers | None = None, **kwargs: Any) -> None:
         patience = Patience(f"producing to {topic}")
+        if headers is not None:
+            kwargs["headers"] = headers
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
@@ -584,9 +602,9 @@ class Runtime:
         return {(tp.topic, tp.partition): tp.offset
                 for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0}
 
-    def _abort(self, first: dict[tuple[str, int], int]) -> None:
+    def _abort(self, first: dict[tuple[str, int], int]) -> bool:
         """Undo the batch: abort the transaction, forget what it changed in memory, and read
-        its records again."""
+        its records again (False: not committed)."""
         self._retrying("aborting the batch", self.producer.abort_transaction)
         for state in self.states.values():
             state.discard()
@@ -594,6 +612,7 @@ class Runtime:
         self.site_stats.aborted()
         for (topic, partition), offset in first.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))
+        return False
 
     # -- the copies every worker keeps ----------------------------------------------------
 

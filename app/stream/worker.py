@@ -28,6 +28,7 @@ from app.core.store import Store
 from app.observability import health
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import Metrics
+from app.observability.tracing import Tracing, TracingError
 from app.settings import Settings
 from app.stream.agents import Agents
 from app.stream.bandits import BanditModels
@@ -95,39 +96,56 @@ class Supervisor:
             self._stopped = True
 
 
-def run(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    channels = Channels.of(settings)
-    try:
-        counts = check_copartitioned(settings)
-        partitions = next(iter(counts.values()))
-        ensure_internal_topics(settings, channels.internal_topics(partitions))
-    except TopicLayoutError as exc:
-        print(f"recoloop worker: {exc}", file=sys.stderr)
-        return 2
+def prepare(settings: Settings) -> int:
+    """Check the topic layout and create the worker's own topics: the partition count.
+    :class:`TopicLayoutError` when the layout is wrong."""
+    counts = check_copartitioned(settings)
+    partitions = next(iter(counts.values()))
+    ensure_internal_topics(settings, Channels.of(settings).internal_topics(partitions))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port, settings.bind_host)
+    return partitions
+
+
+def supervisor(settings: Settings, partitions: int, metrics: Metrics,
+               tracing: Tracing) -> Supervisor:
+    """The loop of one worker process and what it runs on (also built by tests in-process)."""
+    channels = Channels.of(settings)
 
     def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics,
                    sites: SiteSettings) -> Agents:
         engine = Engine(settings, models, StoreCatalog(catalog), site_stats, sites)
-        return Agents(settings, channels, engine, models, site_stats, metrics, partitions)
+        return Agents(settings, channels, engine, models, site_stats, metrics, partitions,
+                      tracing)
 
     stuck = StuckCalls()
-    supervisor = Supervisor(lambda heartbeat: Runtime(settings, partitions, metrics, agents_for,
-                                                      heartbeat, stuck), metrics, stuck)
-    server = health.serve(supervisor, settings.bind_host, settings.web_port, metrics)
+    return Supervisor(lambda heartbeat: Runtime(settings, partitions, metrics, agents_for,
+                                                heartbeat, stuck, tracing), metrics, stuck)
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tracing = Tracing.from_env("recoloop-worker")
+        partitions = prepare(settings)
+    except (TopicLayoutError, TracingError) as exc:
+        print(f"recoloop worker: {exc}", file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port, settings.bind_host)
+    loop = supervisor(settings, partitions, metrics, tracing)
+    server = health.serve(loop, settings.bind_host, settings.web_port, metrics)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("worker %s: partitions=%d metrics=:%d web=:%d", settings.instance_id, partitions,
-             settings.metrics_port, settings.web_port)
+    log.info("worker %s: partitions=%d metrics=:%d web=:%d tracing=%s", settings.instance_id,
+             partitions, settings.metrics_port, settings.web_port,
+             "on" if tracing.enabled else "off")
     try:
-        status = supervisor.run(stop)
+        status = loop.run(stop)
     finally:
         server.shutdown()
+        tracing.shutdown()
     if status == EXIT_STUCK:
         # Not a normal exit: the threads still blocked in librdkafka hold its clients.
         logging.shutdown()

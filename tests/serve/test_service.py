@@ -25,12 +25,13 @@ pytestmark = pytest.mark.integration
 
 
 def call(port: int, method: str, path: str, key: str | None = None,
-         body: Any = None) -> tuple[int, Any, dict[str, str]]:
+         body: Any = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, Any, dict[str, str]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", method=method,
         data=None if body is None else orjson.dumps(body),
         headers={"Content-Type": "application/json",
-                 **({"Authorization": f"Bearer {key}"} if key else {})})
+                 **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read() or b"null"), dict(answer.headers)

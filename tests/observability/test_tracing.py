@@ -1,0 +1,263 @@
+"""Traces across the loop: a display, its reactions, its reward and the model update in the
+display's trace, through a real broker and a worker run in this process with the SDK's
+in-memory exporter (app.observability.tracing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message, Producer
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from app.contract.topics import BASKET_ADDS, CLICKS, RANKINGS, REWARDS, SERVED
+from app.observability.metrics import Metrics
+from app.observability.tracing import TRACEPARENT, Tracing, TracingError, exporter_from_env
+from app.settings import Settings
+from app.stream.worker import prepare, supervisor
+from tests.kafka_io import TopicReader, collect, event, now_ms
+from tests.serve.test_service import call, key_for
+
+SITE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"  # the site's trace of the page view
+SITE_SPAN = "00f067aa0ba902b7"
+CLICK_TRACE = "5bf92f3577b34da6a3ce929d0e0e4737"  # the click's request, a trace of its own
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    return f"00-{trace_id}-{span_id}-01"
+
+
+# -- configuration and headers (no broker) --------------------------------------------
+
+
+def test_tracing_is_off_unless_the_otel_variables_ask_for_an_exporter():
+    assert exporter_from_env({}) is None
+    assert exporter_from_env({"OTEL_SERVICE_NAME": "x"}) is None
+    assert exporter_from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318"}) == "otlp"
+    assert exporter_from_env({"OTEL_TRACES_EXPORTER": "otlp"}) == "otlp"
+    assert exporter_from_env({"OTEL_TRACES_EXPORTER": "none",
+                              "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) is None
+    assert exporter_from_env({"OTEL_SDK_DISABLED": "true",
+                              "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) is None
+    with pytest.raises(TracingError, match="OTEL_TRACES_EXPORTER"):
+        exporter_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_from_env_builds_an_otlp_exporter_named_after_the_service(monkeypatch):
+    for name in ("OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    off = Tracing.from_env("recoloop-worker")
+    assert not off.enabled and off.start("x") is None and off.headers(None) is None
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop-worker")
+    on = Tracing.from_env("recoloop-worker")
+    assert on.enabled
+    assert on.provider is not None
+    assert on.provider.resource.attributes["service.name"] == "shop-worker"
+    on.shutdown()
+
+
+def in_memory() -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider), exporter
+
+
+def test_a_record_s_traceparent_is_continued_and_a_malformed_one_ignored():
+    tracing, exporter = in_memory()
+    parent = traceparent(SITE_TRACE, SITE_SPAN)
+    assert tracing.incoming([("other", b"x"), (TRACEPARENT, parent.encode())]) == parent
+    for bad in (b"", b"00-zz-yy-01", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01",
+                b"x" * 10_000):
+        assert tracing.incoming([(TRACEPARENT, bad)]) is None
+    assert tracing.incoming(None) is None
+    span = tracing.start("recoloop.reco.served", parent)
+    [(name, value)] = tracing.headers(span) or []
+    tracing.end(span)
+    assert name == TRACEPARENT and isinstance(value, bytes)
+    assert value.decode().split("-")[1] == SITE_TRACE and len(value) == 55
+    [finished] = exporter.get_finished_spans()
+    assert finished.parent is not None and f"{finished.parent.span_id:016x}" == SITE_SPAN
+    assert Tracing().incoming([(TRACEPARENT, parent.encode())]) is None  # off: not even read
+
+
+# -- through the broker ----------------------------------------------------------------
+
+
+@pytest.fixture
+def traced_worker(worker_settings: Settings, tmp_path: Path
+                  ) -> Iterator[tuple[Settings, InMemorySpanExporter]]:
+    """The worker's loop in a thread of this process, its spans in memory."""
+    settings = dataclasses.replace(worker_settings, data_dir=tmp_path / "traced",
+                                   worker_id="traced")
+    tracing, exporter = in_memory()
+    loop = supervisor(settings, prepare(settings), Metrics(), tracing)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    yield settings, exporter
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive(), "the worker did not stop"
+
+
+def spans_named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def wait_for_span(exporter: InMemorySpanExporter, name: str, timeout_s: float = 60
+                  ) -> ReadableSpan:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = spans_named(exporter, name)
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {name} span; spans: "
+                         f"{sorted({s.name for s in exporter.get_finished_spans()})}")
+
+
+def header_trace(message: Message) -> str | None:
+    for name, value in message.headers() or []:
+        if name == TRACEPARENT:
+            return value.decode().split("-")[1]
+    return None
+
+
+def trace_id(span: ReadableSpan) -> str:
+    return f"{span.context.trace_id:032x}"
+
+
+def render(spans: list[ReadableSpan], trace: str) -> str:
+    """One trace as an indented tree (the README shows one from this test)."""
+    ours = [s for s in spans if trace_id(s) == trace]
+    children: dict[int | None, list[ReadableSpan]] = {}
+    ids = {s.context.span_id for s in ours}
+    for span in ours:
+        parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
+        children.setdefault(parent, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s.start_time or 0):
+            keep = ("recoloop.reaction", "recoloop.reward", "recoloop.closed_by",
+                    "recoloop.model_updates", "recoloop.ranking_id", "recoloop.delay_ms",
+                    "recoloop.arm")
+            shown = {k: v for k, v in (span.attributes or {}).items() if k in keep}
+            links = f" links={len(span.links)}" if span.links else ""
+            lines.append(f"{'  ' * depth}{span.name} {shown or ''}{links}".rstrip())
+            walk(span.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return "\n".join(lines)
+
+
+def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_records(
+        worker_settings: Settings, start_worker, start_service, monkeypatch):
+    """Real processes, tracing turned on by the standard variables (spans to their logs)."""
+    s = worker_settings
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    worker = start_worker()
+    service = start_service()
+    key = key_for(s, service.serve_port, "shop")
+    t = now_ms()
+    common = {"site_id": "shop", "session_id": "s-posted"}
+    posted = traceparent(SITE_TRACE, SITE_SPAN)
+    status, _, _ = call(service.serve_port, "POST", "/v1/events", key, {"events": [
+        {"type": "served", **common, "event_id": "d-posted", "ts": t, "items": ["a"],
+         "arm": s.arms[0], "propensity": 0.5},
+        {"type": "basket_add", **common, "event_id": "b-posted", "ts": t + 500,
+         "item_id": "a"}]}, headers={TRACEPARENT: posted})
+    assert status == 202
+    messages = collect(s.bootstrap_servers, [s.topic(SERVED), s.topic(RANKINGS),
+                                             s.topic(REWARDS)],
+                       lambda ms: any(m.topic() == s.topic(REWARDS) for m in ms))
+    by_topic: dict[str, list[Message]] = {}
+    for m in messages:
+        by_topic.setdefault(m.topic(), []).append(m)
+    # The service's records continue the request (a span of its own, in the same trace) ...
+    assert [header_trace(m) for m in by_topic[s.topic(SERVED)]] == [SITE_TRACE]
+    served_parent = dict(by_topic[s.topic(SERVED)][0].headers())[TRACEPARENT].decode()
+    assert served_parent != posted
+    # ... and so do the worker's: the rankings the events caused, and the reward.
+    assert {header_trace(m) for m in by_topic[s.topic(RANKINGS)]
+            if m.key() == b"s-posted"} == {SITE_TRACE}
+    assert [header_trace(m) for m in by_topic[s.topic(REWARDS)]] == [SITE_TRACE]
+    deadline = time.monotonic() + 30  # the exporter sends every 5 s
+    while '"name": "recoloop.reward"' not in worker.log_path.read_text():
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)
+    assert '"service.name": "recoloop-worker"' in worker.log_path.read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace(
+        traced_worker):
+    s, exporter = traced_worker
+    t = now_ms()
+    common = {"site_id": "shop", "session_id": "s-traced"}
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True})
+    for (topic, key, value), parent in (
+            (event(s.topic(SERVED), {**common, "event_id": "d1", "ts": t, "items": ["a", "b"],
+                                     "arm": s.arms[0], "propensity": 0.5}),
+             (SITE_TRACE, SITE_SPAN)),
+            (event(s.topic(CLICKS), {**common, "event_id": "c1", "ts": t + 1_000,
+                                     "item_id": "a"}), (CLICK_TRACE, "00f067aa0ba902b8")),
+            # The maximum reward: the decision closes at once.
+            (event(s.topic(BASKET_ADDS), {**common, "event_id": "b1", "ts": t + 2_000,
+                                          "item_id": "a"}), None)):
+        headers = None if parent is None else [(TRACEPARENT, traceparent(*parent).encode())]
+        producer.produce(topic, value, key, headers=headers)
+    assert producer.flush(30) == 0
+
+    learn = wait_for_span(exporter, "recoloop.learn")
+    spans = exporter.get_finished_spans()
+    by_name = {name: [sp for sp in spans if sp.name == name] for name in {
+        sp.name for sp in spans}}
+    [display] = by_name["recoloop.reco.served"]
+    assert trace_id(display) == SITE_TRACE and display.parent is not None
+    assert f"{display.parent.span_id:016x}" == SITE_SPAN  # continues the site's span
+    [click] = by_name["recoloop.reco.clicks"]
+    assert trace_id(click) == CLICK_TRACE
+    assert "recoloop.reco.basket_adds" not in by_name  # no traceparent: no span of its own
+    # Both reactions are attributed in the display's trace, the click linked to its own.
+    attributed = {sp.attributes["recoloop.reaction"]: sp for sp in by_name["recoloop.attribute"]}
+    assert set(attributed) == {"click", "basket_add"}
+    assert all(trace_id(sp) == SITE_TRACE for sp in attributed.values())
+    assert CLICK_TRACE in {f"{link.context.trace_id:032x}"
+                           for link in attributed["click"].links}
+    [reward] = by_name["recoloop.reward"]
+    assert trace_id(reward) == SITE_TRACE and reward.parent.span_id == display.context.span_id
+    assert reward.attributes["recoloop.reward"] == 3.0
+    assert trace_id(learn) == SITE_TRACE and learn.parent.span_id == reward.context.span_id
+    assert learn.attributes["recoloop.learned"] is True
+    assert learn.attributes["recoloop.model_updates"] >= 1
+    # Every batch has a span with links to its traced inputs, and join and produce under it.
+    batches = by_name["recoloop.batch"]
+    linked = {f"{link.context.trace_id:032x}" for b in batches for link in b.links}
+    assert {SITE_TRACE, CLICK_TRACE} <= linked
+    batch_ids = {b.context.span_id for b in batches}
+    for name in ("recoloop.join", "recoloop.produce"):
+        assert by_name[name] and all(sp.parent.span_id in batch_ids for sp in by_name[name])
+
+    # The records the worker wrote carry the trace on: the ranking each traced event caused,
+    # and the reward.
+    reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS), s.topic(REWARDS)])
+    messages = reader.read_until(lambda ms: any(m.topic() == s.topic(REWARDS) for m in ms))
+    reader.close()
+    [reward_record] = [m for m in messages if m.topic() == s.topic(REWARDS)]
+    assert header_trace(reward_record) == SITE_TRACE
+    ranking_traces = {m.key().decode() and header_trace(m) for m in messages
+                      if m.topic() == s.topic(RANKINGS) and m.key() == b"s-traced"}
+    assert {SITE_TRACE, CLICK_TRACE, None} == ranking_traces  # the basket add's: untraced
+    print("\n" + render(list(exporter.get_finished_spans()), SITE_TRACE))
