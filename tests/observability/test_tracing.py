@@ -146,6 +146,7 @@ def render(spans: list[ReadableSpan], trace: str) -> str:
         parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
         children.setdefault(parent, []).append(span)
     lines: list[str] = []
+    start = min((sp.start_time or 0) for sp in ours)
 
     def walk(parent: int | None, depth: int) -> None:
         for span in sorted(children.get(parent, []), key=lambda s: s.start_time or 0):
@@ -154,7 +155,9 @@ def render(spans: list[ReadableSpan], trace: str) -> str:
                     "recoloop.arm")
             shown = {k: v for k, v in (span.attributes or {}).items() if k in keep}
             links = f" links={len(span.links)}" if span.links else ""
-            lines.append(f"{'  ' * depth}{span.name} {shown or ''}{links}".rstrip())
+            at_ms = ((span.start_time or 0) - start) / 1e6
+            lines.append(f"{at_ms:+8.1f} ms {'  ' * depth}{span.name} {shown or ''}{links}"
+                         .rstrip())
             walk(span.context.span_id, depth + 1)
 
     walk(None, 0)
@@ -261,3 +264,36 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
                       if m.topic() == s.topic(RANKINGS) and m.key() == b"s-traced"}
     assert {SITE_TRACE, CLICK_TRACE, None} == ranking_traces  # the basket add's: untraced
     print("\n" + render(list(exporter.get_finished_spans()), SITE_TRACE))
+
+
+def test_a_traced_display_and_reaction_keep_their_trace_through_the_state_encoding():
+    """The changelog and RocksDB hold a display's and a waiting reaction's traceparent, so a
+    reward closed after a restart (or on another worker) still joins the display's trace;
+    an untraced attribution costs no trace bookkeeping."""
+    from app.contract.codec import decode_state, encode_state
+    from app.core.engine import session_key
+    from app.core.events import Reaction, Served
+    from app.core.join import JoinRules, PendingDisplay, add_display, add_reaction, advance
+    from app.core.session import Session
+
+    shown, clicked = traceparent(SITE_TRACE, SITE_SPAN), traceparent(CLICK_TRACE, SITE_SPAN)
+    session = Session("shop", "s1")
+    add_display(session.join, PendingDisplay(
+        Served("d1", "shop", "s1", 1_000, ("a",), trace=shown), "similar", 0.5, {}))
+    add_reaction(session.join, Reaction("c1", "click", "shop", "s1", 2_000, "a", trace=clicked))
+    key = session_key("shop", "s1")
+    restored = decode_state(key, encode_state(session))
+    assert restored.join.pending["d1"].served.trace == shown
+    assert restored.join.waiting[0].trace == clicked
+    rules = JoinRules(window_ms=20_000, grace_ms=5_000, rewards={"click": 1.0, "basket_add": 3.0})
+    result = advance(restored.join, 2_000, rules)
+    assert [(served.trace, reaction.trace) for served, reaction in result.traced] == [
+        (shown, clicked)]
+    untraced = Session("shop", "s2")
+    add_display(untraced.join, PendingDisplay(Served("d2", "shop", "s2", 1_000, ("a",)),
+                                              "similar", 0.5, {}))
+    add_reaction(untraced.join, Reaction("c2", "click", "shop", "s2", 2_000, "a",
+                                         trace=clicked))
+    assert advance(untraced.join, 2_000, rules).traced == []
+    closed = advance(restored.join, 30_000, rules).closed
+    assert [decision.trace for decision in closed] == [shown]
