@@ -61,12 +61,14 @@ def worker_settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
 def start_worker(worker_settings: Settings, tmp_path: Path
                  ) -> Iterator[Callable[..., WorkerProcess]]:
     """Starts ``recoloop worker`` processes on the test's topics with extra ``RECOLOOP_*``
-    settings (``start_worker(arms="category1")``); all are stopped afterwards."""
+    settings (``start_worker(arms="category1")``), each logging to ``log_name`` in the test's
+    directory (appended to); all are stopped afterwards."""
     started: list[WorkerProcess] = []
 
-    def start(data_dir: str = "worker-data", **settings: str) -> WorkerProcess:
+    def start(data_dir: str = "worker-data", log_name: str = "worker.log",
+              **settings: str) -> WorkerProcess:
         process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
-                                tmp_path / data_dir, tmp_path / "worker.log", **settings)
+                                tmp_path / data_dir, tmp_path / log_name, **settings)
         started.append(process.start())
         return process
 
