@@ -60,9 +60,10 @@ def value_of(e) -> dict:
 
 
 def produce_paced(s: Settings, by_kind: dict, rate_per_s: float = RATE_PER_S,
-                  flush_s: float = 30.0) -> None:
+                  flush_s: float = 30.0, stop: threading.Event | None = None) -> None:
     """Every topic in event-time order, as sites produce them, at ``rate_per_s``; waits up to
-    ``flush_s`` for the broker to have them all."""
+    ``flush_s`` for the broker to have them all. Once ``stop`` is set, the rest is left out
+    (what was produced of each topic is the start of its list)."""
     merged = heapq.merge(*([(e.ts, kind, e) for e in by_kind[kind]] for kind in KINDS),
                          key=lambda entry: entry[0])
     producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True,
@@ -72,6 +73,8 @@ def produce_paced(s: Settings, by_kind: dict, rate_per_s: float = RATE_PER_S,
         topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
         producer.produce(topic, value, key)
         if n % 100 == 0:
+            if stop is not None and stop.is_set():
+                break
             producer.poll(0)
             time.sleep(max(0.0, start + n / rate_per_s - time.monotonic()))
     assert producer.flush(flush_s) == 0, "records were not delivered"
