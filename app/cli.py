@@ -5,14 +5,20 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from app.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # A worker asked to stop while it starts (a pod replaced at once) must still exit 0:
+    # its handler goes in before the slow imports, and the worker checks it before each step.
+    stop = stop_on_signals() if argv[:1] == ["worker"] else None
     parser = argparse.ArgumentParser(prog="recoloop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -128,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.stream.worker import run as run_worker
 
-    return run_worker(settings)
+    return run_worker(settings, stop or stop_on_signals())
+
+
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (instead of ending the process at once)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def run_bench(suite_args: list[str]) -> int:

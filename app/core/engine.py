@@ -7,7 +7,8 @@ from the events themselves. The agents in :mod:`app.stream.agents` decode, call
 
 Stream time is a per-partition *watermark*: the largest event time read on each input topic
 of the partition (displays, clicks, detail views, basket adds), and the smallest of those.
-Up to the watermark every topic has been read, so a join decided behind it does not depend
+Before the watermark every topic has been read (a record at the watermark's own millisecond
+may still be unread on a slower topic), so a join decided behind it does not depend
 on how fast each topic happened to be read (a worker catching up on a backlog reads them at
 different paces). A topic that has not moved for ``idle_close_s`` worth of ticks while others
 did is left out (a site may send no basket adds at all); when none moves, stream time

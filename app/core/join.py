@@ -11,8 +11,9 @@ Rules (README, "The reward join"):
   ``served.ts <= reaction.ts <= served.ts + window``, and its ``served_id`` names the
   display, or it has none and its item is among the served items; the latest such display
   wins;
-- a reaction is attributed once the watermark reaches its time (every display it could
-  answer has been read by then); one that finds no display waits until the watermark passes
+- a reaction is attributed once the watermark passes its time (every display it could
+  answer has been read by then: one at the same millisecond may still be unread while the
+  watermark equals it); one that finds no display waits until the watermark passes
   ``reaction.ts + grace`` (a display produced late may still come), then counts as
   unattributed; one whose display has already closed is late and never applied;
 - the decision's reward is the maximum reward of its reactions; it closes when the
@@ -88,8 +89,8 @@ class SessionJoin:
         times = [p.served.ts + rules.window_ms + rules.grace_ms + 1
                  for p in self.pending.values()]
         for reaction in self.waiting:  # the first not yet ready, and every ready one
-            if reaction.ts > watermark:
-                times.append(reaction.ts)
+            if reaction.ts >= watermark:
+                times.append(reaction.ts + 1)
                 break
             times.append(reaction.ts + rules.grace_ms + 1)
         return min(times) if times else None
@@ -116,7 +117,7 @@ def add_display(state: SessionJoin, display: PendingDisplay) -> JoinResult:
 
 
 def add_reaction(state: SessionJoin, reaction: Reaction) -> JoinResult:
-    """Queue a reaction until the watermark reaches it; past WAITING_KEPT waiting ones the
+    """Queue a reaction until the watermark passes it; past WAITING_KEPT waiting ones the
     earliest is given up as unattributed (a session's state stays small)."""
     result = JoinResult()
     keys = [(r.ts, r.event_id) for r in state.waiting]
@@ -128,12 +129,12 @@ def add_reaction(state: SessionJoin, reaction: Reaction) -> JoinResult:
 
 def advance(state: SessionJoin, watermark: int, rules: JoinRules,
             closed_by: str = "window") -> JoinResult:
-    """Attribute the reactions the watermark has reached, in time order, then close the
+    """Attribute the reactions the watermark has passed, in time order, then close the
     displays whose window and grace it has passed."""
     result = JoinResult()
     still_waiting = []
     for reaction in state.waiting:
-        if reaction.ts > watermark or not _attribute(state, reaction, watermark, rules, result):
+        if reaction.ts >= watermark or not _attribute(state, reaction, watermark, rules, result):
             still_waiting.append(reaction)
     state.waiting = still_waiting
     for served_id, display in list(state.pending.items()):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -122,7 +121,8 @@ def supervisor(settings: Settings, partitions: int, metrics: Metrics,
                                                 heartbeat, stuck, tracing), metrics, stuck)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, stop: threading.Event) -> int:
+    """Run until ``stop`` is set (by SIGTERM or SIGINT, see app.cli); 0 after a clean stop."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -131,13 +131,13 @@ def run(settings: Settings) -> int:
     except (TopicLayoutError, TracingError) as exc:
         print(f"recoloop worker: {exc}", file=sys.stderr)
         return 2
+    if stop.is_set():
+        log.info("worker stopped before it started")
+        return 0
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
     loop = supervisor(settings, partitions, metrics, tracing)
     server = health.serve(loop, settings.bind_host, settings.web_port, metrics)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     log.info("worker %s: partitions=%d metrics=:%d web=:%d tracing=%s", settings.instance_id,
              partitions, settings.metrics_port, settings.web_port,
              "on" if tracing.enabled else "off")

@@ -142,3 +142,24 @@ def test_every_interleaving_gives_the_reference_rewards(stream_seed):
                       if got[k][0] != expected[k][0]
                       or sorted(got[k][1]) != sorted(expected[k][1])}
         assert not mismatched, (interleaving, mismatched)
+
+
+def test_a_reaction_waits_for_a_display_at_its_own_millisecond():
+    # Every topic has been read up to T (another session's events are at T) when s1's click
+    # at T arrives, but s1's second display, also at T, comes later on its topic: the click
+    # must wait for it (the latest display it answers wins), not go to the first display.
+    engine = Engine(Settings(), Policies(), StoreCatalog(MemoryStore()))
+    store = EncodedStore()
+    t = T0 + 1_000
+    events = [Served("s1-d1", "shop", "s1", T0, ("a",)),
+              Served("s0-d1", "shop", "s0", t, ("x",)),
+              Reaction("s0-v1", "detail_view", "shop", "s0", t, "x"),
+              Reaction("s0-b1", "basket_add", "shop", "s0", t, "x"),
+              Reaction("s0-c1", "click", "shop", "s0", t, "x"),
+              Reaction("s1-c1", "click", "shop", "s1", t, "a"),
+              Served("s1-d2", "shop", "s1", t, ("a",)),
+              Served("end-d", "end", "end", T0 + 3_600_000, ("x",))]
+    events += [Reaction(f"end-{kind}", kind, "end", "end", T0 + 3_600_000, "x")
+               for kind in KINDS[1:]]
+    rewards = {d.served_id: d.reward for e in events for d in engine.handle(store, e).rewards}
+    assert rewards["s1-d2"] == 1.0 and rewards["s1-d1"] == 0.0

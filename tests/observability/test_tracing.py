@@ -286,7 +286,7 @@ def test_a_traced_display_and_reaction_keep_their_trace_through_the_state_encodi
     assert restored.join.pending["d1"].served.trace == shown
     assert restored.join.waiting[0].trace == clicked
     rules = JoinRules(window_ms=20_000, grace_ms=5_000, rewards={"click": 1.0, "basket_add": 3.0})
-    result = advance(restored.join, 2_000, rules)
+    result = advance(restored.join, 2_001, rules)
     assert [(served.trace, reaction.trace) for served, reaction in result.traced] == [
         (shown, clicked)]
     untraced = Session("shop", "s2")
@@ -294,6 +294,6 @@ def test_a_traced_display_and_reaction_keep_their_trace_through_the_state_encodi
                                               "similar", 0.5, {}))
     add_reaction(untraced.join, Reaction("c2", "click", "shop", "s2", 2_000, "a",
                                          trace=clicked))
-    assert advance(untraced.join, 2_000, rules).traced == []
+    assert advance(untraced.join, 2_001, rules).traced == []
     closed = advance(restored.join, 30_000, rules).closed
     assert [decision.trace for decision in closed] == [shown]
