@@ -114,6 +114,11 @@ class Settings:
     # Names this worker to Kafka (its transactional id and static group membership): a
     # restarted worker with the same id takes over at once. Empty: host name + data dir.
     worker_id: str = ""
+    # How long the group waits for a stopped worker (a static member: it does not leave)
+    # before the others take its partitions; a worker back sooner gets them back with no
+    # rebalance. Longer than a restart takes (a pod being rescheduled: 45 s or more), shorter
+    # than the pause a worker that never comes back may cause.
+    group_session_timeout_s: float = 10.0
     log_level: str = "info"
     rewards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
     # Per-site join overrides: "shop-a=reward_window_s:30,grace_s:2,basket_add:5;shop-b=click:0"
@@ -143,6 +148,9 @@ class Settings:
                      "session_timeout_s", "default_ranking_interval_s", "max_clock_skew_s",
                      "site_idle_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
+        # The broker's default group.min/max.session.timeout.ms bound it.
+        _check(6.0 <= self.group_session_timeout_s <= 1800.0, "RECOLOOP_GROUP_SESSION_TIMEOUT_S",
+               "must be within 6..1800 (seconds)")
         _check(0.0 <= self.exploration <= 1.0, "RECOLOOP_EXPLORATION", "must be within 0..1")
         _check(self.exploration_rule in EXPLORATION_RULES, "RECOLOOP_EXPLORATION_RULE",
                f"must be one of {EXPLORATION_RULES}")

@@ -296,11 +296,13 @@ class Runtime:
             **common, "transactional.id": f"{settings.app_id}-{worker_id}",
             "linger.ms": 5, "partitioner": "murmur2_random",  # Java clients' partitioning
             "transaction.timeout.ms": 20_000})
+        session_timeout_ms = int(settings.group_session_timeout_s * 1000)
         self.consumer = Consumer({
             **common, "group.id": settings.app_id, "group.instance.id": worker_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": min(2_000, session_timeout_ms // 3),
             # Restores run inside the assignment callback: a full rebuild may take a while.
             "max.poll.interval.ms": 1_800_000})
         self.restorer = Consumer({**self._reader_config})
