@@ -10,7 +10,9 @@ offsets after every batch, until SIGTERM. No parsing, no state, no join.
 - default: offsets committed asynchronously after each batch, without waiting for the
   batch's deliveries (the loosest loop, a true ceiling);
 - ``--transactional``: each batch is one transaction (produce, ``send_offsets_to_transaction``,
-  commit), as an exactly-once worker does.
+  commit), batched and tuned exactly as the worker's loop is (``app.stream.loop``:
+  :func:`next_batch`, up to ``MAX_BATCH`` records, and ``TRANSACTIONAL_PRODUCER``): the
+  ceiling the worker is measured against, the same loop without the worker's own work.
 
 ``bench.suite`` runs it as a subprocess and measures it from outside, by the group's
 committed offsets, like the worker.
@@ -27,6 +29,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from app.contract.topics import JOIN_INPUT_TOPICS
 from app.settings import Settings
+from app.stream.loop import TRANSACTIONAL_PRODUCER, next_batch
 
 
 def produce(producer: Producer, topic: str, message: Message) -> None:
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group", required=True)
     parser.add_argument("--output", required=True, help="output topic (full name)")
-    parser.add_argument("--batch", type=int, default=500, help="records per consume call")
+    parser.add_argument("--batch", type=int, default=500,
+                        help="records per consume call (the plain loop)")
     parser.add_argument("--transactional", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
@@ -60,14 +64,16 @@ def main(argv: list[str] | None = None) -> int:
                          "isolation.level": "read_committed"})
     producer_config = {**settings.kafka_config(), "linger.ms": 5}
     if args.transactional:
-        producer_config["transactional.id"] = f"{args.group}-tx"
+        producer_config |= {**TRANSACTIONAL_PRODUCER, "transactional.id": f"{args.group}-tx"}
     producer = Producer(producer_config)
     if args.transactional:
         producer.init_transactions(30)
     consumer.subscribe([settings.topic(t) for t in JOIN_INPUT_TOPICS])
     try:
         while not stopping:
-            messages = [m for m in consumer.consume(args.batch, timeout=0.1) if not m.error()]
+            batch = (next_batch(consumer) if args.transactional
+                     else consumer.consume(args.batch, timeout=0.1))
+            messages = [m for m in batch if not m.error()]
             if not messages:
                 continue
             if args.transactional:

@@ -95,7 +95,9 @@ def test_table_has_one_row_per_figure_with_its_command() -> None:
             "partitions": 8,
             "worker": group(850.0, rankings=100_050, default_rankings=50, rewards=40_000),
             "bare_loop": group(17_000.0), "bare_loop_transactional": group(None),
-            "worker_to_bare_loop": 0.05, "worker_to_bare_loop_transactional": None}},
+            "worker_to_bare_loop": 0.05, "worker_to_bare_loop_transactional": None,
+            "rounds": [{"worker_to_bare_loop": 0.05, "worker_to_bare_loop_transactional": None},
+                       {"worker_to_bare_loop": 0.06, "worker_to_bare_loop_transactional": 0.4}]}},
         "latency": {"command": "python -m bench.suite --only latency", "figures": {"runs": [
             {**latency_run(), "saturated": False},
             {**latency_run(target_rate_events_per_s=2_000, p50_ms=24_000.0,
@@ -118,7 +120,9 @@ def test_table_has_one_row_per_figure_with_its_command() -> None:
            "`python -m bench.suite --only throughput` |" in lines
     assert "17,000 events/s" in body
     assert "at least 700 events/s (all committed at once; start-up included)" in body
-    assert "| worker / bare loop | 5% (of the transactional loop: n/a) |" in body
+    assert "| worker / transactional loop (the figure we steer by; median round) | n/a; " \
+           "rounds: n/a, 40% |" in body
+    assert "| worker / bare loop | 5%; rounds: 5%, 6% |" in body
     assert "100,050 rankings (50 default), 40,000 rewards" in body
     assert "p50 80.0 ms, p99 300.0 ms, p999 410.0 ms" in body
     assert "saturated (499 events/s produced, 12 rankings missing)" in body

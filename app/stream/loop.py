@@ -77,6 +77,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2_000  # records per transaction at most
 POLL_S = 0.05
+# The transactional producer's tuning (bench/bare_loop.py's transactional ceiling uses it too,
+# so that the ratio between them measures the worker's own work, not different batching).
+TRANSACTIONAL_PRODUCER = {"linger.ms": 5, "transaction.timeout.ms": 20_000,
+                          "partitioner": "murmur2_random"}  # Java clients' partitioning
 TIMEOUT_S = 30.0  # a Kafka call's timeout, and the budget of a wait or a retry loop
 RETRY_PAUSE_S = 0.5
 WAIT_LOG_EVERY_S = 5.0  # also the slice of a long wait in librdkafka: its calls resume
@@ -254,6 +258,18 @@ class Tail:
         self.consumer.close()
 
 
+def next_batch(consumer: Consumer) -> list[Message]:
+    """What has arrived, up to MAX_BATCH; when nothing has, wait up to POLL_S for the first
+    record only (``consume`` would wait out its timeout for a full batch)."""
+    messages = consumer.consume(MAX_BATCH, 0)
+    if messages:
+        return messages
+    first = consumer.poll(POLL_S)
+    if first is None:
+        return []
+    return [first, *consumer.consume(MAX_BATCH - 1, 0)]
+
+
 class Runtime:
     def __init__(self, settings: Settings, partitions: int, metrics: Metrics,
                  agents_for: Callable[[BanditModels, Store, SiteStatistics, SiteSettings],
@@ -294,8 +310,7 @@ class Runtime:
                                "auto.offset.reset": "earliest"}
         self.producer = Producer({
             **common, "transactional.id": f"{settings.app_id}-{worker_id}",
-            "linger.ms": 5, "partitioner": "murmur2_random",  # Java clients' partitioning
-            "transaction.timeout.ms": 20_000})
+            **TRANSACTIONAL_PRODUCER})
         session_timeout_ms = int(settings.group_session_timeout_s * 1000)
         self.consumer = Consumer({
             **common, "group.id": settings.app_id, "group.instance.id": worker_id,
@@ -346,7 +361,7 @@ class Runtime:
                                     on_lost=self._on_revoke)
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
-                messages = self._next_batch()
+                messages = next_batch(self.consumer)
                 for tail in self._tails:
                     tail.poll()
                 # A tick stays due until a transaction holding it commits (an aborted one,
@@ -387,17 +402,6 @@ class Runtime:
         if not self._producer_left_behind:  # else left alone with the call it is blocked in
             self.producer.purge()
         del self.producer
-
-    def _next_batch(self) -> list[Message]:
-        """What has arrived, up to MAX_BATCH; when nothing has, wait up to POLL_S for the
-        first record only (``consume`` would wait out its timeout for a full batch)."""
-        messages = self.consumer.consume(MAX_BATCH, 0)
-        if messages:
-            return messages
-        first = self.consumer.poll(POLL_S)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(MAX_BATCH - 1, 0)]
 
     def _transaction(self, messages: list[Message], tick: bool) -> None:
         inputs = []
