@@ -5,8 +5,13 @@ in-memory exporter (app.observability.tracing)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from app.settings import Settings
 from app.stream.worker import prepare, supervisor
 from tests.kafka_io import TopicReader, collect, event, now_ms
 from tests.serve.test_service import call, key_for
+from tests.worker_process import free_port
 
 SITE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"  # the site's trace of the page view
 SITE_SPAN = "00f067aa0ba902b7"
@@ -164,18 +170,14 @@ def render(spans: list[ReadableSpan], trace: str) -> str:
     return "\n".join(lines)
 
 
-def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_records(
-        worker_settings: Settings, start_worker, start_service, monkeypatch):
-    """Real processes, tracing turned on by the standard variables (spans to their logs)."""
-    s = worker_settings
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    worker = start_worker()
-    service = start_service()
-    key = key_for(s, service.serve_port, "shop")
+def post_traced_visit(s: Settings, serve_port: int) -> dict[str, list[Message]]:
+    """POST a display and a basket add in the site's trace; the records of reco.served,
+    reco.rankings and reco.rewards once the reward is out, by topic."""
+    key = key_for(s, serve_port, "shop")
     t = now_ms()
     common = {"site_id": "shop", "session_id": "s-posted"}
     posted = traceparent(SITE_TRACE, SITE_SPAN)
-    status, _, _ = call(service.serve_port, "POST", "/v1/events", key, {"events": [
+    status, _, _ = call(serve_port, "POST", "/v1/events", key, {"events": [
         {"type": "served", **common, "event_id": "d-posted", "ts": t, "items": ["a"],
          "arm": s.arms[0], "propensity": 0.5},
         {"type": "basket_add", **common, "event_id": "b-posted", "ts": t + 500,
@@ -187,6 +189,18 @@ def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_reco
     by_topic: dict[str, list[Message]] = {}
     for m in messages:
         by_topic.setdefault(m.topic(), []).append(m)
+    return by_topic
+
+
+def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_records(
+        worker_settings: Settings, start_worker, start_service, monkeypatch):
+    """Real processes, tracing turned on by the standard variables (spans to their logs)."""
+    s = worker_settings
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    worker = start_worker()
+    service = start_service()
+    by_topic = post_traced_visit(s, service.serve_port)
+    posted = traceparent(SITE_TRACE, SITE_SPAN)
     # The service's records continue the request (a span of its own, in the same trace) ...
     assert [header_trace(m) for m in by_topic[s.topic(SERVED)]] == [SITE_TRACE]
     served_parent = dict(by_topic[s.topic(SERVED)][0].headers())[TRACEPARENT].decode()
@@ -200,6 +214,90 @@ def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_reco
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.5)
     assert '"service.name": "recoloop-worker"' in worker.log_path.read_text()
+
+
+JAEGER_CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces: {receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}
+  telemetry: {metrics: {level: none}}
+extensions:
+  jaeger_storage: {backends: {memstore: {memory: {max_traces: 10000}}}}
+  jaeger_query:
+    storage: {traces: memstore}
+    http: {endpoint: "127.0.0.1:%(query)d"}
+    grpc: {endpoint: "127.0.0.1:%(grpc)d"}
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:%(otlp)d"}}}
+processors:
+  batch: {}
+exporters:
+  jaeger_storage_exporter: {trace_storage: memstore}
+"""
+
+
+@pytest.fixture
+def jaeger(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """Jaeger v2 (an OpenTelemetry Collector build) on loopback, traces in memory: its OTLP
+    HTTP port and its query API's port. Built from the Go module registry, which takes
+    minutes, so not in the default run: ``RECOLOOP_TEST_JAEGER`` names the binary (README,
+    Traces)."""
+    binary = os.environ.get("RECOLOOP_TEST_JAEGER") or shutil.which("jaeger")
+    if not binary:
+        pytest.skip("no Jaeger binary: set RECOLOOP_TEST_JAEGER (README, Traces)")
+    ports = {"otlp": free_port(), "query": free_port(), "grpc": free_port()}
+    config = tmp_path / "jaeger.yaml"
+    config.write_text(JAEGER_CONFIG % ports)
+    with open(tmp_path / "jaeger.log", "wb") as log:
+        process = subprocess.Popen([binary, f"--config=file:{config}"], stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not jaeger_json(ports["query"], "/api/services"):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "jaeger.log").read_text()[-2000:]
+            time.sleep(0.3)
+        yield ports["otlp"], ports["query"]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def jaeger_json(port: int, path: str) -> dict | None:
+    """An answer of Jaeger's query API; None while it has none (not up, or 404)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return dict(json.loads(answer.read()))
+    except OSError:  # refused, or an HTTPError (404: no such trace yet)
+        return None
+
+
+@pytest.mark.integration
+def test_a_real_collector_receives_the_visit_s_trace_from_both_services(
+        jaeger, worker_settings: Settings, start_worker, start_service, monkeypatch):
+    """OTLP over HTTP to Jaeger, configured by the standard variables only; Jaeger's API then
+    shows the site's trace with the rank service's and the worker's spans in it."""
+    otlp, query = jaeger
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp}")
+    start_worker()
+    service = start_service()
+    post_traced_visit(worker_settings, service.serve_port)
+    wanted = {("recoloop-serve", "POST /v1/events"), ("recoloop-worker", "recoloop.reco.served"),
+              ("recoloop-worker", "recoloop.reward"), ("recoloop-worker", "recoloop.learn")}
+    deadline = time.monotonic() + 60  # the SDK exports every 5 s, Jaeger batches too
+    seen: set[tuple[str, str]] = set()
+    while not wanted <= seen:
+        assert time.monotonic() < deadline, f"spans in Jaeger's trace: {sorted(seen)}"
+        time.sleep(1)
+        answer = jaeger_json(query, f"/api/traces/{SITE_TRACE}") or {"data": []}
+        for trace in answer["data"]:
+            services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
+            seen |= {(services[span["processID"]], span["operationName"])
+                     for span in trace["spans"]}
+    print("\nJaeger's trace " + SITE_TRACE + ": " + ", ".join(
+        f"{service}/{name}" for service, name in sorted(seen)))
 
 
 @pytest.mark.integration
