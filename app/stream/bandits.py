@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rocksdict import Options, Rdict
+from rocksdict import Rdict
 
 from app.contract.codec import UndecodableRecord, decode_model, encode_model, model_version
 from app.core.experiment import site_of_model_key
 from app.core.policy import ContextualBandit
 from app.core.sites import SiteSettings
 from app.settings import Settings
+from app.stream.state import rocksdb_options
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class SpilledModels:
     def __init__(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        self._db = Rdict(str(path), options=rocksdb_options())
 
     def get(self, site_id: str) -> bytes | None:
         raw: bytes | None = self._db.get(site_id.encode())

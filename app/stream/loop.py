@@ -85,6 +85,11 @@ TIMEOUT_S = 30.0  # a Kafka call's timeout, and the budget of a wait or a retry 
 RETRY_PAUSE_S = 0.5
 WAIT_LOG_EVERY_S = 5.0  # also the slice of a long wait in librdkafka: its calls resume
 RESTORE_BATCH = 5_000
+# librdkafka prefetches up to 64 MB per consumer by default, and a worker has six (the
+# group's, the restorer and four tails): the inputs get a few transactions' worth, the readers
+# of the internal topics less (they read small records, or catch up once).
+INPUT_PREFETCH_KB = 16_384
+READER_PREFETCH_KB = 4_096
 # A transactional call given at most 5 s that has not returned by then is stuck in librdkafka
 # (send_offsets_to_transaction while the broker is unreachable): it is left behind.
 STUCK_CALL_S = TIMEOUT_S
@@ -307,7 +312,8 @@ class Runtime:
         common = settings.kafka_config()
         self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
                                "enable.auto.commit": False, "isolation.level": "read_committed",
-                               "auto.offset.reset": "earliest"}
+                               "auto.offset.reset": "earliest",
+                               "queued.max.messages.kbytes": READER_PREFETCH_KB}
         self.producer = Producer({
             **common, "transactional.id": f"{settings.app_id}-{worker_id}",
             **TRANSACTIONAL_PRODUCER})
@@ -316,6 +322,7 @@ class Runtime:
             **common, "group.id": settings.app_id, "group.instance.id": worker_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
+            "queued.max.messages.kbytes": INPUT_PREFETCH_KB,
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": min(2_000, session_timeout_ms // 3),
             # Restores run inside the assignment callback: a full rebuild may take a while.
