@@ -45,7 +45,8 @@ class Policies:
         return self.policy, self.policy.n_updates
 
 
-def main() -> int:
+def measure() -> dict[str, Any]:
+    """The figures: one ranking decision, each arm's items, one event through the engine."""
     settings = Settings()
     policies = Policies(settings)
     engine = Engine(settings, policies, StoreCatalog(EncodedStore()))
@@ -90,15 +91,17 @@ def main() -> int:
                       settings.ranking_size, policies.policy.ranker)
         per_arm_us[arm] = round((time.perf_counter() - start) / (rounds // 4) * 1e6, 1)
 
+    return {"ranking_decision_us": round(per_decision_us, 1), "arm_items_us": per_arm_us,
+            "arms": list(settings.arms), "engine_event_us": round(per_event_us, 1)}
+
+
+def main() -> int:
     result = {
         "benchmark": "decision_cost",
         "command": "python -m bench.decision_cost",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "ranking_decision_us": round(per_decision_us, 1),
-        "arm_items_us": per_arm_us,
-        "arms": list(settings.arms),
-        "engine_event_us": round(per_event_us, 1),
+        **measure(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "decision-cost.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -98,6 +98,12 @@ def test_table_has_one_row_per_figure_with_its_command() -> None:
             "worker_to_bare_loop": 0.05, "worker_to_bare_loop_transactional": None,
             "rounds": [{"worker_to_bare_loop": 0.05, "worker_to_bare_loop_transactional": None},
                        {"worker_to_bare_loop": 0.06, "worker_to_bare_loop_transactional": 0.4}]}},
+        "decision_cost": {"command": "python -m bench.suite --only decision_cost", "figures": {
+            "engine_event_us": 55.0, "ranking_decision_us": 40.0,
+            "arm_items_us": {"similar": 20.0}}},
+        "restore": {"command": "python -m bench.suite --only restore", "figures": {
+            "records": 1_000_000, "partitions": 8, "restore_s": 80.0, "records_per_s": 12_500,
+            "start_to_ready_s": 90.0, "rss_mb_when_ready": 300.0}},
         "latency": {"command": "python -m bench.suite --only latency", "figures": {"runs": [
             {**latency_run(), "saturated": False},
             {**latency_run(target_rate_events_per_s=2_000, p50_ms=24_000.0,
@@ -121,7 +127,16 @@ def test_table_has_one_row_per_figure_with_its_command() -> None:
     assert "17,000 events/s" in body
     assert "at least 700 events/s (all committed at once; start-up included)" in body
     assert "| worker / transactional loop (the figure we steer by; median round) | n/a; " \
-           "rounds: n/a, 40% |" in body
+           "rounds: n/a, 40% (goal ≥ 50 %: not met) |" in body
+    assert "| worker RSS after the 100,000-event run | 300.0 MB (peak 320.5 MB) " \
+           "(goal ≤ 200 MB: not met) |" in body
+    assert "p99 ≤ 100 ms: not met" in body  # the 2,000 events/s run
+    assert "| highest rate run with p99 ≤ 250 ms | none of the rates run " \
+           "(goal ≥ 5,000 events/s: not met) |" in body
+    assert "| one event through the engine alone (join, session, statistics, ranking) | " \
+           "55.0 µs (goal ≤ 60 µs: met) |" in body
+    assert "restore of 1,000,000 changelog records onto an empty data directory " \
+           "(8 partitions) | 80.0 s, 12,500 records/s; ready 90.0 s after start" in body
     assert "| worker / bare loop | 5%; rounds: 5%, 6% |" in body
     assert "100,050 rankings (50 default), 40,000 rewards" in body
     assert "p50 80.0 ms, p99 300.0 ms, p999 410.0 ms" in body
