@@ -298,8 +298,10 @@ def machine_info(bootstrap: str | None) -> dict[str, Any]:
     memory_kb = _first_line_value("/proc/meminfo", "MemTotal")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    # Changes to the code measured; the results files the benchmarks rewrite do not count.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!bench/results"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
     return {
         "cpu_model": _first_line_value("/proc/cpuinfo", "model name") or platform.processor(),
         "cores": os.cpu_count(),
