@@ -42,7 +42,7 @@ Record = tuple[bytes, bytes | None]  # a changelog record: key, and value or Non
 # Every RocksDB of the process (one per partition, the spilled models) shares one memory
 # budget: RocksDB's defaults give each database 64 MB memtables (two) and a block cache of
 # its own. The memtables are charged to the shared block cache. Worker RSS after the
-# 100,000-event throughput run: 611 MB with the defaults, 473 MB with these, 438 MB with half
+# 100,000-event throughput run: 611 MB with the defaults, 453 MB with these, 438 MB with half
 # of them (16 MB, 16 MB, 2 MB), which made bench.decision_cost's event (one partition holding
 # every session, past the decoded objects kept) 32 % slower than the defaults; these: 7 %.
 ROCKSDB_CACHE_BYTES = 64 * 2**20
