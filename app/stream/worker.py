@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -95,6 +96,14 @@ class Supervisor:
             self._stopped = True
 
 
+class StoppedStarting(Exception):
+    """A stop signal arrived before the worker's loop was built."""
+
+
+def _stop_starting(signum: int, frame: object) -> None:
+    raise StoppedStarting
+
+
 def prepare(settings: Settings) -> int:
     """Check the topic layout and create the worker's own topics: the partition count.
     :class:`TopicLayoutError` when the layout is wrong."""
@@ -125,15 +134,24 @@ def run(settings: Settings, stop: threading.Event) -> int:
     """Run until ``stop`` is set (by SIGTERM or SIGINT, see app.cli); 0 after a clean stop."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before the loop runs there is nothing to commit: a stop signal ends the start at once,
+    # even while prepare() waits for a broker that does not answer.
+    signals = (signal.SIGTERM, signal.SIGINT)
+    handlers = {signum: signal.signal(signum, _stop_starting) for signum in signals}
     try:
+        if stop.is_set():
+            raise StoppedStarting
         tracing = Tracing.from_env("recoloop-worker")
         partitions = prepare(settings)
+    except StoppedStarting:
+        log.info("worker stopped before it started")
+        return 0
     except (TopicLayoutError, TracingError) as exc:
         print(f"recoloop worker: {exc}", file=sys.stderr)
         return 2
-    if stop.is_set():
-        log.info("worker stopped before it started")
-        return 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.bind_host)
     loop = supervisor(settings, partitions, metrics, tracing)

@@ -34,6 +34,7 @@ from tests.stream.test_fault import (
     produce_paced,
 )
 from tests.worker_process import WorkerProcess as Worker
+from tests.worker_process import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -139,3 +140,15 @@ def test_sigterm_right_after_start_exits_0(start_worker):
     worker = start_worker()
     time.sleep(0.5)
     assert worker.stop() == 0, worker.log_tail()
+
+
+def test_sigterm_while_the_broker_does_not_answer_exits_0(tmp_path):
+    # No broker at that address: the worker is still checking the topic layout (its admin
+    # calls retry for up to a minute), and must not outlast a pod's grace period.
+    worker = Worker(f"127.0.0.1:{free_port()}", "unreachable-", tmp_path / "data",
+                    tmp_path / "worker.log").start()
+    time.sleep(3)
+    started = time.monotonic()
+    assert worker.stop() == 0, worker.log_tail()
+    assert time.monotonic() - started < 10, worker.log_tail()
+    assert "worker stopped before it started" in worker.log_tail(5)
