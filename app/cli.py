@@ -17,7 +17,7 @@ from app.settings import Settings, SettingsError
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # A worker asked to stop while it starts (a pod replaced at once) must still exit 0:
-    # its handler goes in before the slow imports, and the worker checks it before each step.
+    # its handler goes in before the slow imports (app.stream.worker.run takes it from there).
     stop = stop_on_signals() if argv[:1] == ["worker"] else None
     parser = argparse.ArgumentParser(prog="recoloop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
