@@ -11,8 +11,9 @@ Before the watermark every topic has been read (a record at the watermark's own 
 may still be unread on a slower topic), so a join decided behind it does not depend
 on how fast each topic happened to be read (a worker catching up on a backlog reads them at
 different paces). A topic that has not moved for ``idle_close_s`` worth of ticks while others
-did is left out (a site may send no basket adds at all); when none moves, stream time
-follows the wall clock carried in by the worker's tick events (closes labelled ``idle``).
+did is left out (a site may send no basket adds at all), unless the ticks say it still has
+records to read (a backlog comes one topic's fetch after another's); when none moves, stream
+time follows the wall clock carried in by the worker's tick events (closes labelled ``idle``).
 
 Sessions with something due register in one-second *wake-up buckets*, so advancing stream
 time visits only the sessions that are due, never the whole partition.
@@ -521,7 +522,8 @@ class Engine:
                  effects: Effects) -> None:
         """Count how long each input kind has been quiet, and fall back on the wall clock.
 
-        A kind that has not moved for ``idle_close_s`` worth of ticks leaves the watermark.
+        A kind that has not moved for ``idle_close_s`` worth of ticks, and has nothing left
+        to read (``tick.unread``), leaves the watermark.
         When every kind is quiet, stream time becomes the time it had when the partition
         went quiet plus the wall time elapsed since.
         """
@@ -531,7 +533,8 @@ class Engine:
             return
         self._publish_defaults(store, clock, tick, effects)
         for kind in INPUT_KINDS:
-            moved = clock.kind_times.get(kind) != clock.kind_times_at_tick.get(kind)
+            moved = kind in tick.unread or \
+                clock.kind_times.get(kind) != clock.kind_times_at_tick.get(kind)
             clock.kind_quiet_ticks[kind] = 0 if moved else clock.kind_quiet_ticks.get(kind, 0) + 1
         clock.kind_times_at_tick = dict(clock.kind_times)
         if any(quiet < self._quiet_ticks for quiet in clock.kind_quiet_ticks.values()):

@@ -21,7 +21,9 @@ from app.contract.topics import (
     DEAD_LETTER,
     JOIN_INPUT_TOPICS,
     RANKINGS,
+    REACTION_TYPE_BY_TOPIC,
     REWARDS,
+    SERVED,
     SITE_CONFIG,
 )
 from app.settings import Settings
@@ -53,6 +55,7 @@ class Channels:
     site_stats: str
     api_keys: str  # the rank service's keys (app.serve.keys)
     logical: dict[str, str]  # real topic name -> the contract's name
+    input_kinds: dict[str, str]  # a join input's real name -> its kind (served, click, ...)
 
     @classmethod
     def of(cls, settings: Settings) -> Channels:
@@ -70,6 +73,8 @@ class Channels:
             site_stats=f"{app_id}-site-statistics",
             api_keys=f"{app_id}-api-keys",
             logical={settings.topic(t): t for t in (*JOIN_INPUT_TOPICS, CATALOG)},
+            input_kinds={settings.topic(t): kind for t, kind in (
+                (SERVED, "served"), *REACTION_TYPE_BY_TOPIC.items())},
         )
 
     def internal_topics(self, partitions: int) -> dict[str, InternalTopic]:

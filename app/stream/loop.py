@@ -308,6 +308,9 @@ class Runtime:
         # the batch checks them after each input to find the one that made them so.
         self._oversized: dict[int, set[str]] = {}
         self._last_tick = 0.0
+        # How far each assigned input partition is known to be read: its committed offset at
+        # assignment, then each batch's (the consumer's position is unset until it reads one).
+        self._read_to: dict[tuple[str, int], int] = {}
         worker_id = settings.instance_id
         common = settings.kafka_config()
         self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
@@ -453,9 +456,11 @@ class Runtime:
                     return self._abort(first)
             if tick:
                 wall_ms = int(time.time() * 1000)
+                unread = self._unread_kinds()
                 for partition, state in self.states.items():
                     try:
-                        self.agents.tick(partition, wall_ms, state, out)
+                        self.agents.tick(partition, wall_ms, state, out,
+                                         unread.get(partition, frozenset()))
                     except Exception:
                         log.exception("tick failed on partition %s", partition)
                         return self._abort(first)
@@ -528,6 +533,7 @@ class Runtime:
         self.models.committed(model_changes)
         self.site_stats.committed(stat_changes)
         self._oversized.clear()
+        self._read_to.update(after)
         if tick:
             self._last_tick = time.monotonic()
         for where in [w for w in self._poisoned if w[2] < after.get(w[:2], -1)]:
@@ -610,6 +616,22 @@ class Runtime:
                 patience.waiting("the producer's queue is full")
                 self.producer.poll(0.1)
 
+    def _unread_kinds(self) -> dict[int, frozenset[str]]:
+        """Per assigned partition, the input kinds with records on the broker not read yet:
+        the high offset of the consumer's last fetch (read committed: the last stable one)
+        is past where it has read."""
+        kinds = self.channels.input_kinds
+        unread: dict[int, set[str]] = {}
+        for tp in self.consumer.position([TopicPartition(topic, p) for topic in kinds
+                                          for p in self.states]):
+            read_to = max(tp.offset, self._read_to.get((tp.topic, tp.partition), -1))
+            if read_to < 0:
+                continue  # not known (its committed offset could not be fetched)
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high > max(read_to, low):
+                unread.setdefault(tp.partition, set()).add(kinds[tp.topic])
+        return {p: frozenset(k) for p, k in unread.items()}
+
     def _positions(self) -> dict[tuple[str, int], int]:
         """Where the consumer stands on each assigned partition (what it has processed)."""
         return {(tp.topic, tp.partition): tp.offset
@@ -682,8 +704,11 @@ class Runtime:
         clean restart reads nothing, a crash reads the last batches, a new data directory
         reads it all), and the models up to date before learning any of their sites."""
         self._ready = False
-        mine = {tp.partition for tp in assigned if tp.topic in self.channels.join_inputs}
+        inputs = [TopicPartition(tp.topic, tp.partition) for tp in assigned
+                  if tp.topic in self.channels.join_inputs]
+        mine = {tp.partition for tp in inputs}
         started = time.monotonic()
+        self._read_to.update(self._committed(consumer, inputs))
         for p in sorted(mine):
             state = self.states.get(p)
             if state is None:
@@ -697,10 +722,23 @@ class Runtime:
                  time.monotonic() - started)
         self._ready = self.became_ready = True
 
+    def _committed(self, consumer: Consumer, inputs: list[TopicPartition]
+                   ) -> dict[tuple[str, int], int]:
+        """The group's committed offset of each input partition (0 where it has none: it is
+        read from the earliest); none if the coordinator does not answer in time."""
+        try:
+            committed = consumer.committed(inputs, TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("fetching the committed offsets of %s: %s", inputs, exc)
+            return {}
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         """Called between transactions: drop the partitions' state so nothing (not even a
         tick) touches them while another worker may own them."""
         self._ready = False
+        for tp in revoked:
+            self._read_to.pop((tp.topic, tp.partition), None)
         for p in {tp.partition for tp in revoked if tp.topic in self.channels.join_inputs}:
             state = self.states.pop(p, None)
             if state is not None:

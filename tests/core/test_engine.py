@@ -119,6 +119,31 @@ def test_a_topic_that_went_quiet_does_not_hold_the_others_back(engine):
     assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 3.0, "max_reward")
 
 
+def test_a_topic_with_records_still_unread_is_not_quiet(engine):
+    """A worker reading a backlog gets one topic's fetch after another's: the clicks wait
+    behind thousands of displays for longer than idle_close_s, but they are on the broker,
+    so the displays must not close before they are read."""
+    store = EncodedStore()
+    for kind in KINDS:  # every kind has been seen: each takes part in the watermark
+        engine.handle(store, reaction("seen-" + kind, kind, T0, session="other")
+                      if kind != "served" else served("seen", T0, session="other"))
+    engine.handle(store, served("d1", T0 + 1_000))
+    closed = []
+    for second in range(40):  # displays run 40 s ahead; clicks are behind them, unread
+        closed += engine.handle(store, Tick(T0 + second * 1_000, unread=frozenset({"click"}))
+                                ).rewards
+        for kind in ("detail_view", "basket_add"):  # every other kind keeps moving
+            engine.handle(store, reaction(f"{kind}{second}", kind, T0 + 1_000 + second * 1_000,
+                                          session="other", item="q"))
+        engine.handle(store, served(f"later{second}", T0 + 1_000 + second * 1_000,
+                                    session=f"later{second}"))
+    assert [d.served_id for d in closed if d.served_id == "d1"] == []
+    closed = engine.handle(store, reaction("c1", "click", T0 + 3_000)).rewards
+    closed += everything_read_up_to(engine, store, T0 + 60_000)
+    [d1] = [d for d in closed if d.served_id == "d1"]
+    assert d1.reward == 1.0
+
+
 def test_a_repeated_event_id_is_applied_once(engine):
     store = EncodedStore()
     engine.handle(store, served("d1", T0))

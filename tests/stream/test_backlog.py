@@ -1,0 +1,49 @@
+"""A worker that starts behind a backlog reads its topics at different paces, and the join
+still sees each display with its reactions.
+
+The consumer hands over one topic's fetched records after another's: here thousands of
+displays come before the clicks that answer them, for far longer than ``idle_close_s``. The
+clicks are on the broker, not quiet, so no display may close before its click is read (a
+worker that took the clicks' standstill for a quiet topic closed them with reward 0).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import orjson
+import pytest
+
+from app.contract.topics import CLICKS, REWARDS, SERVED
+from app.settings import Settings
+from tests.kafka_io import TopicReader, event, now_ms, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DISPLAYS = 10_000
+STEP_MS = 6  # the displays span a minute of event time
+CLICK_DELAY_MS = 500
+
+
+def test_displays_read_long_before_their_clicks_still_get_them(worker_settings: Settings,
+                                                               start_worker):
+    s = worker_settings
+    t0 = now_ms() - 600_000
+    displays, clicks = [], []
+    for n in range(DISPLAYS):
+        session, ts = f"s{n % 2_500}", t0 + n * STEP_MS
+        displays.append(event(s.topic(SERVED), {
+            "event_id": f"d{n}", "site_id": "shop", "session_id": session, "ts": ts,
+            "items": ["a", "b", "c"], "propensity": 0.2, "arm": s.arms[0]}))
+        clicks.append(event(s.topic(CLICKS), {
+            "event_id": f"c{n}", "site_id": "shop", "session_id": session,
+            "ts": ts + CLICK_DELAY_MS, "item_id": "b", "served_id": f"d{n}"}))
+    produce(s.bootstrap_servers, [*displays, *clicks])  # all of it before the worker starts
+
+    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    worker = start_worker(reward_window_s="2", grace_s="1", idle_close_s="0.3",
+                          tick_interval_s="0.1")
+    records = rewards.read_until(lambda ms: len(ms) >= DISPLAYS, timeout_s=180)
+    rewards.close()
+    got = Counter(orjson.loads(m.value())["reward"] for m in records)
+    assert got == {1.0: DISPLAYS}, worker.log_tail()
