@@ -625,10 +625,11 @@ class Runtime:
         for tp in self.consumer.position([TopicPartition(topic, p) for topic in kinds
                                           for p in self.states]):
             read_to = max(tp.offset, self._read_to.get((tp.topic, tp.partition), -1))
-            if read_to < 0:
-                continue  # not known (its committed offset could not be fetched)
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high > max(read_to, low):
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:  # not known here (yet): treated as read, as before
+                continue
+            if read_to >= 0 and high > max(read_to, low):  # else not known either
                 unread.setdefault(tp.partition, set()).add(kinds[tp.topic])
         return {p: frozenset(k) for p, k in unread.items()}
 

@@ -44,7 +44,7 @@ TOPIC_OF_KIND = {"served": SERVED, "click": CLICKS, "detail_view": DETAIL_VIEWS,
 ARMS = Settings().arms
 RATE_PER_S = 1_000
 KILLS = 3
-SESSION_TIMEOUT_S = 10  # the worker's session.timeout.ms
+GROUP_SESSION_TIMEOUT_S = 6  # the two workers' (the broker allows no less): partitions move soon
 
 
 def value_of(e) -> dict:
@@ -176,13 +176,14 @@ def two_workers(start_worker, rng: random.Random, killed: Callable[[], None]) ->
     """Two workers; each kill is followed by a pause past the group's session timeout, so the
     survivor takes over the victim's partitions, and they move back when it returns."""
     data_dirs = ["a", "b"]
-    workers = [start_worker(data_dir=d) for d in data_dirs]
+    timeout = str(GROUP_SESSION_TIMEOUT_S)
+    workers = [start_worker(data_dir=d, group_session_timeout_s=timeout) for d in data_dirs]
     for n in range(KILLS):
         time.sleep(rng.uniform(2.0, 6.0))
         workers[n % 2].kill()
         killed()
-        time.sleep(SESSION_TIMEOUT_S + 2)
-        workers[n % 2] = start_worker(data_dir=data_dirs[n % 2])
+        time.sleep(GROUP_SESSION_TIMEOUT_S + 2)
+        workers[n % 2] = start_worker(data_dir=data_dirs[n % 2], group_session_timeout_s=timeout)
     return workers[0]
 
 

@@ -39,6 +39,16 @@ def display_and_click(s: Settings, site: str, session: str, ts: int, n: str = "1
                                     "ts": ts + 500, "item_id": "i1"})]
 
 
+def every_kind_at(s: Settings, site: str, session: str, ts: int) -> list:
+    """One record of each input kind at ``ts`` on the session's partition, answering nothing:
+    its watermark moves to ``ts`` at once (no topic has to be waited out as quiet)."""
+    served = event(s.topic(SERVED), {"event_id": f"{session}-at-{ts}", "site_id": site,
+                                     "session_id": session, "ts": ts, "items": ["z"]})
+    return [served, *[event(s.topic(topic), {
+        "event_id": f"{session}-{topic}-at-{ts}", "site_id": site, "session_id": session,
+        "ts": ts, "item_id": "none"}) for topic in (CLICKS, DETAIL_VIEWS, BASKET_ADDS)]]
+
+
 def of(messages: list, topic: str) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages if m.topic() == topic]
 
@@ -125,7 +135,9 @@ def test_records_too_large_for_kafka_are_dead_lettered_and_the_partition_goes_on
     reader.close()
     # The partitions go on: new traffic is answered, by the same worker process.
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
-    produce(s.bootstrap_servers, display_and_click(s, "shop", "after", now_ms(), "after"))
+    t = now_ms()
+    produce(s.bootstrap_servers, [*display_and_click(s, "shop", "after", t, "after"),
+                                  *every_kind_at(s, "shop", "after", t + 26_000)])
 
     def after(ms: list) -> list[dict]:
         return [r for r in of(ms, s.topic(REWARDS)) if r["served_id"] == "dafter"]
