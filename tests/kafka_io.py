@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Message, Producer
 
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
 from app.settings import Settings
 
 # Where a helper's client connects: a plaintext bootstrap address, or settings (whose
@@ -36,6 +37,16 @@ def now_ms() -> int:
 def event(topic: str, value: dict[str, Any]) -> tuple[str, bytes, bytes]:
     """A contract event keyed by its session, as sites must send them."""
     return topic, value["session_id"].encode(), orjson.dumps(value)
+
+
+def every_kind_at(s: Settings, site: str, session: str, ts: int) -> list:
+    """One record of each input kind at ``ts`` on the session's partition, answering nothing:
+    its watermark moves to ``ts`` at once (no topic has to be waited out as quiet)."""
+    served = event(s.topic(SERVED), {"event_id": f"{session}-at-{ts}", "site_id": site,
+                                     "session_id": session, "ts": ts, "items": ["z"]})
+    return [served, *[event(s.topic(topic), {
+        "event_id": f"{session}-{topic}-at-{ts}", "site_id": site, "session_id": session,
+        "ts": ts, "item_id": "none"}) for topic in (CLICKS, DETAIL_VIEWS, BASKET_ADDS)]]
 
 
 class TopicReader:

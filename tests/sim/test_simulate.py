@@ -25,14 +25,17 @@ TOPIC_BY_COUNT = {SERVED: "served", CLICKS: "click", DETAIL_VIEWS: "detail_view"
 
 @pytest.mark.parametrize("world", ["items", "arms"])
 def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
-        world: str, worker: WorkerProcess, worker_settings: Settings, tmp_path: Path,
+        world: str, start_worker, worker_settings: Settings, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     s = worker_settings
+    # A short window, so that a short run settles many of its displays.
+    worker: WorkerProcess = start_worker(reward_window_s="5", grace_s="1")
+    monkeypatch.setenv("RECOLOOP_REWARD_WINDOW_S", "5")
     wait_ready(int(worker.env["RECOLOOP_WEB_PORT"]), worker.process, 90, worker.log_tail)
     monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", s.bootstrap_servers)
     monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", s.topic_prefix)
     path = tmp_path / "summary.json"
-    code = cli.main(["simulate", "--world", world, "--duration-s", "25", "--rate", "40",
+    code = cli.main(["simulate", "--world", world, "--duration-s", "12", "--rate", "80",
                      "--sites", "2", "--seed", "3", "--summary", str(path)])
     assert code == 0
     summary = json.loads(path.read_text())

@@ -28,7 +28,7 @@ from confluent_kafka import Producer
 from app.contract.codec import decode_model, decode_state
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
 from app.core.candidates import STAT_SHAPES, stat_key
-from app.core.events import Served
+from app.core.events import Reaction, Served
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import ENGAGEMENT_WEIGHT
 from app.settings import Settings
@@ -78,6 +78,30 @@ def produce_paced(s: Settings, by_kind: dict, rate_per_s: float = RATE_PER_S,
             producer.poll(0)
             time.sleep(max(0.0, start + n / rate_per_s - time.monotonic()))
     assert producer.flush(flush_s) == 0, "records were not delivered"
+
+
+def closing_events(partitions: int) -> dict[str, list]:
+    """A display and a basket add on it, a day after the stream, on every partition of every
+    input topic: each partition's watermark then passes every display of the stream, which
+    all close at once instead of a window and grace after the partition went quiet."""
+    ts = T0 + 86_400_000
+    ends: dict[str, list] = {kind: [] for kind in KINDS}
+    for p in range(partitions):
+        ends["served"].append(Served(f"end{p}-d", "end", f"end{p}", ts, ("x",)))
+        for kind in KINDS[1:]:
+            ends[kind].append(Reaction(f"end{p}-{kind}", kind, "end", f"end{p}", ts, "x",
+                                       served_id=f"end{p}-d"))
+    return ends
+
+
+def produce_to_partitions(s: Settings, ends: dict[str, list]) -> None:
+    """``ends[kind][p]`` to partition ``p`` of its topic (the ``end<p>`` session's key)."""
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True})
+    for kind, events in ends.items():
+        for p, e in enumerate(events):
+            topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
+            producer.produce(topic, value, key, partition=p)
+    assert producer.flush(30) == 0, "records were not delivered"
 
 
 def latest_model_versions(reader: TopicReader) -> dict[str, int]:
@@ -193,7 +217,8 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
     s: Settings = worker_settings
     by_kind = seeded_stream(seed=11, sessions=3_500)
     assert sum(len(events) for events in by_kind.values()) >= 20_000
-    expected = reference_join(by_kind)
+    ends = closing_events(s.partitions)
+    expected = reference_join({kind: by_kind[kind] + ends[kind] for kind in KINDS})
     displays_per_site = Counter(d.site_id for d in by_kind["served"])
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
 
@@ -206,9 +231,10 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
         len(rewards.read_until(lambda ms: False, timeout_s=0.5))))
     producer.join()
     assert done_at_kill[0] < len(expected), "the first kill came after all the work was done"
+    produce_to_partitions(s, ends)
 
     assert_one_reward_per_display(rewards, expected, worker)
-    assert_each_site_learned_once(s, by_kind["served"], worker)
+    assert_each_site_learned_once(s, by_kind["served"] + ends["served"], worker)
     assert_each_reaction_learned_once(s, by_kind, worker)
     if workers is single_worker:  # a worker rebuilt on an empty data directory reads it back
         worker.kill()

@@ -24,7 +24,7 @@ from app.contract.topics import (
 from app.settings import Settings
 from app.stream.channels import Channels
 from app.stream.topic_admin import ensure_internal_topics
-from tests.kafka_io import TopicReader, event, now_ms, produce
+from tests.kafka_io import TopicReader, event, every_kind_at, now_ms, produce
 from tests.stream.test_state import Exploit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,16 +37,6 @@ def display_and_click(s: Settings, site: str, session: str, ts: int, n: str = "1
                                     "ts": ts, "items": ["i1", "i2"]}),
             event(s.topic(CLICKS), {"event_id": f"c{n}", "site_id": site, "session_id": session,
                                     "ts": ts + 500, "item_id": "i1"})]
-
-
-def every_kind_at(s: Settings, site: str, session: str, ts: int) -> list:
-    """One record of each input kind at ``ts`` on the session's partition, answering nothing:
-    its watermark moves to ``ts`` at once (no topic has to be waited out as quiet)."""
-    served = event(s.topic(SERVED), {"event_id": f"{session}-at-{ts}", "site_id": site,
-                                     "session_id": session, "ts": ts, "items": ["z"]})
-    return [served, *[event(s.topic(topic), {
-        "event_id": f"{session}-{topic}-at-{ts}", "site_id": site, "session_id": session,
-        "ts": ts, "item_id": "none"}) for topic in (CLICKS, DETAIL_VIEWS, BASKET_ADDS)]]
 
 
 def of(messages: list, topic: str) -> list[dict]:

@@ -36,7 +36,6 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.contract.topics import CLICKS, RANKINGS, REWARDS
-from app.core.events import Reaction, Served
 from app.dev import local_kafka
 from app.settings import Settings
 from app.stream import topic_admin
@@ -49,8 +48,9 @@ from tests.stream.test_fault import (
     TOPIC_OF_KIND,
     assert_each_site_learned_once,
     assert_one_reward_per_display,
+    closing_events,
     produce_paced,
-    value_of,
+    produce_to_partitions,
 )
 from tests.worker_process import WorkerProcess
 
@@ -97,30 +97,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     own.up()
     yield own
     local_kafka.down(port=own.port, data_dir=own.data_dir)
-
-
-def closing_events(partitions: int) -> dict[str, list]:
-    """A display and a basket add on it, a day after the stream, on every partition of every
-    input topic: each partition's watermark then passes every display of the stream, which
-    all close at once instead of a window and grace after the partition went quiet."""
-    ts = T0 + 86_400_000
-    ends: dict[str, list] = {kind: [] for kind in KINDS}
-    for p in range(partitions):
-        ends["served"].append(Served(f"end{p}-d", "end", f"end{p}", ts, ("x",)))
-        for kind in KINDS[1:]:
-            ends[kind].append(Reaction(f"end{p}-{kind}", kind, "end", f"end{p}", ts, "x",
-                                       served_id=f"end{p}-d"))
-    return ends
-
-
-def produce_to_partitions(s: Settings, ends: dict[str, list]) -> None:
-    """``ends[kind][p]`` to partition ``p`` of its topic (the ``end<p>`` session's key)."""
-    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True})
-    for kind, events in ends.items():
-        for p, e in enumerate(events):
-            topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
-            producer.produce(topic, value, key, partition=p)
-    assert producer.flush(30) == 0, "records were not delivered"
 
 
 def ranked(reader: TopicReader, ranking_id: str, timeout_s: float) -> bool:

@@ -25,6 +25,7 @@ from tests.kafka_io import (
     TopicReader,
     collect,
     event,
+    every_kind_at,
     now_ms,
     produce,
     values,
@@ -154,6 +155,11 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
             records.append(event(s.topic(BASKET_ADDS), {
                 "event_id": f"b{n}", "site_id": "shop", "session_id": f"s{n % 300}",
                 "ts": ts + 200, "item_id": f"i{n}"}))
+    # Then another site's traffic on every partition moves stream time past them all at once
+    # (rather than after each topic has been waited out as quiet).
+    moved_to = t + decisions + 30_000
+    for k in range(40):  # sessions on all partitions
+        records += every_kind_at(s, "elsewhere", f"tail{k}", moved_to)
     produce(s.bootstrap_servers, records)
 
     reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
@@ -163,7 +169,7 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
         """Rankings for ``count`` new sessions in a season, read off reco.rankings."""
         produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": f"{round_}-{season}-{k}", "site_id": "shop",
-            "session_id": f"new-{round_}-{season}-{k}", "ts": t + decisions + 1_000,
+            "session_id": f"new-{round_}-{season}-{k}", "ts": moved_to + 1_000,
             "item_id": "i0", "context": {"season": season}}) for k in range(count)])
         wanted = {f"rk-{round_}-{season}-{k}" for k in range(count)}
 
