@@ -26,8 +26,9 @@ RANKING_FIELDS = {"ranking_id", "site_id", "session_id", "ts", "arm", "propensit
                   "model_version", "context", "trigger_event_id", "explain"}
 
 
-def test_rewards_3_1_0_and_a_ranking_after_each_session_event(worker, worker_settings):
+def test_rewards_3_1_0_and_a_ranking_after_each_session_event(start_worker, worker_settings):
     s: Settings = worker_settings
+    worker = start_worker(reward_window_s="5", grace_s="1")  # d-none's idle close comes soon
     t = now_ms()
     site = {"site_id": "shop"}
     produce(s.bootstrap_servers, [

@@ -41,16 +41,15 @@ from app.settings import Settings
 from app.stream import topic_admin
 from app.stream.channels import Channels
 from app.stream.loop import Rebuild, StuckCalls
-from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
+from tests.core.test_join_order import T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, collect, event, now_ms, produce
 from tests.serve.test_service import call, key_for
 from tests.stream.test_fault import (
     TOPIC_OF_KIND,
     assert_each_site_learned_once,
     assert_one_reward_per_display,
-    closing_events,
+    end_of_stream,
     produce_paced,
-    produce_to_partitions,
 )
 from tests.worker_process import WorkerProcess
 
@@ -113,9 +112,8 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
                  partitions=PARTITIONS)
     report = topic_admin.apply(s)
     assert report.ok, report.describe()
-    by_kind = seeded_stream(seed=23, sessions=700)
-    ends = closing_events(PARTITIONS)
-    expected = reference_join({kind: by_kind[kind] + ends[kind] for kind in KINDS})
+    by_kind = end_of_stream(seeded_stream(seed=23, sessions=700), PARTITIONS)
+    expected = reference_join(by_kind)
     worker = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "worker-data",
                            tmp_path / "worker.log").start()
     try:
@@ -145,11 +143,10 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         print(f"resumed {time.monotonic() - back:.1f} s after the broker returned")
 
         producer.join()
-        produce_to_partitions(s, ends)
         rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
         assert_one_reward_per_display(rewards, expected, worker, timeout_s=90)
         print(f"rewards checked {time.monotonic() - back:.1f} s after the broker's return")
-        assert_each_site_learned_once(s, by_kind["served"] + ends["served"], worker)
+        assert_each_site_learned_once(s, by_kind["served"], worker)
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
         assert (worker.status("/health"), worker.status("/ready")) == (200, 200)
     finally:

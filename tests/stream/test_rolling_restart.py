@@ -58,10 +58,10 @@ from tests.stream.test_fault import (
     assert_each_reaction_learned_once,
     assert_each_site_learned_once,
     assert_one_reward_per_display,
+    closing_events,
     produce_paced,
     value_of,
 )
-from tests.stream.test_shutdown import closing_events
 from tests.worker_process import WorkerProcess as Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 
 import pytest
 
 from app.contract.topics import REWARDS
-from app.core.events import Reaction, Served
 from app.settings import Settings
-from tests.core.test_join_order import KINDS, reference_join, seeded_stream
+from tests.core.test_join_order import reference_join, seeded_stream
 from tests.kafka_io import TopicReader
 from tests.stream.test_fault import (
     assert_each_reaction_learned_once,
     assert_each_site_learned_once,
     assert_one_reward_per_display,
+    end_of_stream,
     produce_paced,
 )
 from tests.worker_process import WorkerProcess as Worker
@@ -43,38 +42,6 @@ SESSIONS = 2_500  # about 17,000 events: 17 to 20 s at 1,000 events/s
 STOP_GRACE_S = 30.0
 STARTED = "partitions="  # the worker's first log line, once its signal handler is installed
 
-
-
-def closing_events(by_kind: dict, partitions: int) -> dict:
-    """For the end of ``by_kind``: a minute of event time after its last event, a display
-    and one reaction of each kind (the display's maximum reward) in a session of every input
-    partition (the test producer's partitioner: CRC32 of the key), by kind.
-
-    They move every topic of every partition past the window and grace of all the stream's
-    displays, so those close at once rather than about 30 s of wall-clock time after the
-    traffic ends (idle topics, then stream time carried by ticks): the checks need not wait
-    that long. They belong to the stream the reference join sees."""
-    last = max(e.ts for kind in KINDS for e in by_kind[kind])
-    ts = (last // 1000 + 60) * 1000 + 500
-    sessions: dict[int, str] = {}
-    n = 0
-    while len(sessions) < partitions:
-        session = f"end{n}"
-        sessions.setdefault(zlib.crc32(session.encode()) % partitions, session)
-        n += 1
-    closing: dict[str, list] = {kind: [] for kind in KINDS}
-    for session in sessions.values():
-        closing["served"].append(Served(f"{session}-d0", "site0", session, ts,
-                                        ("i0", "i1", "i2")))
-        for kind in KINDS[1:]:
-            closing[kind].append(Reaction(f"{session}-{kind}", kind, "site0", session, ts, "i0"))
-    return closing
-
-
-def end_of_stream(by_kind: dict, partitions: int) -> dict:
-    """``by_kind`` followed by its :func:`closing_events`."""
-    closing = closing_events(by_kind, partitions)
-    return {kind: [*by_kind[kind], *closing[kind]] for kind in KINDS}
 
 
 def stop(worker: Worker) -> float:
