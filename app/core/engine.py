@@ -11,9 +11,10 @@ Before the watermark every topic has been read (a record at the watermark's own 
 may still be unread on a slower topic), so a join decided behind it does not depend
 on how fast each topic happened to be read (a worker catching up on a backlog reads them at
 different paces). A topic that has not moved for ``idle_close_s`` worth of ticks while others
-did is left out (a site may send no basket adds at all), unless the ticks say it still has
-records to read (a backlog comes one topic's fetch after another's); when none moves, stream
-time follows the wall clock carried in by the worker's tick events (closes labelled ``idle``).
+did is left out (a site may send no basket adds at all), unless the worker says it still has
+records to read (:meth:`Engine.note_unread`: a backlog comes one topic's fetch after
+another's); when none moves, stream time follows the wall clock carried in by the worker's
+tick events (closes labelled ``idle``).
 
 Sessions with something due register in one-second *wake-up buckets*, so advancing stream
 time visits only the sessions that are due, never the whole partition.
@@ -518,12 +519,22 @@ class Engine:
             return None
         return min(clock.kind_times[kind] for kind in moving)
 
+    def note_unread(self, store: Store, kinds: frozenset[str]) -> None:
+        """Input kinds with records on the broker not read yet, said before each batch: their
+        event times stand still while a backlog is read, but they are not quiet (also not
+        when the partition's previous owner had counted them so)."""
+        clock: PartitionClock | None = store.get(CLOCK_KEY)
+        if clock is None or not any(clock.kind_quiet_ticks.get(kind) for kind in kinds):
+            return
+        for kind in kinds:
+            clock.kind_quiet_ticks[kind] = 0
+        store.set(CLOCK_KEY, clock)
+
     def _on_tick(self, store: Store, clock: PartitionClock, tick: Tick,
                  effects: Effects) -> None:
         """Count how long each input kind has been quiet, and fall back on the wall clock.
 
-        A kind that has not moved for ``idle_close_s`` worth of ticks, and has nothing left
-        to read (``tick.unread``), leaves the watermark.
+        A kind that has not moved for ``idle_close_s`` worth of ticks leaves the watermark.
         When every kind is quiet, stream time becomes the time it had when the partition
         went quiet plus the wall time elapsed since.
         """
@@ -533,8 +544,7 @@ class Engine:
             return
         self._publish_defaults(store, clock, tick, effects)
         for kind in INPUT_KINDS:
-            moved = kind in tick.unread or \
-                clock.kind_times.get(kind) != clock.kind_times_at_tick.get(kind)
+            moved = clock.kind_times.get(kind) != clock.kind_times_at_tick.get(kind)
             clock.kind_quiet_ticks[kind] = 0 if moved else clock.kind_quiet_ticks.get(kind, 0) + 1
         clock.kind_times_at_tick = dict(clock.kind_times)
         if any(quiet < self._quiet_ticks for quiet in clock.kind_quiet_ticks.values()):

@@ -126,15 +126,12 @@ class Tick:
     """The worker's wall clock, sent through the stream so idle partitions close decisions.
 
     ``partition`` of ``partitions`` is the partition it arrived on: each site's default
-    rankings are published from one partition only. ``unread`` names the input kinds with
-    records on the broker not read yet: while a backlog is read their event times stand
-    still, and they must not count as quiet.
+    rankings are published from one partition only.
     """
 
     wall_ms: int
     partition: int = 0
     partitions: int = 1
-    unread: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

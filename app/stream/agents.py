@@ -117,9 +117,11 @@ class Agents:
             arm = event.arm or "unknown"
             out.count(lambda: m.displays_served.labels(site, arm).inc())
 
-    def tick(self, partition: int, wall_ms: int, state: Store, out: Staged,
-             unread: frozenset[str] = frozenset()) -> None:
-        effects = self.engine.handle(state, Tick(wall_ms, partition, self.partitions, unread))
+    def unread(self, state: Store, kinds: frozenset[str]) -> None:
+        self.engine.note_unread(state, kinds)
+
+    def tick(self, partition: int, wall_ms: int, state: Store, out: Staged) -> None:
+        effects = self.engine.handle(state, Tick(wall_ms, partition, self.partitions))
         self._publish(partition, effects, None, out)
 
     def _publish(self, partition: int, effects: Effects, produced_at_s: float | None,

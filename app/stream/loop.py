@@ -308,9 +308,11 @@ class Runtime:
         # the batch checks them after each input to find the one that made them so.
         self._oversized: dict[int, set[str]] = {}
         self._last_tick = 0.0
-        # How far each assigned input partition is known to be read: its committed offset at
-        # assignment, then each batch's (the consumer's position is unset until it reads one).
+        # Per assigned input partition: how far it is known to be read (its committed offset
+        # at assignment, then each batch's: the consumer's position is unset until it reads
+        # one), and its end offset at assignment (before the consumer's first fetch says it).
         self._read_to: dict[tuple[str, int], int] = {}
+        self._end_at_assign: dict[tuple[str, int], int] = {}
         worker_id = settings.instance_id
         common = settings.kafka_config()
         self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
@@ -439,6 +441,8 @@ class Runtime:
             first.setdefault((origin.topic, origin.partition), origin.offset)
             after[(origin.topic, origin.partition)] = origin.offset + 1
         self.producer.begin_transaction()
+        for partition, kinds in self._unread_kinds().items():
+            self.agents.unread(self.states[partition], kinds)
         with self.tracing.child("recoloop.join", out.span):
             for origin, timestamp_ms in inputs:
                 try:
@@ -456,11 +460,9 @@ class Runtime:
                     return self._abort(first)
             if tick:
                 wall_ms = int(time.time() * 1000)
-                unread = self._unread_kinds()
                 for partition, state in self.states.items():
                     try:
-                        self.agents.tick(partition, wall_ms, state, out,
-                                         unread.get(partition, frozenset()))
+                        self.agents.tick(partition, wall_ms, state, out)
                     except Exception:
                         log.exception("tick failed on partition %s", partition)
                         return self._abort(first)
@@ -618,19 +620,24 @@ class Runtime:
 
     def _unread_kinds(self) -> dict[int, frozenset[str]]:
         """Per assigned partition, the input kinds with records on the broker not read yet:
-        the high offset of the consumer's last fetch (read committed: the last stable one)
-        is past where it has read."""
+        the end offset (the high watermark of the consumer's last fetch, or of its assignment)
+        is past where it has read. Records of a transaction still open upstream count too:
+        the watermark waits for them, until that producer commits or aborts."""
         kinds = self.channels.input_kinds
         unread: dict[int, set[str]] = {}
-        for tp in self.consumer.position([TopicPartition(topic, p) for topic in kinds
-                                          for p in self.states]):
-            read_to = max(tp.offset, self._read_to.get((tp.topic, tp.partition), -1))
-            try:
+        try:
+            positions = self.consumer.position([TopicPartition(topic, p) for topic in kinds
+                                                for p in self.states])
+            for tp in positions:
+                where = (tp.topic, tp.partition)
+                read_to = max(tp.offset, self._read_to.get(where, -1))
                 low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:  # not known here (yet): treated as read, as before
-                continue
-            if read_to >= 0 and high > max(read_to, low):  # else not known either
-                unread.setdefault(tp.partition, set()).add(kinds[tp.topic])
+                high = max(high, self._end_at_assign.get(where, -1))
+                if read_to >= 0 and high > max(read_to, low):  # else not known: as read
+                    unread.setdefault(tp.partition, set()).add(kinds[tp.topic])
+        except KafkaException as exc:  # not known here: as read, the way it was before
+            log.warning("reading the inputs' positions: %s", exc)
+            return {}
         return {p: frozenset(k) for p, k in unread.items()}
 
     def _positions(self) -> dict[tuple[str, int], int]:
@@ -709,7 +716,9 @@ class Runtime:
                   if tp.topic in self.channels.join_inputs]
         mine = {tp.partition for tp in inputs}
         started = time.monotonic()
-        self._read_to.update(self._committed(consumer, inputs))
+        if inputs:
+            self._read_to.update(self._committed(consumer, inputs))
+            self._end_at_assign.update(self._end_offsets(consumer, inputs))
         for p in sorted(mine):
             state = self.states.get(p)
             if state is None:
@@ -732,7 +741,24 @@ class Runtime:
         except KafkaException as exc:
             log.warning("fetching the committed offsets of %s: %s", inputs, exc)
             return {}
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed
+                if tp.error is None}
+
+    def _end_offsets(self, consumer: Consumer, inputs: list[TopicPartition]
+                     ) -> dict[tuple[str, int], int]:
+        """Each input partition's end offset now; after the first the broker does not say
+        (it may be away: one wait, not one per partition), none of the rest."""
+        ends = {}
+        for tp in inputs:
+            self._beat()
+            try:
+                ends[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(
+                    tp, TIMEOUT_S, False)[1]
+            except KafkaException as exc:
+                log.warning("fetching the end offset of %s: %s; the consumer's fetches will "
+                            "say", tp, exc)
+                break
+        return ends
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         """Called between transactions: drop the partitions' state so nothing (not even a
@@ -740,6 +766,7 @@ class Runtime:
         self._ready = False
         for tp in revoked:
             self._read_to.pop((tp.topic, tp.partition), None)
+            self._end_at_assign.pop((tp.topic, tp.partition), None)
         for p in {tp.partition for tp in revoked if tp.topic in self.channels.join_inputs}:
             state = self.states.pop(p, None)
             if state is not None:

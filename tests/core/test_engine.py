@@ -119,27 +119,41 @@ def test_a_topic_that_went_quiet_does_not_hold_the_others_back(engine):
     assert (decision.served_id, decision.reward, decision.closed_by) == ("d1", 3.0, "max_reward")
 
 
-def test_a_topic_with_records_still_unread_is_not_quiet(engine):
-    """A worker reading a backlog gets one topic's fetch after another's: the clicks wait
-    behind thousands of displays for longer than idle_close_s, but they are on the broker,
-    so the displays must not close before they are read."""
-    store = EncodedStore()
+def catch_up(engine, store, quiet_ticks_first: int) -> list:
+    """Every kind seen, ``quiet_ticks_first`` ticks without traffic (a previous owner may
+    have counted them), then a backlog read as a worker gets it: 40 s of displays and other
+    reactions before the click on d1, the worker saying before each batch that clicks are
+    still unread. Every reward closed along the way."""
     for kind in KINDS:  # every kind has been seen: each takes part in the watermark
         engine.handle(store, reaction("seen-" + kind, kind, T0, session="other")
                       if kind != "served" else served("seen", T0, session="other"))
-    engine.handle(store, served("d1", T0 + 1_000))
     closed = []
+    for second in range(quiet_ticks_first):
+        closed += engine.handle(store, Tick(T0 + second * 1_000)).rewards
+    unread = frozenset({"click"})
+    engine.note_unread(store, unread)
+    closed += engine.handle(store, served("d1", T0 + 1_000)).rewards
     for second in range(40):  # displays run 40 s ahead; clicks are behind them, unread
-        closed += engine.handle(store, Tick(T0 + second * 1_000, unread=frozenset({"click"}))
-                                ).rewards
+        engine.note_unread(store, unread)
+        later = T0 + 1_000 + second * 1_000
+        closed += engine.handle(store, served(f"later{second}", later,
+                                              session=f"later{second}")).rewards
         for kind in ("detail_view", "basket_add"):  # every other kind keeps moving
-            engine.handle(store, reaction(f"{kind}{second}", kind, T0 + 1_000 + second * 1_000,
-                                          session="other", item="q"))
-        engine.handle(store, served(f"later{second}", T0 + 1_000 + second * 1_000,
-                                    session=f"later{second}"))
-    assert [d.served_id for d in closed if d.served_id == "d1"] == []
-    closed = engine.handle(store, reaction("c1", "click", T0 + 3_000)).rewards
-    closed += everything_read_up_to(engine, store, T0 + 60_000)
+            closed += engine.handle(store, reaction(f"{kind}{second}", kind, later,
+                                                    session="other", item="q")).rewards
+        closed += engine.handle(store, Tick(T0 + (quiet_ticks_first + second) * 1_000)).rewards
+    assert "d1" not in [d.served_id for d in closed]
+    closed += engine.handle(store, reaction("c1", "click", T0 + 3_000)).rewards
+    return closed + everything_read_up_to(engine, store, T0 + 60_000)
+
+
+@pytest.mark.parametrize("quiet_ticks_first", [0, 8])
+def test_a_topic_with_records_still_unread_is_not_quiet(engine, quiet_ticks_first):
+    """A worker reading a backlog gets one topic's fetch after another's: the clicks wait
+    behind thousands of displays for longer than idle_close_s, but they are on the broker,
+    so the displays must not close before they are read; also when the partition was quiet
+    before (its clock restored by a new owner counts every kind as quiet)."""
+    closed = catch_up(engine, EncodedStore(), quiet_ticks_first)
     [d1] = [d for d in closed if d.served_id == "d1"]
     assert d1.reward == 1.0
 

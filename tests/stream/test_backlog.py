@@ -4,19 +4,22 @@ still sees each display with its reactions.
 The consumer hands over one topic's fetched records after another's: here thousands of
 displays come before the clicks that answer them, for far longer than ``idle_close_s``. The
 clicks are on the broker, not quiet, so no display may close before its click is read (a
-worker that took the clicks' standstill for a quiet topic closed them with reward 0).
+worker that took the clicks' standstill for a quiet topic closed them with reward 0). Also
+when the backlog arrives at partitions that had been quiet: their clock, restored by the
+restarted worker, counts every kind as quiet.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import orjson
 import pytest
 
-from app.contract.topics import CLICKS, REWARDS, SERVED
+from app.contract.topics import CLICKS, RANKINGS, REWARDS, SERVED
 from app.settings import Settings
-from tests.kafka_io import TopicReader, event, now_ms, produce
+from tests.kafka_io import TopicReader, collect, event, every_kind_at, now_ms, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,10 +28,26 @@ STEP_MS = 6  # the displays span a minute of event time
 CLICK_DELAY_MS = 500
 
 
+WORKER = {"reward_window_s": "2", "grace_s": "1", "idle_close_s": "0.3",
+          "tick_interval_s": "0.1"}
+
+
+@pytest.mark.parametrize("before", ["nothing", "a_quiet_spell"])
 def test_displays_read_long_before_their_clicks_still_get_them(worker_settings: Settings,
-                                                               start_worker):
+                                                               start_worker, before: str):
     s = worker_settings
     t0 = now_ms() - 600_000
+    if before == "a_quiet_spell":  # every kind seen on every partition, then quiet
+        sessions = [f"pre{k}" for k in range(40)]
+        produce(s.bootstrap_servers, [record for session in sessions
+                                      for record in every_kind_at(s, "shop", session, t0)])
+        worker = start_worker(**WORKER)
+        wanted = {f"rk-{session}-at-{t0}" for session in sessions}
+        collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: wanted <= {
+            orjson.loads(m.value())["ranking_id"] for m in ms})
+        time.sleep(2)  # 20 ticks, past idle_close_s: every kind is counted quiet
+        assert worker.stop() == 0
+        t0 += 60_000
     displays, clicks = [], []
     for n in range(DISPLAYS):
         session, ts = f"s{n % 2_500}", t0 + n * STEP_MS
@@ -41,9 +60,11 @@ def test_displays_read_long_before_their_clicks_still_get_them(worker_settings: 
     produce(s.bootstrap_servers, [*displays, *clicks])  # all of it before the worker starts
 
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
-    worker = start_worker(reward_window_s="2", grace_s="1", idle_close_s="0.3",
-                          tick_interval_s="0.1")
-    records = rewards.read_until(lambda ms: len(ms) >= DISPLAYS, timeout_s=180)
+    worker = start_worker(**WORKER)
+
+    def backlog(messages: list) -> list[float]:
+        values = (orjson.loads(m.value()) for m in messages)
+        return [v["reward"] for v in values if v["served_id"].startswith("d")]
+    records = rewards.read_until(lambda ms: len(backlog(ms)) >= DISPLAYS, timeout_s=180)
     rewards.close()
-    got = Counter(orjson.loads(m.value())["reward"] for m in records)
-    assert got == {1.0: DISPLAYS}, worker.log_tail()
+    assert Counter(backlog(records)) == {1.0: DISPLAYS}, worker.log_tail()
