@@ -132,6 +132,23 @@ def wait_for_span(exporter: InMemorySpanExporter, name: str, timeout_s: float = 
                          f"{sorted({s.name for s in exporter.get_finished_spans()})}")
 
 
+def wait_for_batch_around(exporter: InMemorySpanExporter, span: ReadableSpan,
+                          timeout_s: float = 60) -> tuple[tuple[ReadableSpan, ...], ReadableSpan]:
+    """The finished spans once the batch ``span`` was recorded in has ended, and that batch.
+
+    Batches run one after another on the loop's thread, so it is the one whose time holds
+    ``span``'s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        spans = exporter.get_finished_spans()
+        for batch in spans:
+            if (batch.name == "recoloop.batch" and batch.start_time <= span.start_time
+                    and span.end_time <= batch.end_time):
+                return spans, batch
+        assert time.monotonic() < deadline, f"the batch of {span.name} never ended"
+        time.sleep(0.05)
+
+
 def header_trace(message: Message) -> str | None:
     for name, value in message.headers() or []:
         if name == TRACEPARENT:
@@ -322,7 +339,8 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
     assert producer.flush(30) == 0
 
     learn = wait_for_span(exporter, "recoloop.learn")
-    spans = exporter.get_finished_spans()
+    # The batch that learned ends after the learn span: wait for it.
+    spans, learn_batch = wait_for_batch_around(exporter, learn)
     by_name = {name: [sp for sp in spans if sp.name == name] for name in {
         sp.name for sp in spans}}
     [display] = by_name["recoloop.reco.served"]
@@ -348,8 +366,9 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
     linked = {f"{link.context.trace_id:032x}" for b in batches for link in b.links}
     assert {SITE_TRACE, CLICK_TRACE} <= linked
     batch_ids = {b.context.span_id for b in batches}
-    for name in ("recoloop.join", "recoloop.produce"):
-        assert by_name[name] and all(sp.parent.span_id in batch_ids for sp in by_name[name])
+    for name in ("recoloop.join", "recoloop.produce"):  # those of batches until learn's
+        ended = [sp for sp in by_name[name] if sp.start_time <= learn_batch.end_time]
+        assert ended and all(sp.parent.span_id in batch_ids for sp in ended)
 
     # The records the worker wrote carry the trace on: the ranking each traced event caused,
     # and the reward.
