@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.core.arms import KNOWN_ARMS
+
 # The bandit's exploration rules (app.core.policy implements them; not imported here, as it
 # would load River into every command; tests/test_settings.py checks they agree).
 EXPLORATION_RULES = ("epsilon", "squarecb")
-# The default arms: on the item world's shoppers (bench.baselines, 3 seeds) these three under
-# SquareCB beat a co-view counter by 10-14 %, the five older arms by 4-6 % (README, Performance).
-DEFAULT_ARMS = ("similar", "category1", "learned")
-# Every arm the engine has; those beyond the defaults are chosen with RECOLOOP_ARMS.
-KNOWN_ARMS = (*DEFAULT_ARMS, "category2", "bestsellers", "trending", "session_knn")
+# The default arms, one set for every site (docs/learning.md says how it was chosen); every
+# arm of the registry can be chosen with RECOLOOP_ARMS.
+DEFAULT_ARMS = ("similar", "category1", "learned", "recent", "coview", "session_knn")
 # Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 

@@ -24,11 +24,12 @@ from typing import Any
 
 from app.contract.codec import EncodedStore
 from app.contract.topics import REACTION_TYPE_BY_TOPIC, SERVED
-from app.core.candidates import SiteStats, arm_items
+from app.core.candidates import arm_items
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine, session_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
+from app.core.stats import SiteStats
 from app.settings import Settings
 from app.stream.state import PartitionState
 from bench.shoppers import mixed_events

@@ -19,11 +19,11 @@ import orjson
 
 from app.contract.decode import InvalidInput, decode
 from app.contract.topics import CATALOG
-from app.core.candidates import learn_into
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Engine
 from app.core.events import Origin, Tick
 from app.core.policy import ContextualBandit, learn_decision
+from app.core.stats import learn_into
 from app.core.store import MemoryStore
 from app.settings import Settings
 from app.sim.common import Outgoing

@@ -23,7 +23,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.observability": ("app.observability", "app.__init__", "prometheus_client",
                           "opentelemetry"),
     "app.dev": ("app.dev", "confluent_kafka"),
-    "app.settings": ("app.contract.topics",),
+    "app.settings": ("app.contract.topics", "app.core.arms"),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
     "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),

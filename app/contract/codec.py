@@ -20,7 +20,7 @@ import msgspec
 from app.core.decay import DecayedScores
 from app.core.engine import PartitionClock, SiteDefaults
 from app.core.keys import key_kind
-from app.core.knn import SessionIndex
+from app.core.knn import Postings
 from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit, PolicyState
 from app.core.ranker import MAX_ITEM_CHARS as MAX_RANKER_ITEM_CHARS
 from app.core.ranker import MAX_ITEMS as MAX_RANKER_ITEMS
@@ -44,7 +44,7 @@ STATE_TYPES: dict[str, Any] = {
     "wake": dict[str, None],
     "stat": DecayedScores,
     "defaults": SiteDefaults,
-    "knn": SessionIndex,
+    "knn": Postings,
 }
 
 _encoder = msgspec.msgpack.Encoder()

@@ -66,7 +66,8 @@ def site_config(value: dict[str, Any]) -> SiteConfig:
             exclude_items=frozenset(rules.get("exclude_items", ())),
             price_min=rules.get("price_min"), price_max=rules.get("price_max"),
             pinned=tuple(rules.get("pinned", ())), boosted=tuple(rules.get("boosted", ())),
-            promoted_places_max=rules.get("promoted_places_max", PROMOTED_PLACES_DEFAULT)))
+            promoted_places_max=rules.get("promoted_places_max", PROMOTED_PLACES_DEFAULT),
+            exclude_viewed=rules.get("exclude_viewed", "none")))
 
 
 def checked_site_config(site_id: str, value: Any, sites: SiteSettings) -> bytes:

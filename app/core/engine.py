@@ -29,13 +29,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app.core import join
-from app.core.candidates import (
-    Engagement,
-    ItemSignals,
-    SiteStats,
-    arm_items,
-    learn_engagement,
-)
+from app.core.arms import ARMS
+from app.core.candidates import ItemSignals, arm_items
 from app.core.catalog import CatalogView
 from app.core.events import Apprentice, ClosedDecision, Context, Ranking, Reaction, Served, Tick
 from app.core.experiment import MAIN_VARIANT, NOTHING, Variant, model_key
@@ -45,6 +40,7 @@ from app.core.policy import ContextualBandit
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import IssuedRanking, Session
 from app.core.sites import Defaults, SiteSettings
+from app.core.stats import Engagement, SiteStats, learn_engagement
 from app.core.store import Store
 
 BUCKET_MS = 1_000
@@ -273,8 +269,7 @@ class Engine:
             event = self._with_category(event)
             if not event.organic:  # organic views feed the session and statistics only
                 effects.absorb(join.add_reaction(session.join, event))
-            engagement = Engagement.of(session, event,
-                                       self.sites.uses_arm(event.site_id, "session_knn"))
+            engagement = Engagement.of(session, event, self.sites.indexes_sessions(event.site_id))
             if self.site_stats is None:
                 learn_engagement(stats, engagement)
             else:
@@ -360,7 +355,11 @@ class Engine:
         policy, version = self.policies.current(model_key(session.site_id, variant_name))
         context = dict(session.context)
         estimates = policy.estimates(context)
-        probabilities = policy.spread(estimates)
+        # An arm with no items of its own for this session would show only fill-ins: the
+        # bandit chooses among the others (the propensity is over those, exact).
+        eligible = {arm: value for arm, value in estimates.items()
+                    if arm not in ARMS or ARMS[arm].has_items(session, stats)}
+        probabilities = policy.spread(eligible or estimates)
         arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.seed,
                                                                     ranking_id))
         placed_by: dict[str, str] = {}
@@ -368,7 +367,8 @@ class Engine:
                           policy.ranker, signals, self.sites.rules_for(session.site_id),
                           placed_by)
         # Why: what the bandit knew of every arm in this context, and what placed each item.
-        explain = {"arms": {a: {"estimate": estimates[a], "probability": probabilities[a]}
+        explain = {"arms": {a: {"estimate": estimates[a],
+                                "probability": probabilities.get(a, 0.0)}
                             for a in policy.arms},
                    "placed_by": [placed_by.get(item, arm) for item, _ in items]}
         self._remember(session, ranking_id, IssuedRanking(arm, propensity, context, version, ts,

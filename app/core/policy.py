@@ -164,19 +164,20 @@ class ContextualBandit:
         return self.spread(self.estimates(context))
 
     def spread(self, estimates: Mapping[str, float]) -> dict[str, float]:
-        """Each arm's probability, given each arm's :meth:`estimates` in a context."""
+        """Each arm's probability, given the :meth:`estimates` in a context of the arms
+        that may be chosen (all, or some: the others get none)."""
         best = max(estimates.values())
         greedy = [arm for arm, value in estimates.items() if value >= best - TIE_TOLERANCE]
-        k = len(self.arms)
+        k = len(estimates)
         if self.rule == "squarecb":
             gamma = self.squarecb_gamma * math.sqrt(k * (1 + self.n_updates))
             behind = {arm: 1.0 / (k + gamma * (best - value))
                       for arm, value in estimates.items() if arm not in greedy}
             share = (1.0 - sum(behind.values())) / len(greedy)
-            return {arm: behind.get(arm, share) for arm in self.arms}
+            return {arm: behind.get(arm, share) for arm in estimates}
         explore = self.epsilon / k
         exploit = (1.0 - self.epsilon) / len(greedy)
-        return {arm: explore + (exploit if arm in greedy else 0.0) for arm in self.arms}
+        return {arm: explore + (exploit if arm in greedy else 0.0) for arm in estimates}
 
     def choose(self, context: Mapping[str, Any],
                draw: float | None = None) -> tuple[str, float]:

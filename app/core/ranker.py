@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from river import linear_model, optim
 
-SIGNALS = ("category", "similar", "popular", "trending", "same_category")
+SIGNALS = ("category", "similar", "popular", "trending", "same_category", "viewed", "page_item",
+           "coview", "knn")
 # Positions of a display the model learns from (further down, clicks are rare and few shops
 # show more); the learned arm scores every candidate as if shown first.
 POSITIONS_LEARNED = 10
@@ -51,7 +52,7 @@ class ItemRanker:
     Examples
     --------
     >>> ranker = ItemRanker()
-    >>> good, poor = (1.0, 0.5, 0.5, 0.0, 1.0), (0.0, 0.5, 0.5, 0.0, 0.0)
+    >>> good, poor = (1.0, 0.5, 0.5, 0.0, 1.0, 0, 0, 1, 0), (0.0, 0.5, 0.5, 0.0, 0.0, 0, 1, 0, 0)
     >>> for _ in range(300):
     ...     ranker.learn("a", good, position=1, clicked=True)
     ...     ranker.learn("b", poor, position=0, clicked=False)
@@ -90,11 +91,11 @@ class ItemRanker:
         model's weights read once for them all (a ranking scores dozens of candidates)."""
         weights = self._model._weights.to_dict()
         intercept = float(self._model.intercept)
-        w0, w1, w2, w3, w4 = (weights.get(name, 0.0) for name in SIGNALS)
+        w = [weights.get(name, 0.0) for name in SIGNALS]
         scored = []
-        for item_id, (s0, s1, s2, s3, s4) in candidates:
-            z = intercept + weights.get("item=" + item_id, 0.0) + w0 * s0 + w1 * s1 + w2 * s2 \
-                + w3 * s3 + w4 * s4
+        for item_id, signals in candidates:
+            z = intercept + weights.get("item=" + item_id, 0.0) \
+                + sum(a * b for a, b in zip(w, signals, strict=True))
             scored.append((item_id, 1.0 / (1.0 + math.exp(-max(-500.0, min(500.0, z))))))
         scored.sort(key=lambda kv: kv[1], reverse=True)
         return scored

@@ -6,6 +6,9 @@ stay exact: they change which items an arm's list holds, never which arm is chos
 - **Exclusions.** Items of an excluded category (as the catalog knows it), excluded items,
   and items the catalog prices outside ``[price_min, price_max]`` are skipped like
   unavailable ones: the arm's fallbacks fill their places. Items without a known price pass.
+- **What the visitor viewed.** ``exclude_viewed``: ``"none"`` (the default: an arm may show
+  what the session viewed, as a "recently viewed" block does), ``"page"`` (never the item on
+  the page) or ``"session"`` (none of the session's recent items).
 - **Promotions.** ``pinned`` items come first, in their order, whatever the arm chose;
   ``boosted`` items the arm's list holds move up behind them; together they take at most
   ``promoted_places_max`` places. A promotion that is excluded, unavailable or in the basket
@@ -37,6 +40,15 @@ class Rules:
     pinned: tuple[str, ...] = ()
     boosted: tuple[str, ...] = ()
     promoted_places_max: int = PROMOTED_PLACES_DEFAULT
+    exclude_viewed: str = "none"  # "none", "page" (the page's own item) or "session"
+
+    def hidden(self, recent_items: list[str]) -> set[str] | None:
+        """The session's items these rules hide (``recent_items``, newest last), if any."""
+        if self.exclude_viewed == "page":
+            return set(recent_items[-1:])
+        if self.exclude_viewed == "session":
+            return set(recent_items)
+        return None
 
     @property
     def promotes(self) -> bool:

@@ -46,6 +46,8 @@ class Session:
     join: SessionJoin = field(default_factory=SessionJoin)
     issued: dict[str, IssuedRanking] = field(default_factory=dict)
     seen_event_ids: dict[str, None] = field(default_factory=dict)  # digests of event ids
+    # The latest item of each reaction type: "viewed next" follows one type's order.
+    last_of_type: dict[str, str] = field(default_factory=dict)
     # The wake-up bucket this session is registered in (see app.core.engine).
     wake_bucket: int | None = None
 
@@ -78,6 +80,8 @@ class Session:
         del self.recent_items[:-RECENT_ITEMS_KEPT]
         if reaction.type == "basket_add":
             _add_capped(self.basket, reaction.item_id, BASKET_KEPT)
+        if reaction.type in self.last_of_type or len(self.last_of_type) < CONTEXT_KEYS_KEPT:
+            self.last_of_type[reaction.type] = reaction.item_id
 
     def remember_ranking(self, ranking_id: str, issued: IssuedRanking, keep_ms: int) -> None:
         """Keep every ranking published in the last ``keep_ms`` (the reward window and

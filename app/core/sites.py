@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.core.experiment import FIXED_ITEMS, MAIN_VARIANT, Experiment, Variant
+from app.core.arms import ARMS, KNOWN_ARMS
+from app.core.experiment import FIXED_ITEMS, MAIN_VARIANT, NOTHING, Experiment, Variant
 from app.core.rules import NO_RULES, Rules
 
 # The policies a site may have scored in the shadow of its live one (app.evaluation).
@@ -81,6 +82,9 @@ class SiteSettings:
         if config.exploration is not None and config.exploration[0] == "epsilon" \
                 and not 0 < config.exploration[1] <= 1:
             return "an epsilon must be within (0, 1]"
+        problem = _arms_problem(config.arms, "arms")
+        if problem is not None:
+            return problem
         rules = config.rules
         if rules.price_min is not None and rules.price_max is not None \
                 and rules.price_min > rules.price_max:
@@ -117,6 +121,11 @@ class SiteSettings:
     def variant_named(self, site_id: str, variant: str | None) -> Variant | None:
         experiment = self.experiment_for(site_id)
         return None if experiment is None else experiment.variant(variant)
+
+    def indexes_sessions(self, site_id: str) -> bool:
+        """Whether the site's arms (or an experiment variant's) use its session index."""
+        return any(self.uses_arm(site_id, arm.name) for arm in ARMS.values()
+                   if arm.session_index)
 
     def uses_arm(self, site_id: str, arm: str) -> bool:
         """Whether the site's engine, or a variant of its experiment, may show ``arm``."""
@@ -164,11 +173,25 @@ class SiteSettings:
         return NO_RULES if config is None else config.rules
 
 
+def _arms_problem(arms: tuple[str, ...] | None, where: str) -> str | None:
+    unknown = sorted(set(arms or ()) - set(KNOWN_ARMS))
+    if unknown:
+        return f"{where}: unknown arms {unknown}; known: {', '.join(KNOWN_ARMS)}"
+    return None
+
+
 def _experiment_problem(experiment: Experiment) -> str | None:
     names = [variant.name for variant in experiment.variants]
     if len(set(names)) != len(names):
         return "an experiment's variants must have distinct names"
     for variant in experiment.variants:
+        problem = _arms_problem(variant.arms, f"variant {variant.name!r}")
+        if problem is not None:
+            return problem
+        if variant.baseline is not None and variant.baseline not in (FIXED_ITEMS, NOTHING) \
+                and (variant.baseline not in KNOWN_ARMS or variant.baseline == "learned"):
+            return (f"variant {variant.name!r}: the baseline must be an arm other than "
+                    f"'learned', {FIXED_ITEMS!r} or {NOTHING!r}")
         if variant.name == MAIN_VARIANT and (variant.control or variant.arms is not None
                                              or variant.exploration is not None):
             return (f"the variant {MAIN_VARIANT!r} is the site's own engine: it takes no "

@@ -33,12 +33,12 @@ from app.contract.decode import (
     decode_catalog,
 )
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
-from app.core.candidates import Engagement
 from app.core.engine import Effects, Engine, segment_key
 from app.core.events import Origin, Reaction, Served, Tick
 from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import learn_decision
 from app.core.shadow import ShadowScores, candidate
+from app.core.stats import Engagement
 from app.core.store import Store
 from app.observability.metrics import Metrics
 from app.observability.tracing import Headers, Span, Tracing

@@ -15,7 +15,7 @@ and a record that does not decode is skipped and counted, never run.
 
 Memory: the committed bytes of every site's statistics, and a decoded copy of those read
 since they last changed. A statistic holds at most its capacity of items
-(:data:`app.core.candidates.STAT_SHAPES`), one per item for co-views (about 1.2 KB each
+(:data:`app.core.stats.STAT_SHAPES`), one per item for co-views (about 1.2 KB each
 encoded, with 12-character ids): a site with 10,000 co-viewed items keeps some 12 MB here.
 """
 
@@ -32,7 +32,7 @@ from app.contract.codec import (
     encode_state,
     model_version,
 )
-from app.core.candidates import Engagement, learn_into
+from app.core.stats import Engagement, learn_into
 
 log = logging.getLogger(__name__)
 

@@ -196,6 +196,10 @@ def test_an_apprentice_control_records_what_the_engine_would_have_shown(setup):
      "only a control"),
     ({"name": "e", "variants": [{"name": "c", "share": 1, "baseline": "items"}]},
      "items go with"),
+    ({"name": "e", "variants": [{"name": "a", "share": 1, "baseline": "learned"}]},
+     "the baseline must be an arm other than 'learned'"),
+    ({"name": "e", "variants": [{"name": "a", "share": 1, "arms": ["similar", "nope"]}]},
+     "unknown arms ['nope']"),
 ])
 def test_an_experiment_that_could_not_work_is_refused_with_the_reason(experiment, problem):
     sites = SiteSettings(Settings())
@@ -208,7 +212,7 @@ def test_an_experiment_that_could_not_work_is_refused_with_the_reason(experiment
     {"name": "e", "variants": []},
     {"name": "e", "variants": [{"name": "A b", "share": 1}]},
     {"name": "e", "variants": [{"name": "a", "share": 0}]},
-    {"name": "e", "variants": [{"name": "a", "share": 1, "baseline": "learned"}]},
+    {"name": "e", "variants": [{"name": "a", "share": 1, "baseline": "Not an arm!"}]},
 ])
 def test_the_schema_refuses_malformed_experiments(experiment):
     with pytest.raises(InvalidInput):

@@ -7,11 +7,12 @@ import random
 import pytest
 
 from app.contract.codec import decode_model, encode_model
-from app.core.candidates import Engagement, SiteStats, arm_items, learn_into
+from app.core.candidates import arm_items
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.policy import ContextualBandit, learn_decision
 from app.core.ranker import SIGNALS, ItemRanker, RankerState
 from app.core.session import Session
+from app.core.stats import Engagement, SiteStats, learn_into
 from app.core.store import MemoryStore
 
 
@@ -38,7 +39,7 @@ def test_a_state_that_is_not_the_models_is_refused():
 def test_a_closed_decision_teaches_the_bandit_and_the_item_model_once():
     policy = ContextualBandit(["similar", "learned"], seed=1)
     decision = {"arm": "learned", "context": {}, "reward": 1.0, "items": ["a", "b", "c"],
-                "signals": [[1, 0, 0, 0, 1], [0, 1, 0, 0, 0], "junk"],
+                "signals": [[1, 0, 0, 0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0], "junk"],
                 "outcomes": [{"type": "click", "item_id": "a"}]}
     assert learn_decision(policy, decision)
     assert policy.n_updates == 1 and policy.ranker.n_updates == 2  # junk signals skipped
@@ -75,10 +76,10 @@ def test_the_learned_arm_ranks_by_what_clicks_taught_it():
     session = Session("shop", "me")
     stats = SiteStats("shop", stats_store.get, stats_store.set)
     ranker = ItemRanker()
-    popular_only = (0.0, 0.0, 1.0, 0.0, 0.0)
+    popular_only = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for _ in range(500):  # popular items were never clicked: the model learns to avoid them
         ranker.learn("x", popular_only, 0, False)
-        ranker.learn("y", (0.0, 0.0, 0.2, 0.0, 0.0), 0, True)
+        ranker.learn("y", (0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), 0, True)
     items = [item for item, _ in arm_items("learned", session, stats,
                                            StoreCatalog(catalog_store), 2_000, 6, ranker)]
     assert items[-1] == "hat1" and set(items) == {"shoe1", "shoe2", "hat1"}

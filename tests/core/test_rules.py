@@ -3,11 +3,12 @@ promotions come first within their cap, and the arm's choice is untouched."""
 
 from __future__ import annotations
 
-from app.core.candidates import Engagement, SiteStats, arm_items, learn_engagement
+from app.core.candidates import arm_items
 from app.core.catalog import StoreCatalog, apply_record
 from app.core.events import Reaction
 from app.core.rules import Rules
 from app.core.session import Session
+from app.core.stats import Engagement, SiteStats, learn_engagement
 from app.core.store import MemoryStore
 
 T = 1_700_000_000_000

@@ -28,10 +28,10 @@ from confluent_kafka import Producer
 
 from app.contract.codec import decode_model, decode_state
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
-from app.core.candidates import STAT_SHAPES, stat_key
 from app.core.events import Reaction, Served
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import ENGAGEMENT_WEIGHT
+from app.core.stats import STAT_SHAPES, stat_key
 from app.settings import Settings
 from app.stream.channels import Channels
 from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream

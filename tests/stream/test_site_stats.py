@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.candidates import Engagement, stat_key
+from app.core.stats import Engagement, stat_key
 from app.stream.site_stats import SiteStatistics
 
 POPULAR = stat_key("shop", "popular")
