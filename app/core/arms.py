@@ -109,14 +109,10 @@ def _stat(name: str) -> Has:
     return lambda session, stats: bool(stats.scores(name).raw)
 
 
-def _last_has(name: str, depth: int) -> Has:
-    def has(session: Session, stats: SiteStats) -> bool:
-        return any(stats.scores(name, item).raw for item in session.recent_items[-depth:])
-    return has
-
-
-def _postings(session: Session, stats: SiteStats) -> bool:
-    return any(stats.postings(item) is not None for item in session.recent_items[-1:])
+def _viewed(session: Session, stats: SiteStats) -> bool:
+    """The session has items: arms that start from them have something to go on (checking
+    their statistics too would read records the chosen arm may never need)."""
+    return bool(session.recent_items)
 
 
 def _no_items(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple[str, float]]:
@@ -126,7 +122,7 @@ def _no_items(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple
 _ARMS = (
     Arm("similar", "weighted voting: items co-engaged in other sessions with the session's "
         "recent items, newer items weighing more", similar,
-        _last_has("cooc", SIMILAR_NEIGHBOURS)),
+        _viewed),
     Arm("category1", "the best items of the session's most engaged category (engagement "
         "weighted by type, 10-minute half-life)", category(0),
         lambda session, stats: len(session.categories.raw) >= 1),
@@ -136,16 +132,14 @@ _ARMS = (
         "when its context has one", bestsellers, _stat("sales")),
     Arm("trending", "items whose last-10-minutes engagement rises most against their own "
         "one-day baseline", trending, _stat("recent")),
-    Arm("recent", "the session's recently engaged items, newest first", recent,
-        lambda session, stats: bool(session.recent_items)),
+    Arm("recent", "the session's recently engaged items, newest first", recent, _viewed),
     Arm("coview", "the items most often viewed right after the session's last item, by "
-        "every visitor (the item itself when visitors return to it)", coview,
-        _last_has("next", 1)),
+        "every visitor (the item itself when visitors return to it)", coview, _viewed),
     Arm("popular", "the site's most engaged items, decayed over a day", popular,
         _stat("popular")),
     Arm("session_knn", "session kNN (V-SKNN/STAN): the 100 recent sessions most like this "
         "one vote for their items, by similarity and closeness to the item they share",
-        session_knn, _postings, session_index=True),
+        session_knn, _viewed, session_index=True),
     Arm("learned", "the site's item model ranks the other arms' leading items by the "
         "signals the counters use, learned online from each closed display", _no_items,
         lambda session, stats: True, session_index=True),

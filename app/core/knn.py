@@ -23,20 +23,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-PER_ITEM = 48
+PER_ITEM = 20
 # The ids a posting holds, in UTF-8 bytes, at most: its oldest sessions go first past it.
 MAX_POSTING_BYTES = 192 * 1024
-QUERY_ITEMS = 5  # the session's newest items whose postings are read
-NEIGHBOURS = 100
+QUERY_ITEMS = 3  # the session's newest items whose postings are read
+SNAPSHOT_ITEMS = 6  # the newest items of a neighbour kept (votes fall fast with distance)
+NEIGHBOURS = 50
 NEIGHBOUR_HALF_LIFE_MS = 24 * 3_600_000
 POSITION_DECAY = 0.5  # per step away from the shared item, in the neighbour's order
+_DECAY = [POSITION_DECAY ** steps for steps in range(64)]
 
 
-@dataclass
-class Neighbour:
-    session_id: str
-    ts: int
-    items: list[str]  # oldest first
+# (session id, ts, its items oldest first): a tuple of strings and numbers, which the
+# garbage collector stops tracking, so a site's many postings cost no collection time.
+Neighbour = tuple[str, int, tuple[str, ...]]
 
 
 @dataclass
@@ -62,11 +62,11 @@ class Postings:
     def observe(self, session_id: str, ts: int, items: Sequence[str]) -> None:
         """Session ``session_id`` has engaged ``items`` (oldest first) by ``ts``."""
         for n, known in enumerate(self.sessions):
-            if known.session_id == session_id:
+            if known[0] == session_id:
                 self.id_bytes -= _entry_bytes(known)
                 del self.sessions[n]
                 break
-        entry = Neighbour(session_id, ts, list(items))
+        entry = (session_id, ts, tuple(items[-SNAPSHOT_ITEMS:]))
         self.sessions.append(entry)
         self.id_bytes += _entry_bytes(entry)
         while len(self.sessions) > PER_ITEM or \
@@ -86,33 +86,32 @@ def vote(postings: Callable[[str], Postings | None], items: Sequence[str], size:
     for item in weights:
         found = postings(item)
         for neighbour in found.sessions if found is not None else ():
-            if neighbour.session_id != session_id:
-                known = latest.get(neighbour.session_id)
-                if known is None or known.ts < neighbour.ts:
-                    latest[neighbour.session_id] = neighbour
+            other = neighbour[0]
+            if other != session_id:
+                known = latest.get(other)
+                if known is None or known[1] < neighbour[1]:
+                    latest[other] = neighbour
     norm = math.sqrt(len(weights))
-    scored: list[tuple[float, int, Neighbour]] = []
+    keys = weights.keys()
+    scored: list[tuple[float, int, tuple[str, ...]]] = []
     for neighbour in latest.values():
-        shared, anchor, best = 0.0, 0, 0.0
-        for position, item in enumerate(neighbour.items):
-            weight = weights.get(item)
-            if weight is not None:
-                shared += weight
-                if weight >= best:
-                    best, anchor = weight, position
-        if shared:
-            recency = 2.0 ** (min(0, neighbour.ts - ts) / NEIGHBOUR_HALF_LIFE_MS)
-            similarity = recency * shared / (norm * math.sqrt(len(neighbour.items)))
-            scored.append((similarity, anchor, neighbour))
+        items = neighbour[2]
+        common = keys & items  # set operations run in C: most neighbours share one item
+        if not common:
+            continue
+        shared = sum(map(weights.__getitem__, common))
+        anchor = items.index(max(common, key=weights.__getitem__))
+        recency = 2.0 ** (min(0, neighbour[1] - ts) / NEIGHBOUR_HALF_LIFE_MS)
+        scored.append((recency * shared / (norm * math.sqrt(len(items))), anchor, items))
     votes: dict[str, float] = {}
-    for similarity, anchor, neighbour in heapq.nlargest(NEIGHBOURS, scored, key=_first):
-        for position, item in enumerate(neighbour.items):
-            weight = similarity * POSITION_DECAY ** abs(position - anchor)
-            votes[item] = votes.get(item, 0.0) + weight
+    get = votes.get
+    for similarity, anchor, neighbour_items in heapq.nlargest(NEIGHBOURS, scored, key=_first):
+        for position, item in enumerate(neighbour_items):
+            votes[item] = get(item, 0.0) + similarity * _DECAY[min(63, abs(position - anchor))]
     return heapq.nlargest(size, sorted(votes.items()), key=_second)
 
 
-def _first(entry: tuple[float, int, Neighbour]) -> float:
+def _first(entry: tuple[float, int, tuple[str, ...]]) -> float:
     return entry[0]
 
 
@@ -121,4 +120,4 @@ def _second(pair: tuple[str, float]) -> float:
 
 
 def _entry_bytes(entry: Neighbour) -> int:
-    return len(entry.session_id.encode()) + sum(len(item.encode()) for item in entry.items)
+    return len(entry[0].encode()) + sum(len(item.encode()) for item in entry[2])

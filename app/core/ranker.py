@@ -32,7 +32,7 @@ POSITIONS_LEARNED = 10
 # travels with the site's bandit on the models topic, whose records are bounded (codec).
 MAX_ITEMS = 300
 MAX_ITEM_CHARS = 64
-LEARNING_RATE = 0.05
+LEARNING_RATE = 0.5
 L2 = 1e-4
 
 
@@ -91,11 +91,12 @@ class ItemRanker:
         model's weights read once for them all (a ranking scores dozens of candidates)."""
         weights = self._model._weights.to_dict()
         intercept = float(self._model.intercept)
-        w = [weights.get(name, 0.0) for name in SIGNALS]
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = (weights.get(name, 0.0) for name in SIGNALS)
+        item_weight = weights.get
         scored = []
-        for item_id, signals in candidates:
-            z = intercept + weights.get("item=" + item_id, 0.0) \
-                + sum(a * b for a, b in zip(w, signals, strict=True))
+        for item_id, (s0, s1, s2, s3, s4, s5, s6, s7, s8) in candidates:
+            z = intercept + item_weight("item=" + item_id, 0.0) + w0 * s0 + w1 * s1 \
+                + w2 * s2 + w3 * s3 + w4 * s4 + w5 * s5 + w6 * s6 + w7 * s7 + w8 * s8
             scored.append((item_id, 1.0 / (1.0 + math.exp(-max(-500.0, min(500.0, z))))))
         scored.sort(key=lambda kv: kv[1], reverse=True)
         return scored

@@ -16,7 +16,7 @@ from typing import Any
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
-from app.core.knn import Postings
+from app.core.knn import QUERY_ITEMS, Postings
 from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
@@ -29,6 +29,9 @@ STAT_SHAPES = {
     "cooc": (24 * HOUR_MS, 20),  # items engaged in the same sessions as one item
     "next": (24 * HOUR_MS, 30),  # items viewed right after one item (itself included)
 }
+# The newest items of a session whose postings are rewritten when it engages: those a vote
+# reads (app.core.knn).
+INDEXED_ITEMS = QUERY_ITEMS
 # Reaction types whose order says "viewed next".
 VIEW_TYPES = frozenset({"click", "detail_view"})
 
@@ -65,7 +68,9 @@ class SiteStats:
         return found
 
     def observe_session(self, session_id: str, ts: int, items: list[str]) -> None:
-        for item in dict.fromkeys(items):
+        """The session's newest items find it as a neighbour now; its older items keep an
+        older picture of it (a vote reads the newest picture it finds)."""
+        for item in dict.fromkeys(items[-INDEXED_ITEMS:]):
             key = postings_key(self.site_id, item)
             postings = self.postings(item)
             if postings is None:

@@ -225,8 +225,8 @@ def test_the_session_index_stays_bounded_per_item_by_count_and_bytes():
     for n in range(5_000):
         postings.observe(f"s{n % 700}", n, [f"i{n % 3_000}", "common"])
     assert len(postings.sessions) == PER_ITEM
-    assert [n.session_id for n in postings.sessions][-1] == "s" + str(4_999 % 700)
-    assert len({n.session_id for n in postings.sessions}) == PER_ITEM  # one entry a session
+    assert [n[0] for n in postings.sessions][-1] == "s" + str(4_999 % 700)
+    assert len({n[0] for n in postings.sessions}) == PER_ITEM  # one entry a session
 def test_the_session_index_counts_its_bytes_and_stays_under_a_record_whatever_the_ids():
     import random
 
@@ -238,7 +238,7 @@ def test_the_session_index_counts_its_bytes_and_stays_under_a_record_whatever_th
         session = f"{n}" + "\U0001f600" * 250
         items = [f"{rng.randrange(5_000)}" + "\U0001f6d2" * 250 for _ in range(10)]
         postings.observe(session, n, items)
-    recount = sum(len(n.session_id.encode()) + sum(len(i.encode()) for i in n.items)
+    recount = sum(len(n[0].encode()) + sum(len(i.encode()) for i in n[2])
                   for n in postings.sessions)
     assert postings.id_bytes == recount <= MAX_POSTING_BYTES
     assert len(encode_state(postings)) < MAX_RECORD_BYTES // 2
