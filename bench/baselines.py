@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,14 @@ from typing import Any
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from app.settings import DEFAULT_REWARDS, Settings
 from app.sim.common import Outgoing, SimClock, World, by_fifth, figures, run_simulated
-from app.sim.worlds import build_world, site_ids
+from app.sim.worlds import WORLDS, build_world, site_ids
 from bench.engine_inprocess import InProcessEngine
 
 START_MS = 1_800_000_000_000
 VIEWS = (CLICKS, DETAIL_VIEWS)
 ENGAGEMENT = (CLICKS, DETAIL_VIEWS, BASKET_ADDS)
+HALF_LIFE_MS = 60_000  # popular's
+ORDER_REFRESH_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,22 @@ class Options:
     sites: int = 1
     control_share: float = 0.2
     window_ms: int = 20_000
-    contenders: tuple[str, ...] = ("random", "popular", "coview")
+    contenders: tuple[str, ...] = ("random", "popular", "coview", "recent", "sknn")
+    world: str = "items"
     partitions: int = 8  # the engine contender's, as the suite's topics have
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: sessions index other sessions
 class Session:
     basket: set[str] = field(default_factory=set)
     last_viewed: str | None = None
+    viewed: dict[str, None] = field(default_factory=dict)  # distinct items, oldest first
+    clicked_last: bool = False  # the last view was a click (its detail view is the same visit)
 
 
 class Contender:
     """What every baseline knows: the catalog's available items and each session's basket
-    and last viewed item, from the records the world emits."""
+    and viewed items, from the records the world emits."""
 
     name = "contender"
 
@@ -82,28 +88,37 @@ class Contender:
         self.size = size
         self.available: dict[str, dict[str, bool]] = {}  # site -> item -> available
         self.sessions: dict[tuple[str, str], Session] = {}
+        self._pools: dict[str, list[str]] = {}  # site -> its available items
 
     def observe(self, topic: str, value: dict[str, Any]) -> None:
         site = value["site_id"]
         if topic == CATALOG:
             self.available.setdefault(site, {})[value["item_id"]] = value["available"]
+            self._pools.pop(site, None)
             return
         session = self.sessions.setdefault((site, value["session_id"]), Session())
         if topic == SERVED:
             return
         item = value["item_id"]
-        self.learn(site, session, topic, item)
+        self.learn(site, session, topic, item, value["ts"])
         if topic == BASKET_ADDS:
             session.basket.add(item)
         if topic in VIEWS:
+            session.viewed.pop(item, None)
+            session.viewed[item] = None
             session.last_viewed = item
+            session.clicked_last = topic == CLICKS
 
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
+    def learn(self, site: str, session: Session, topic: str, item: str, ts: int) -> None:
         """Update the contender's model with one reaction, before the session's state."""
 
     def candidates(self, site: str, session: Session) -> list[str]:
-        return [item for item, ok in self.available.get(site, {}).items()
-                if ok and item not in session.basket]
+        pool = self._pools.get(site)
+        if pool is None:
+            pool = self._pools[site] = [item for item, ok in self.available.get(site, {}).items()
+                                        if ok]
+        return [item for item in pool if item not in session.basket] if session.basket \
+            else pool
 
     def rank(self, site: str, session: Session) -> list[str]:
         raise NotImplementedError
@@ -117,6 +132,12 @@ class Contender:
                           for n, item in enumerate(items)],
                 "model_version": str(number), "context": {}}
 
+    def usable(self, site: str, session: Session, items: Iterable[str]) -> list[str]:
+        """``items`` without unknown-unavailable ones and the session's basket, in order."""
+        available = self.available.get(site, {})
+        return [item for item in items
+                if available.get(item, True) and item not in session.basket]
+
 
 class RandomItems(Contender):
     name = "random"
@@ -127,27 +148,72 @@ class RandomItems(Contender):
 
 
 class Popular(Contender):
+    """The most engaged items (clicks, detail views and basket adds alike), decayed with a
+    half-life of ``HALF_LIFE_MS`` of event time, as a shop's own best-seller block follows
+    the recent past. Its order is refreshed once per second of event time."""
+
     name = "popular"
 
     def __init__(self, seed: int, size: int) -> None:
         super().__init__(seed, size)
+        # Forward decay: an event at ts adds 2 ** (ts / half-life), so the order of the sums
+        # is the order of the decayed counts at any later time.
         self.counts: dict[str, Counter[str]] = {}
+        self.ref_ts: int | None = None
+        self.now = 0
+        self._order: dict[str, tuple[int, list[str]]] = {}  # site -> (ts, items best first)
 
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
+    def learn(self, site: str, session: Session, topic: str, item: str, ts: int) -> None:
         if topic in ENGAGEMENT:
-            self.counts.setdefault(site, Counter())[item] += 1
+            if self.ref_ts is None or ts - self.ref_ts > 500 * HALF_LIFE_MS:
+                self._rebase(ts)
+            weight = 2.0 ** ((ts - self.ref_ts) / HALF_LIFE_MS)
+            self.counts.setdefault(site, Counter())[item] += weight
+            self.now = ts
 
-    def rank(self, site: str, session: Session, leave_out: frozenset[str] = frozenset()
-             ) -> list[str]:
-        counts = self.counts.get(site, Counter())
-        pool = [item for item in self.candidates(site, session) if item not in leave_out]
-        # Ties (unseen items above all) go by catalog order, so the list is reproducible.
-        return heapq.nlargest(self.size, pool, key=lambda item: counts[item])
+    def _rebase(self, ts: int) -> None:
+        """Move the reference time to ``ts``, far from float overflow."""
+        factor = 2.0 ** ((ts - self.ref_ts) / HALF_LIFE_MS) if self.ref_ts is not None else 1.0
+        for counts in self.counts.values():
+            for item in counts:
+                counts[item] /= factor
+        self.ref_ts = ts
+
+    def order(self, site: str) -> list[str]:
+        """Every available item, the most engaged first (ties by catalog order)."""
+        now = self.now
+        cached = self._order.get(site)
+        if cached is None or now - cached[0] >= ORDER_REFRESH_MS:
+            counts = self.counts.get(site, Counter())
+            available = [item for item, ok in self.available.get(site, {}).items() if ok]
+            cached = self._order[site] = (now, sorted(available, key=lambda i: -counts[i]))
+        return cached[1]
+
+    def rank(self, site: str, session: Session) -> list[str]:
+        return self.popular(site, session, frozenset())
+
+    def popular(self, site: str, session: Session, leave_out: Container[str]) -> list[str]:
+        picked: list[str] = []
+        for item in self.order(site):
+            if item not in leave_out and item not in session.basket:
+                picked.append(item)
+                if len(picked) == self.size:
+                    break
+        return picked
+
+    def filled(self, site: str, session: Session, ranked: list[str]) -> list[str]:
+        """``ranked`` cut to the list's size, or filled with the most popular items."""
+        ranked = ranked[:self.size]
+        if len(ranked) < self.size:
+            ranked += self.popular(site, session, frozenset(ranked))[:self.size - len(ranked)]
+        return ranked
 
 
 class CoView(Popular):
-    """Co-view counts: ``follows[site][a][b]`` is how often ``b`` was viewed right after
-    ``a`` in a session."""
+    """Co-view counts: ``follows[site][a][b]`` is how often a view of ``b`` came right after
+    a view of ``a`` in a session; ``a`` follows itself when a visitor views it again. A view
+    is a click, or a detail view that is not the one right after the click of its item (the
+    same visit)."""
 
     name = "coview"
 
@@ -155,28 +221,74 @@ class CoView(Popular):
         super().__init__(seed, size)
         self.follows: dict[str, dict[str, Counter[str]]] = {}
 
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
-        super().learn(site, session, topic, item)
+    def learn(self, site: str, session: Session, topic: str, item: str, ts: int) -> None:
+        super().learn(site, session, topic, item, ts)
         last = session.last_viewed
-        if topic in VIEWS and last is not None and last != item:
+        same_visit = topic == DETAIL_VIEWS and item == last and session.clicked_last
+        if topic in VIEWS and last is not None and not same_visit:
             self.follows.setdefault(site, {}).setdefault(last, Counter())[item] += 1
 
-    def rank(self, site: str, session: Session, leave_out: frozenset[str] = frozenset()
-             ) -> list[str]:
+    def rank(self, site: str, session: Session) -> list[str]:
         last = session.last_viewed
         after = self.follows.get(site, {}).get(last, Counter()) if last else Counter()
-        available = self.available.get(site, {})
-        ranked = [item for item, _ in sorted(after.items(), key=lambda kv: -kv[1])
-                  if available.get(item, True) and item not in session.basket
-                  and item != last][:self.size]
-        if len(ranked) < self.size:
-            ranked += super().rank(site, session, frozenset(ranked) | {last or ""})[
-                :self.size - len(ranked)]
-        return ranked
+        ranked = sorted(after, key=lambda item: -after[item])  # ties: first counted first
+        return self.filled(site, session, self.usable(site, session, ranked))
+
+
+class Recent(Popular):
+    """The session's viewed items, the latest view first; filled with the most popular."""
+
+    name = "recent"
+
+    def rank(self, site: str, session: Session) -> list[str]:
+        return self.filled(site, session,
+                           self.usable(site, session, reversed(session.viewed)))
+
+
+class SessionKnn(Popular):
+    """A plain session kNN (Jannach and Ludewig's SKNN): the ``neighbours`` past sessions
+    most similar to this one (cosine over the sets of items viewed), each voting its
+    similarity for every item it viewed; unbounded memory. Filled with the most popular."""
+
+    name = "sknn"
+    neighbours = 100
+
+    def __init__(self, seed: int, size: int) -> None:
+        super().__init__(seed, size)
+        # (site, item) -> the sessions that viewed it, in order (dict keys: reproducible ties)
+        self.sessions_of: dict[tuple[str, str], dict[Session, None]] = {}
+
+    def learn(self, site: str, session: Session, topic: str, item: str, ts: int) -> None:
+        super().learn(site, session, topic, item, ts)
+        if topic in VIEWS:
+            self.sessions_of.setdefault((site, item), {})[session] = None
+
+    def scores(self, site: str, session: Session) -> dict[str, float]:
+        """Each item's vote: the summed similarity of the neighbours that viewed it."""
+        mine = session.viewed.keys()
+        overlap: Counter[Session] = Counter()
+        for item in mine:
+            overlap.update(self.sessions_of.get((site, item), {}).keys())
+        overlap.pop(session, None)
+        size = len(mine)
+        similar = heapq.nlargest(
+            self.neighbours, overlap,
+            key=lambda other: overlap[other] / math.sqrt(size * len(other.viewed)))
+        votes: dict[str, float] = {}
+        for other in similar:
+            weight = overlap[other] / math.sqrt(size * len(other.viewed))
+            for item in other.viewed:
+                votes[item] = votes.get(item, 0.0) + weight
+        return votes
+
+    def rank(self, site: str, session: Session) -> list[str]:
+        votes = self.scores(site, session) if session.viewed else {}
+        ranked = sorted(votes, key=lambda item: -votes[item])
+        return self.filled(site, session, self.usable(site, session, ranked))
 
 
 CONTENDERS: dict[str, Callable[[int, int], Contender]] = {
-    c.name: c for c in (RandomItems, Popular, CoView)}
+    c.name: c for c in (RandomItems, Popular, CoView, Recent, SessionKnn)}
 # The engine's pure core, in-process (not a Contender: it answers with its own rankings).
 ENGINE = "engine"
 
@@ -186,7 +298,7 @@ def play(name: str, options: Options) -> World:
     time; the world, with its settled displays, afterwards."""
     clock = SimClock(START_MS)
     sites = site_ids(options.sites)
-    world = build_world("items", options.seed, clock, sites=sites, rate=options.rate,
+    world = build_world(options.world, options.seed, clock, sites=sites, rate=options.rate,
                         control_share=options.control_share, window_ms=options.window_ms,
                         rewards=DEFAULT_REWARDS, arms={}, run_tag=name)
     if name == ENGINE:
@@ -243,7 +355,7 @@ def run(options: Options) -> dict[str, Any]:
         contenders[name] = {**contender_figures(world, options),
                             "seconds": round(time.monotonic() - started, 1)}
     controls = [c["control_group"] for c in contenders.values()]
-    return {"world": "items", "options": asdict(options),
+    return {"world": options.world, "options": asdict(options),
             "same_shoppers": all(c == controls[0] for c in controls),
             "contenders": contenders}
 
@@ -284,6 +396,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
     parser.add_argument("--rate", type=float, default=defaults.rate,
                         help="simulated events per second (default 50)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--world", choices=[w for w in WORLDS if w != "arms"],
+                        default=defaults.world, help="the simulated world (default items)")
     parser.add_argument("--sites", type=int, default=defaults.sites)
     parser.add_argument("--control-share", type=float, default=defaults.control_share)
     parser.add_argument("--contenders", default=",".join(defaults.contenders),
@@ -296,7 +410,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
     if unknown or not names:
         parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}, {ENGINE}")
     return Options(args.duration_s, args.rate, args.seed, args.sites, args.control_share,
-                   contenders=names), args.out
+                   contenders=names, world=args.world), args.out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

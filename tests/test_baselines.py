@@ -9,8 +9,10 @@ import pytest
 
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from bench import baselines
-from bench.baselines import CoView, Options, Popular, RandomItems
+from bench.baselines import CoView, Options, Popular, RandomItems, Recent, SessionKnn
 from bench.suite import comparison_table, render_table
+
+clock = [0]  # event time of the fed events, one second apart
 
 
 def feed(contender: baselines.Contender, events: list[tuple[str, str, str]]) -> None:
@@ -19,9 +21,11 @@ def feed(contender: baselines.Contender, events: list[tuple[str, str, str]]) -> 
     for item in "abcdefgh":
         contender.observe(CATALOG, {"site_id": "s", "item_id": item, "available": item != "h"})
     for topic, session, item in events:
-        value = {"site_id": "s", "session_id": session, "item_id": item}
+        clock[0] += 1_000
+        value: dict[str, Any] = {"site_id": "s", "session_id": session, "item_id": item,
+                                 "ts": clock[0]}
         if topic == SERVED:
-            value = {"site_id": "s", "session_id": session, "items": [item]}
+            value = {"site_id": "s", "session_id": session, "items": [item], "ts": clock[0]}
         contender.observe(topic, value)
 
 
@@ -45,11 +49,42 @@ def test_coview_ranks_what_others_viewed_right_after_the_last_item() -> None:
     feed(coview, [(CLICKS, "u", "a"), (DETAIL_VIEWS, "u", "a"), (CLICKS, "u", "d"),
                   (CLICKS, "v", "a"), (CLICKS, "v", "e"), (CLICKS, "w", "a"),
                   (CLICKS, "w", "d"), (BASKET_ADDS, "w", "d"), (CLICKS, "me", "a")])
-    # After a: d twice, e once (a's repeat view does not count); then the most popular.
-    assert ranked(coview, "me") == ["d", "e", "b"]
+    # After a: d twice, e once (a's detail view is the same visit as its click); then the
+    # most popular.
+    assert ranked(coview, "me") == ["d", "e", "a"]
     assert ranked(coview, "w")[:1] != ["d"]  # w's own basket; w's last item is d
     feed(coview, [(BASKET_ADDS, "me", "d")])
     assert ranked(coview, "me")[0] == "e"
+
+
+def test_coview_counts_an_item_after_itself_when_visitors_return_to_it() -> None:
+    coview = CoView(seed=1, size=2)
+    feed(coview, [(CLICKS, "u", "b"), (DETAIL_VIEWS, "u", "b"), (CLICKS, "u", "b"),
+                  (CLICKS, "v", "b"), (DETAIL_VIEWS, "v", "b"), (CLICKS, "v", "b"),
+                  (CLICKS, "w", "b"), (CLICKS, "w", "c"), (CLICKS, "me", "b")])
+    assert ranked(coview, "me") == ["b", "c"]
+
+
+def test_recent_shows_the_session_s_views_newest_first_then_the_popular() -> None:
+    recent = Recent(seed=1, size=4)
+    feed(recent, [(CLICKS, "x", "g"), (CLICKS, "x", "g"), (CLICKS, "me", "a"),
+                  (CLICKS, "me", "b"), (CLICKS, "me", "h"), (CLICKS, "me", "a"),
+                  (DETAIL_VIEWS, "me", "c"), (BASKET_ADDS, "me", "b")])
+    # c latest, then a (viewed again); b is in the basket, h unavailable; then g.
+    assert ranked(recent, "me") == ["c", "a", "g", "d"]
+
+
+def test_sknn_votes_with_the_most_similar_sessions() -> None:
+    sknn = SessionKnn(seed=1, size=3)
+    sknn.neighbours = 2
+    feed(sknn, [(CLICKS, "u", "a"), (CLICKS, "u", "b"), (CLICKS, "u", "c"),
+                (CLICKS, "v", "a"), (CLICKS, "v", "b"), (CLICKS, "v", "d"),
+                (CLICKS, "w", "a"), (CLICKS, "w", "e"), (CLICKS, "w", "f"), (CLICKS, "w", "g"),
+                (CLICKS, "me", "a"), (CLICKS, "me", "b")])
+    # u and v share a and b with me (cosine 2/sqrt(6)); w only a (1/sqrt(8)), left out.
+    assert sknn.scores("s", sknn.sessions[("s", "me")]) == pytest.approx(
+        {"a": 2 * 2 / 6 ** 0.5, "b": 2 * 2 / 6 ** 0.5, "c": 2 / 6 ** 0.5, "d": 2 / 6 ** 0.5})
+    assert ranked(sknn, "me") == ["a", "b", "c"]
 
 
 def test_random_lists_are_of_available_items() -> None:
@@ -68,11 +103,11 @@ def short_run() -> dict[str, Any]:
 def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> None:
     assert short_run["same_shoppers"]
     contenders = short_run["contenders"]
-    assert set(contenders) == {"random", "popular", "coview"}
+    assert set(contenders) == {"random", "popular", "coview", "recent", "sknn"}
     displays = {c["engine_group"]["decisions"] for c in contenders.values()}
     assert len(displays) == 1 and displays.pop() > 300
     # Different lists, different results; all under the oracle, which is the same for all.
-    assert len({c["engine_group"]["ctr"] for c in contenders.values()}) == 3
+    assert len({c["engine_group"]["ctr"] for c in contenders.values()}) == 5
     for c in contenders.values():
         f = c["engine_group"]
         assert f["expected"] < f["oracle"] and f["ctr_se"] > 0
@@ -81,7 +116,7 @@ def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> N
 
 def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, Any]) -> None:
     text = baselines.render(short_run)
-    assert text.count("\n") == 2 + 3 + 1 and "control group" in text
+    assert text.count("\n") == 2 + 5 + 1 and "control group" in text
     fifth = {"decisions": 10, "ctr": 0.2, "reward": 0.3}
     learning = {"status": "ok", "world": "items", "seed": 1, "seconds": 150.0,
                 "rate_events_per_s": 40.0, "engine": 0.25, "random": 0.1, "oracle": 0.5,
@@ -92,10 +127,10 @@ def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, An
     steps = {"learning": {"command": "learn", "figures": learning},
              "baselines": {"command": "base", "figures": short_run}}
     table = render_table(steps)
-    assert "0.200 ± 0.010 / 0.070 ± 0.020" in table and table.count("baseline `") == 3
+    assert "0.200 ± 0.010 / 0.070 ± 0.020" in table and table.count("baseline `") == 5
     side = comparison_table(steps)
     assert "| engine (through Kafka) | 0.200 ± 0.010 | 0.250 ± 0.020 |" in side
-    assert side.count("| baseline `") == 3 and "random control group" in side
+    assert side.count("| baseline `") == 5 and "random control group" in side
     # Not the same world, seed or length: nothing is set side by side.
     assert comparison_table({**steps, "learning": {"command": "learn", "figures": {
         **learning, "seed": 2}}}) == ""
