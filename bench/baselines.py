@@ -46,7 +46,7 @@ from typing import Any
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from app.settings import DEFAULT_REWARDS, Settings
 from app.sim.common import Outgoing, SimClock, World, by_fifth, figures, run_simulated
-from app.sim.worlds import WORLDS, build_world, site_ids
+from app.sim.worlds import WORLDS, best_baseline, build_world, site_ids
 from bench.engine_inprocess import InProcessEngine
 
 START_MS = 1_800_000_000_000
@@ -357,7 +357,15 @@ def run(options: Options) -> dict[str, Any]:
     controls = [c["control_group"] for c in contenders.values()]
     return {"world": options.world, "options": asdict(options),
             "same_shoppers": all(c == controls[0] for c in controls),
+            "stated_best": best_baseline(options.world), "best": best_of(contenders),
             "contenders": contenders}
+
+
+def best_of(contenders: dict[str, Any]) -> str | None:
+    """The baseline with the highest CTR (the engine is no baseline); None without any."""
+    ctr = {name: c["engine_group"]["ctr"] or 0.0 for name, c in contenders.items()
+           if name != ENGINE}
+    return max(ctr, key=lambda name: ctr[name]) if ctr else None
 
 
 def _pm(value: float | None, se: float | None) -> str:
@@ -387,7 +395,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
+def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None, bool]:
     parser = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Options()
@@ -404,26 +412,47 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
                         help=f"comma-separated, of {', '.join(CONTENDERS)} and {ENGINE} "
                         "(the engine's core in-process, with RECOLOOP_* settings)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--next-item", action="store_true",
+                        help="instead: next-item hit rate and MRR at 20 of each engine arm "
+                             "alone and of an offline session kNN (bench.next_item)")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.contenders.split(",") if n.strip())
     unknown = sorted(set(names) - {*CONTENDERS, ENGINE})
     if unknown or not names:
         parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}, {ENGINE}")
     return Options(args.duration_s, args.rate, args.seed, args.sites, args.control_share,
-                   contenders=names, world=args.world), args.out
+                   contenders=names, world=args.world), args.out, args.next_item
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options, out = parse_args(list(sys.argv[1:] if argv is None else argv))
+    options, out, next_item = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if next_item:
+        return _next_item_main(options, out)
     result = run(options)
     print(render(result))
     print(f"same shoppers in every run (identical control-group figures): "
           f"{result['same_shoppers']}")
+    print(f"best baseline in the {result['world']} world: {result['best']} (its docstring "
+          f"says {result['stated_best']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0 if result["same_shoppers"] else 1
+
+
+def _next_item_main(options: Options, out: Path | None) -> int:
+    from bench import next_item  # it imports this module
+
+    result = next_item.run(next_item.NextItemOptions(
+        world=options.world, duration_s=options.duration_s, rate=options.rate,
+        seed=options.seed, sites=options.sites, partitions=options.partitions))
+    print(next_item.render(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0 if all(r["same_sessions"] for r in result["rankers"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_random_lists_are_of_available_items() -> None:
 
 @pytest.fixture(scope="module")
 def short_run() -> dict[str, Any]:
-    return baselines.run(Options(duration_s=150, rate=40))
+    return baselines.run(Options(duration_s=90, rate=50, world="returns"))
 
 
 def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> None:
@@ -112,6 +112,23 @@ def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> N
         f = c["engine_group"]
         assert f["expected"] < f["oracle"] and f["ctr_se"] > 0
         assert len(c["by_fifth"]) == 5
+
+
+def test_the_returns_world_s_stated_baseline_is_its_best(short_run: dict[str, Any]) -> None:
+    assert short_run["stated_best"] == short_run["best"] == "recent"
+
+
+@pytest.mark.parametrize(("world", "seconds"), [("slots", 90), ("shifting", 120)])
+def test_each_world_s_stated_baseline_is_its_best(world: str, seconds: float) -> None:
+    """The best of the baselines is the one the world's docstring names. Random lists are
+    the control group's (the same shoppers), so the random contender is not run again.
+    The item and long-tail worlds need longer runs to tell their best two apart:
+    ``python -m bench.baselines --world W`` reports it."""
+    result = baselines.run(Options(duration_s=seconds, rate=50, world=world,
+                                   contenders=("popular", "coview", "recent", "sknn")))
+    assert result["best"] == result["stated_best"]
+    control = next(iter(result["contenders"].values()))["control_group"]["ctr"]
+    assert result["contenders"][result["best"]]["engine_group"]["ctr"] > 1.5 * control
 
 
 def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, Any]) -> None:
