@@ -10,7 +10,8 @@ import pytest
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from bench import baselines
 from bench.baselines import CoView, Options, Popular, RandomItems, Recent, SessionKnn
-from bench.suite import comparison_table, render_table
+from bench.suite import render_table
+from bench.suite_worlds import world_tables, world_verdict
 
 clock = [0]  # event time of the fed events, one second apart
 
@@ -134,22 +135,31 @@ def test_each_world_s_stated_baseline_is_its_best(world: str, seconds: float) ->
 def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, Any]) -> None:
     text = baselines.render(short_run)
     assert text.count("\n") == 2 + 5 + 1 and "control group" in text
-    fifth = {"decisions": 10, "ctr": 0.2, "reward": 0.3}
-    learning = {"status": "ok", "world": "items", "seed": 1, "seconds": 150.0,
-                "rate_events_per_s": 40.0, "engine": 0.25, "random": 0.1, "oracle": 0.5,
-                "uplift_vs_random": 1.5, "ctr": {"engine": 0.2, "control": 0.07},
-                "standard_error": {"ctr": {"engine": 0.01, "control": 0.02},
-                                   "reward_per_decision": {"engine": 0.02, "control": 0.03}},
-                "by_fifth": [{"engine": fifth, "control": fifth}] * 5}
+    fifth = {"decisions": 10, "ctr": 0.2, "ctr_se": 0.01, "reward": 0.3}
+    last = {**fifth, "ctr": 0.17}
+    learned = {"status": "ok", "world": "returns", "engine": 0.25, "random": 0.1,
+               "oracle": 0.5, "uplift_vs_random": 1.5, "ctr": {"engine": 0.35, "control": 0.07},
+               "standard_error": {"ctr": {"engine": 0.01, "control": 0.02},
+                                  "reward_per_decision": {"engine": 0.02, "control": 0.03}},
+               "by_fifth": [{"engine": fifth, "control": fifth}] * 4
+               + [{"engine": last, "control": fifth}]}
+    learning = {"status": "ok", "seed": 1, "seconds": 90.0, "rate_events_per_s": 50.0,
+                "worlds": {"returns": learned}}
+    base = {"seed": 1, "seconds": 90.0, "rate_events_per_s": 50.0,
+            "worlds": {"returns": short_run}}
     steps = {"learning": {"command": "learn", "figures": learning},
-             "baselines": {"command": "base", "figures": short_run}}
+             "baselines": {"command": "base", "figures": base}}
     table = render_table(steps)
-    assert "0.200 ± 0.010 / 0.070 ± 0.020" in table and table.count("baseline `") == 5
-    side = comparison_table(steps)
-    assert "| engine (through Kafka) | 0.200 ± 0.010 | 0.250 ± 0.020 |" in side
+    assert "0.350 ± 0.010 / 0.070 ± 0.020" in table and table.count("`recent` ") == 1
+    side = world_tables(steps)
+    assert "| engine (through Kafka) | 0.350 ± 0.010 | 0.250 ± 0.020 |" in side
     assert side.count("| baseline `") == 5 and "random control group" in side
-    # Not the same world, seed or length: nothing is set side by side.
-    assert comparison_table({**steps, "learning": {"command": "learn", "figures": {
+    best = short_run["contenders"]["recent"]["engine_group"]["ctr"]
+    verdict = world_verdict(learned, short_run)
+    assert verdict["best_baseline"] == "recent" and verdict["ratio"] == round(0.35 / best, 3)
+    # 0.2 -> 0.17 is a fall of 0.03, beyond its standard error (0.014).
+    assert verdict["fall"] == 0.03 and not verdict["no_fall"]
+    assert "no fall from the first fifth to the last beyond the standard error | NOT met" in side
+    # Not the same seed or length: nothing is set side by side.
+    assert world_tables({**steps, "learning": {"command": "learn", "figures": {
         **learning, "seed": 2}}}) == ""
-    assert comparison_table({**steps, "learning": {"command": "learn", "figures": {
-        **learning, "world": "arms"}}}) == ""
