@@ -13,7 +13,7 @@ as the engine does (so both the engine's arms and the session kNN see the same h
 - An engine arm: :class:`bench.engine_inprocess.InProcessEngine` with ``RECOLOOP_ARMS`` set
   to that arm alone and rankings of ``k`` items; every arm of
   :data:`app.settings.KNOWN_ARMS`.
-- ``sknn (offline baseline)``: :class:`bench.baselines.SessionKnn` (cosine over the sets of
+- ``sknn (offline baseline)``: :class:`bench.contenders.SessionKnn` (cosine over the sets of
   items viewed, 100 neighbours, unbounded memory), its top ``k``.
 
 Figures: hit rate at ``k`` (the next item in the top ``k``) and MRR at ``k`` (1 / its rank,
@@ -23,13 +23,14 @@ Figures: hit rate at ``k`` (the next item in the top ``k``) and MRR at ``k`` (1 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, NamedTuple
 
 from app.contract.topics import CLICKS
 from app.settings import KNOWN_ARMS, Settings
 from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
 from app.sim.worlds import build_world, site_ids
+from bench.contenders import SessionKnn
 from bench.engine_inprocess import InProcessEngine
 
 K = 20
@@ -37,6 +38,16 @@ OFFLINE = "sknn (offline baseline)"
 # A ranker: given one batch of the world's records, the ranked items it now has for each
 # session those records touched.
 Ranker = Callable[[list[Outgoing], int], dict[tuple[str, str], list[str]]]
+
+
+class View(NamedTuple):
+    """An organic page view and the ranking the ranker published in answer to it."""
+
+    site_id: str
+    session_id: str
+    ts: int
+    item_id: str
+    ranked: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,6 @@ def engine_ranker(arm: str, options: NextItemOptions) -> Ranker:
 
 
 def sknn_ranker(options: NextItemOptions) -> Ranker:
-    from bench.baselines import SessionKnn  # bench.baselines imports this module
-
     sknn = SessionKnn(options.seed, options.k)
 
     def rank(records: list[Outgoing], now: int) -> dict[tuple[str, str], list[str]]:
@@ -78,18 +87,16 @@ def sknn_ranker(options: NextItemOptions) -> Ranker:
     return rank
 
 
-def play(make: Callable[[], Ranker], options: NextItemOptions) -> list[tuple[str, ...]]:
-    """(site, session, ts, viewed item, *ranked items) after each organic page view."""
+def play(make: Callable[[], Ranker], options: NextItemOptions) -> tuple[int, list[View]]:
+    """The run's start and each organic page view with the ranking answering it."""
     clock = SimClock(1_800_000_000_000)
     world = build_world(options.world, options.seed, clock, sites=site_ids(options.sites),
                         rate=options.rate, control_share=0.0, window_ms=20_000,
                         rewards={"click": 1.0, "detail_view": 1.0, "basket_add": 3.0},
                         arms={}, run_tag="next")
     ranker = make()
-    rankings = {}
-    for key, items in ranker(list(world.catalog_records()), clock.now).items():
-        rankings[key] = items
-    views: list[tuple[str, ...]] = []
+    ranker(list(world.catalog_records()), clock.now)
+    views: list[View] = []
 
     def respond(records: list[Outgoing]) -> None:
         latest = ranker(records, clock.now)
@@ -97,30 +104,28 @@ def play(make: Callable[[], Ranker], options: NextItemOptions) -> list[tuple[str
             value = record.value
             if record.topic == CLICKS and value.get("source") == ORGANIC:
                 key = (value["site_id"], value["session_id"])
-                views.append((*key, str(value["ts"]), value["item_id"],
-                              *latest.get(key, [])[:options.k]))
+                views.append(View(*key, value["ts"], value["item_id"],
+                                  tuple(latest.get(key, [])[:options.k])))
 
     run_simulated(world, clock, world.start_ms + int(options.duration_s * 1000), respond)
-    views.append(("start", str(world.start_ms)))
-    return views
+    return world.start_ms, views
 
 
-def score(views: list[tuple[str, ...]], options: NextItemOptions) -> dict[str, Any]:
+def score(start_ms: int, views: list[View], options: NextItemOptions) -> dict[str, Any]:
     """Hit rate and MRR at k against each session's next organic view, over the test part."""
-    start = int(views[-1][1])
-    test_from = start + (1 - options.test_share) * options.duration_s * 1000
-    by_session: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-    for view in views[:-1]:
-        by_session.setdefault((view[0], view[1]), []).append(view)
+    test_from = start_ms + (1 - options.test_share) * options.duration_s * 1000
+    by_session: dict[tuple[str, str], list[View]] = {}
+    for view in views:
+        by_session.setdefault((view.site_id, view.session_id), []).append(view)
     cases = hits = returns = return_hits = 0
     reciprocal = 0.0
     for session in by_session.values():
         for n, (view, following) in enumerate(zip(session, session[1:], strict=False)):
-            if int(view[2]) < test_from:
+            if view.ts < test_from:
                 continue
-            target, ranked = following[3], view[4:]
+            target, ranked = following.item_id, view.ranked
             cases += 1
-            earlier = {v[3] for v in session[:n + 1]}
+            earlier = {v.item_id for v in session[:n + 1]}
             returns += target in earlier
             if target in ranked:
                 hits += 1
@@ -139,12 +144,12 @@ def run(options: NextItemOptions) -> dict[str, Any]:
         arm: (lambda arm=arm: engine_ranker(arm, options)) for arm in KNOWN_ARMS}
     makers[OFFLINE] = lambda: sknn_ranker(options)
     for name, make in makers.items():
-        views = play(make, options)
-        path = [v[:4] for v in views]
+        start_ms, views = play(make, options)
+        path = [view[:4] for view in views]
         if targets is None:
             targets = path
-        results[name] = {**score(views, options), "same_sessions": path == targets}
-    return {"world": options.world, "k": options.k, "options": options.__dict__,
+        results[name] = {**score(start_ms, views, options), "same_sessions": path == targets}
+    return {"world": options.world, "k": options.k, "options": asdict(options),
             "rankers": results}
 
 

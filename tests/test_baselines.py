@@ -8,15 +8,17 @@ from typing import Any
 import pytest
 
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
-from bench import baselines
-from bench.baselines import CoView, Options, Popular, RandomItems, Recent, SessionKnn
+from bench import baselines, next_item
+from bench.baselines import Options
+from bench.contenders import Contender, CoView, Popular, RandomItems, Recent, SessionKnn
+from bench.next_item import View
 from bench.suite import render_table
 from bench.suite_worlds import world_tables, world_verdict
 
 clock = [0]  # event time of the fed events, one second apart
 
 
-def feed(contender: baselines.Contender, events: list[tuple[str, str, str]]) -> None:
+def feed(contender: Contender, events: list[tuple[str, str, str]]) -> None:
     """(topic, session, item) events of one site, after a catalog of items a..h (h
     unavailable)."""
     for item in "abcdefgh":
@@ -30,7 +32,7 @@ def feed(contender: baselines.Contender, events: list[tuple[str, str, str]]) -> 
         contender.observe(topic, value)
 
 
-def ranked(contender: baselines.Contender, session: str) -> list[str]:
+def ranked(contender: Contender, session: str) -> list[str]:
     record = contender.ranking("s", session, 0, 1)
     return [entry["item_id"] for entry in record["items"]]
 
@@ -163,3 +165,26 @@ def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, An
     # Not the same seed or length: nothing is set side by side.
     assert world_tables({**steps, "learning": {"command": "learn", "figures": {
         **learning, "seed": 2}}}) == ""
+
+
+def test_next_item_scores_each_ranking_against_the_session_s_next_view() -> None:
+    options = next_item.NextItemOptions(duration_s=100, test_share=0.5, k=3)
+    start = 1_000_000
+    views = [View("s", "a", start + 10_000, "x", ("y", "z", "q")),  # before the test part
+             View("s", "a", start + 60_000, "y", ("q", "x", "z")),  # next: x, a return, 2nd
+             View("s", "a", start + 70_000, "x", ("q", "r", "s")),  # next: z, missed
+             View("s", "a", start + 80_000, "z", ()),  # the last view: nothing follows
+             View("s", "b", start + 90_000, "q", ("w", "v", "q"))]  # nothing follows
+    scored = next_item.score(start, views, options)
+    assert scored == {"cases": 2, "hit_rate": 0.5, "mrr": 0.25, "hits": 1,
+                      "next_is_a_return": 1, "hits_on_returns": 1}
+
+
+def test_next_item_plays_the_same_sessions_for_every_ranker() -> None:
+    options = next_item.NextItemOptions(world="returns", duration_s=60, test_share=0.7)
+    start, views = next_item.play(lambda: next_item.sknn_ranker(options), options)
+    scored = next_item.score(start, views, options)
+    assert scored["cases"] > 50 and 0 < scored["hits_on_returns"] <= scored["hits"]
+    assert all(len(view.ranked) == 20 for view in views)
+    _, again = next_item.play(lambda: next_item.engine_ranker("category1", options), options)
+    assert [v[:4] for v in again] == [v[:4] for v in views]
