@@ -1,9 +1,13 @@
-"""Baselines to beat in the item world, on the engine's own shoppers, in-process (issue 12).
+"""Baselines to beat in every simulated world, on the engine's own shoppers, in-process.
 
-    .venv/bin/python -m bench.baselines [--duration-s 600] [--rate 50] [--seed 1]
+    .venv/bin/python -m bench.baselines [--world items] [--contenders random,...,engine]
+                                        [--duration-s 600] [--rate 50] [--seed 1]
                                         [--sites 1] [--control-share 0.2] [--out PATH]
+    .venv/bin/python -m bench.baselines --world longtail --next-item   # bench.next_item
 
-Each contender plays a fresh :class:`app.sim.items.ItemWorld` built as ``recoloop simulate``
+Each contender plays a fresh world (``--world``: ``items``, ``returns``, ``longtail``,
+``slots`` or ``shifting``; the arm world is left out: its displays name an arm whose reward
+is a hidden table's, so there are no item lists to compare) built as ``recoloop simulate``
 builds it (:func:`app.sim.worlds.build_world`, same seed, rate, sites and control share), so
 it faces the same shoppers, with the same random draws, as the engine in the suite's
 ``learning`` step. No Kafka and no waiting: the world's simulated clock jumps from one due
@@ -11,14 +15,23 @@ record to the next. A contender learns online from exactly what the engine is se
 catalog, displays, clicks, detail views and basket adds, organic ones included) and, after
 every event of a session, publishes a ranking for it, as the engine does; the world shows
 it at the session's next display (with no delay: the engine's rankings reach the simulator
-a fraction of a second after the event).
+a fraction of a second after the event). A view is a click or a detail view.
 
 - ``random``: a uniformly random list of the available items (the session's basket left
   out), like the control group's.
-- ``popular``: the most engaged items so far (clicks, detail views and basket adds
-  counted alike).
-- ``coview``: the items most often viewed (clicked or opened) right after the session's
-  last viewed item, in other sessions so far; filled with ``popular``'s.
+- ``popular``: the most engaged items (clicks, detail views and basket adds alike),
+  decayed with a half-life of one minute of event time.
+- ``coview``: the items most often viewed right after the session's last viewed item, in
+  every session so far, organic views included; an item follows itself when a visitor views
+  it again (a detail view right after its own click is the same visit). Filled with
+  ``popular``'s.
+- ``recent``: the session's viewed items, the latest first (the page's own included),
+  filled with ``popular``'s.
+- ``sknn``: a plain session kNN: the 100 sessions most similar to this one (cosine over the
+  sets of viewed items, unbounded memory), each voting its similarity for every item it
+  viewed; filled with ``popular``'s. The offline baseline of :mod:`bench.next_item`.
+- ``engine``: the engine's core in-process (:mod:`bench.engine_inprocess`), with the
+  ``RECOLOOP_*`` settings (``RECOLOOP_ARMS``...).
 
 Figures per contender, of the sessions shown its lists (the world's ``engine`` group): CTR
 (displays clicked / displays) and reward per display with standard errors over sessions
@@ -31,26 +44,22 @@ the run, so learning and drift show. The control group's figures are the same in
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
-import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
 from app.settings import DEFAULT_REWARDS, Settings
 from app.sim.common import Outgoing, SimClock, World, by_fifth, figures, run_simulated
-from app.sim.worlds import build_world, site_ids
+from app.sim.worlds import WORLDS, best_baseline, build_world, site_ids
+from bench import next_item
+from bench.contenders import CONTENDERS
 from bench.engine_inprocess import InProcessEngine
 
 START_MS = 1_800_000_000_000
-VIEWS = (CLICKS, DETAIL_VIEWS)
-ENGAGEMENT = (CLICKS, DETAIL_VIEWS, BASKET_ADDS)
 
 
 @dataclass(frozen=True)
@@ -61,122 +70,11 @@ class Options:
     sites: int = 1
     control_share: float = 0.2
     window_ms: int = 20_000
-    contenders: tuple[str, ...] = ("random", "popular", "coview")
+    contenders: tuple[str, ...] = ("random", "popular", "coview", "recent", "sknn")
+    world: str = "items"
     partitions: int = 8  # the engine contender's, as the suite's topics have
 
 
-@dataclass
-class Session:
-    basket: set[str] = field(default_factory=set)
-    last_viewed: str | None = None
-
-
-class Contender:
-    """What every baseline knows: the catalog's available items and each session's basket
-    and last viewed item, from the records the world emits."""
-
-    name = "contender"
-
-    def __init__(self, seed: int, size: int) -> None:
-        self.rng = random.Random(f"{seed}:{self.name}")
-        self.size = size
-        self.available: dict[str, dict[str, bool]] = {}  # site -> item -> available
-        self.sessions: dict[tuple[str, str], Session] = {}
-
-    def observe(self, topic: str, value: dict[str, Any]) -> None:
-        site = value["site_id"]
-        if topic == CATALOG:
-            self.available.setdefault(site, {})[value["item_id"]] = value["available"]
-            return
-        session = self.sessions.setdefault((site, value["session_id"]), Session())
-        if topic == SERVED:
-            return
-        item = value["item_id"]
-        self.learn(site, session, topic, item)
-        if topic == BASKET_ADDS:
-            session.basket.add(item)
-        if topic in VIEWS:
-            session.last_viewed = item
-
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
-        """Update the contender's model with one reaction, before the session's state."""
-
-    def candidates(self, site: str, session: Session) -> list[str]:
-        return [item for item, ok in self.available.get(site, {}).items()
-                if ok and item not in session.basket]
-
-    def rank(self, site: str, session: Session) -> list[str]:
-        raise NotImplementedError
-
-    def ranking(self, site: str, session_id: str, ts: int, number: int) -> dict[str, Any]:
-        """A ``reco.rankings`` record for the session, as the engine would publish it."""
-        items = self.rank(site, self.sessions[(site, session_id)])
-        return {"ranking_id": f"{self.name}-{number}", "site_id": site,
-                "session_id": session_id, "ts": ts, "arm": self.name, "propensity": 1.0,
-                "items": [{"item_id": item, "score": float(len(items) - n)}
-                          for n, item in enumerate(items)],
-                "model_version": str(number), "context": {}}
-
-
-class RandomItems(Contender):
-    name = "random"
-
-    def rank(self, site: str, session: Session) -> list[str]:
-        pool = self.candidates(site, session)
-        return self.rng.sample(pool, min(self.size, len(pool)))
-
-
-class Popular(Contender):
-    name = "popular"
-
-    def __init__(self, seed: int, size: int) -> None:
-        super().__init__(seed, size)
-        self.counts: dict[str, Counter[str]] = {}
-
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
-        if topic in ENGAGEMENT:
-            self.counts.setdefault(site, Counter())[item] += 1
-
-    def rank(self, site: str, session: Session, leave_out: frozenset[str] = frozenset()
-             ) -> list[str]:
-        counts = self.counts.get(site, Counter())
-        pool = [item for item in self.candidates(site, session) if item not in leave_out]
-        # Ties (unseen items above all) go by catalog order, so the list is reproducible.
-        return heapq.nlargest(self.size, pool, key=lambda item: counts[item])
-
-
-class CoView(Popular):
-    """Co-view counts: ``follows[site][a][b]`` is how often ``b`` was viewed right after
-    ``a`` in a session."""
-
-    name = "coview"
-
-    def __init__(self, seed: int, size: int) -> None:
-        super().__init__(seed, size)
-        self.follows: dict[str, dict[str, Counter[str]]] = {}
-
-    def learn(self, site: str, session: Session, topic: str, item: str) -> None:
-        super().learn(site, session, topic, item)
-        last = session.last_viewed
-        if topic in VIEWS and last is not None and last != item:
-            self.follows.setdefault(site, {}).setdefault(last, Counter())[item] += 1
-
-    def rank(self, site: str, session: Session, leave_out: frozenset[str] = frozenset()
-             ) -> list[str]:
-        last = session.last_viewed
-        after = self.follows.get(site, {}).get(last, Counter()) if last else Counter()
-        available = self.available.get(site, {})
-        ranked = [item for item, _ in sorted(after.items(), key=lambda kv: -kv[1])
-                  if available.get(item, True) and item not in session.basket
-                  and item != last][:self.size]
-        if len(ranked) < self.size:
-            ranked += super().rank(site, session, frozenset(ranked) | {last or ""})[
-                :self.size - len(ranked)]
-        return ranked
-
-
-CONTENDERS: dict[str, Callable[[int, int], Contender]] = {
-    c.name: c for c in (RandomItems, Popular, CoView)}
 # The engine's pure core, in-process (not a Contender: it answers with its own rankings).
 ENGINE = "engine"
 
@@ -186,7 +84,7 @@ def play(name: str, options: Options) -> World:
     time; the world, with its settled displays, afterwards."""
     clock = SimClock(START_MS)
     sites = site_ids(options.sites)
-    world = build_world("items", options.seed, clock, sites=sites, rate=options.rate,
+    world = build_world(options.world, options.seed, clock, sites=sites, rate=options.rate,
                         control_share=options.control_share, window_ms=options.window_ms,
                         rewards=DEFAULT_REWARDS, arms={}, run_tag=name)
     if name == ENGINE:
@@ -243,9 +141,17 @@ def run(options: Options) -> dict[str, Any]:
         contenders[name] = {**contender_figures(world, options),
                             "seconds": round(time.monotonic() - started, 1)}
     controls = [c["control_group"] for c in contenders.values()]
-    return {"world": "items", "options": asdict(options),
+    return {"world": options.world, "options": asdict(options),
             "same_shoppers": all(c == controls[0] for c in controls),
+            "stated_best": best_baseline(options.world), "best": best_of(contenders),
             "contenders": contenders}
+
+
+def best_of(contenders: dict[str, Any]) -> str | None:
+    """The baseline with the highest CTR (the engine is no baseline); None without any."""
+    ctr = {name: c["engine_group"]["ctr"] or 0.0 for name, c in contenders.items()
+           if name != ENGINE}
+    return max(ctr, key=lambda name: ctr[name]) if ctr else None
 
 
 def _pm(value: float | None, se: float | None) -> str:
@@ -275,7 +181,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
+def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None, bool]:
     parser = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Options()
@@ -284,32 +190,53 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, Path | None]:
     parser.add_argument("--rate", type=float, default=defaults.rate,
                         help="simulated events per second (default 50)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--world", choices=[w for w in WORLDS if w != "arms"],
+                        default=defaults.world, help="the simulated world (default items)")
     parser.add_argument("--sites", type=int, default=defaults.sites)
     parser.add_argument("--control-share", type=float, default=defaults.control_share)
     parser.add_argument("--contenders", default=",".join(defaults.contenders),
                         help=f"comma-separated, of {', '.join(CONTENDERS)} and {ENGINE} "
                         "(the engine's core in-process, with RECOLOOP_* settings)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--next-item", action="store_true",
+                        help="instead: next-item hit rate and MRR at 20 of each engine arm "
+                             "alone and of an offline session kNN (bench.next_item)")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.contenders.split(",") if n.strip())
     unknown = sorted(set(names) - {*CONTENDERS, ENGINE})
     if unknown or not names:
         parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}, {ENGINE}")
     return Options(args.duration_s, args.rate, args.seed, args.sites, args.control_share,
-                   contenders=names), args.out
+                   contenders=names, world=args.world), args.out, args.next_item
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options, out = parse_args(list(sys.argv[1:] if argv is None else argv))
+    options, out, next_item = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if next_item:
+        return _next_item_main(options, out)
     result = run(options)
     print(render(result))
     print(f"same shoppers in every run (identical control-group figures): "
           f"{result['same_shoppers']}")
+    print(f"best baseline in the {result['world']} world: {result['best']} (its docstring "
+          f"says {result['stated_best']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0 if result["same_shoppers"] else 1
+
+
+def _next_item_main(options: Options, out: Path | None) -> int:
+    result = next_item.run(next_item.NextItemOptions(
+        world=options.world, duration_s=options.duration_s, rate=options.rate,
+        seed=options.seed, sites=options.sites, partitions=options.partitions))
+    print(next_item.render(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0 if all(r["same_sessions"] for r in result["rankers"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -32,15 +32,16 @@ some; the others keep their figures from the existing results file):
   items, and one event through the engine.
 - ``restore``: ``bench.restore``: a worker on an empty data directory restores
   ``--restore-records`` changelog records (1,000,000): time to ready, and records/s.
-- ``learning``: ``recoloop simulate --world items`` (``app.sim.runner``) for
-  ``--learning-seconds`` at ``--learning-rate`` against one worker on fresh topics: CTR and
-  reward per decision of the engine, of the sessions shown a uniformly random list (the
-  simulator's control group) and of the oracle (the best items for each shopper), overall
-  and per fifth of the run. Recorded as not available when the checkout has no simulator.
-- ``baselines``: ``bench.baselines`` (in-process, no Kafka) on the same world, seed, rate and
-  length: a random list, the most popular items and a co-view counter, each learned online
-  from the records the world emits and facing the same shoppers as the engine in
-  ``learning``. The report sets the engine's figures beside theirs.
+- ``learning``: in each world of ``--worlds`` at once, ``recoloop simulate --world W``
+  (``app.sim.runner``) for ``--learning-seconds`` at ``--learning-rate`` against a worker of
+  its own on fresh topics: CTR and reward per decision of the engine, of the sessions shown
+  a uniformly random list (the simulator's control group) and of the oracle, overall and
+  per fifth of the run (``bench.suite_worlds``).
+- ``baselines``: ``bench.baselines`` (in-process, no Kafka) in the same worlds, seed, rate
+  and length: random, popular, coview, recent and sknn, each learned online from the
+  records the world emits and facing the same shoppers as the engine in ``learning``; and
+  the long-tail world's next-item table (``bench.next_item``, ``--next-item-seconds``). The
+  report sets, per world, the engine beside them, with the goals of issue 24.
 
 Writes ``bench/results/suite.json`` (machine, every figure, the exact command) and
 ``bench/results/suite.md`` (a table for the README); ``--quick`` writes ``suite-quick.*``.
@@ -49,7 +50,6 @@ Writes ``bench/results/suite.json`` (machine, every figure, the exact command) a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import sys
@@ -65,7 +65,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.contract.topics import JOIN_INPUT_TOPICS, RANKINGS, REWARDS
 from app.settings import Settings
-from bench import baselines, decision_cost, latency, restore
+from app.sim.worlds import WORLDS
+from bench import decision_cost, latency, restore, suite_worlds
 from bench.common import (
     REPO,
     RESULTS,
@@ -110,12 +111,14 @@ class Options:
     worker_checkout: str = str(REPO)
     restore_records: int = 1_000_000
     learning_rate: float = 50.0
-    learning_seconds: float = 600.0
+    learning_seconds: float = 1_200.0
+    worlds: tuple[str, ...] = suite_worlds.DEFAULT_WORLDS
+    next_item_seconds: float = 600.0
 
 
 QUICK = Options(events=3_000, latency_rates=(300,), latency_seconds=3.0,
                 latency_warmup_seconds=1.0, bare_transactional=False, throughput_runs=1,
-                restore_records=20_000, learning_seconds=20.0)
+                restore_records=20_000, learning_seconds=20.0, next_item_seconds=30.0)
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -292,47 +295,6 @@ def step_growth(bootstrap: str, options: Options,
     return {"rate_definition": RATE_DEFINITION, "events": options.events, "runs": runs}
 
 
-def step_learning(bootstrap: str, options: Options) -> dict[str, Any]:
-    """``recoloop simulate`` against one worker on fresh topics; its summary's reward per
-    decision for the engine, the random control group and the oracle."""
-    if importlib.util.find_spec("app.sim.runner") is None:
-        return {"status": "not available",
-                "reason": "app.sim.runner (recoloop simulate) does not exist in this checkout"}
-    settings = fresh_topics(bootstrap, partitions=PARTITIONS)
-    worker = start_worker(settings, cwd=Path(options.worker_checkout))
-    summary_path = worker.data_dir / "simulation.json"
-    simulate = start_worker(settings, (
-        "-m", "app.cli", "simulate", "--world", "items", "--rate", str(options.learning_rate),
-        "--duration-s", str(options.learning_seconds), "--seed", str(options.seed),
-        "--summary", str(summary_path)))
-    try:
-        code = simulate.process.wait(options.learning_seconds + 120)
-        worker.check_alive()
-        if code != 0 or not summary_path.exists():
-            raise SystemExit(f"recoloop simulate exited with {code}; see {simulate.data_dir}")
-        summary = json.loads(summary_path.read_text())
-    finally:
-        simulate.stop()
-        worker.stop()
-    delete_topics(settings)
-    rewards = summary["reward_per_decision"]
-    return {"status": "ok", "world": summary["run"].get("world"), "seed": options.seed,
-            "engine": rewards.get("engine"), "random": rewards.get("control"),
-            "oracle": rewards.get("oracle"), "uplift_vs_random": summary.get("uplift_vs_control"),
-            "regret_per_decision": summary.get("regret", {}).get("per_decision"),
-            "rate_events_per_s": options.learning_rate, "seconds": options.learning_seconds,
-            "decisions": summary.get("decisions"), "events": summary.get("events", {}).get("total"),
-            "ctr": summary.get("ctr"), "standard_error": summary.get("standard_error"),
-            "by_fifth": summary.get("by_fifth"),
-            "summary": {k: v for k, v in summary.items() if k != "timeline"}}
-
-
-def step_baselines(_bootstrap: str | None, options: Options) -> dict[str, Any]:
-    """``bench.baselines`` on the ``learning`` step's world, seed, rate and length."""
-    return baselines.run(baselines.Options(duration_s=options.learning_seconds,
-                                           rate=options.learning_rate, seed=options.seed))
-
-
 # --- reporting --------------------------------------------------------------------------
 
 
@@ -455,89 +417,10 @@ def growth_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
             for name, run in figures["runs"].items()]
 
 
-def learning_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
-    world = figures.get("world") or "arms"  # results from before the item world: arms
-    what = f"reward per decision over a simulated run ({world} world): engine / random / oracle"
-    if figures.get("status") != "ok":
-        return [(what, f"{figures.get('status', 'not available')}: {figures.get('reason', '')}")]
-    uplift = figures.get("uplift_vs_random")
-    run = f"; {figures['seconds']:g} s at {figures['rate_events_per_s']:g} events/s"
-    rows = [(what, f"{number(figures['engine'])} / {number(figures['random'])} / "
-                   f"{number(figures['oracle'])}"
-                   + ("" if uplift is None else f" (engine vs random {uplift:+.0%})") + run)]
-    ctr, se = figures.get("ctr"), figures.get("standard_error")
-    if ctr and se:
-        rows.append((f"clicks on displayed items per display (CTR) ({world} world): "
-                     "engine / random",
-                     f"{plus_minus(ctr['engine'], se['ctr']['engine'])} / "
-                     f"{plus_minus(ctr['control'], se['ctr']['control'])}" + run))
-    return rows
-
-
-def baselines_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
-    o = figures["options"]
-    rows = []
-    for name, c in figures["contenders"].items():
-        f = c["engine_group"]
-        rows.append((f"baseline `{name}` on the engine's shoppers (in-process): "
-                     "CTR / reward per display",
-                     f"{plus_minus(f['ctr'], f['ctr_se'])} / "
-                     f"{plus_minus(f['reward'], f['reward_se'])}; {o['duration_s']:g} s at "
-                     f"{o['rate']:g} events/s"))
-    if not figures["same_shoppers"]:
-        rows.append(("baselines' control groups", "NOT identical: the shoppers differed"))
-    return rows
-
-
-def plus_minus(value: float | None, se: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
-
-
-def comparison_table(steps: dict[str, dict[str, Any]]) -> str:
-    """The engine (``learning``) beside the baselines, when both ran on the same item
-    world, seed, rate and length: CTR and reward per display, overall and per fifth."""
-    learning = steps.get("learning", {}).get("figures", {})
-    base = steps.get("baselines", {}).get("figures")
-    if not base or learning.get("status") != "ok" or learning.get("world") != "items" \
-            or not learning.get("by_fifth"):
-        return ""
-    o = base["options"]
-    if (learning.get("seed"), learning["seconds"], learning["rate_events_per_s"]) != (
-            o["seed"], o["duration_s"], o["rate"]):
-        return ""
-    se = learning["standard_error"]
-    rows = [("engine (through Kafka)", learning["ctr"]["engine"], se["ctr"]["engine"],
-             learning["engine"], se["reward_per_decision"]["engine"],
-             [f["engine"] for f in learning["by_fifth"]])]
-    for name, c in base["contenders"].items():
-        f = c["engine_group"]
-        rows.append((f"baseline `{name}`", f["ctr"], f["ctr_se"], f["reward"], f["reward_se"],
-                     [x["engine"] for x in c["by_fifth"]]))
-    rows.append(("random control group (engine run)", learning["ctr"]["control"],
-                 se["ctr"]["control"], learning["random"], se["reward_per_decision"]["control"],
-                 [f["control"] for f in learning["by_fifth"]]))
-    lines = [f"\nEngine and baselines on the same shoppers (item world, seed {o['seed']}, "
-             f"{o['duration_s']:g} s at {o['rate']:g} events/s; oracle "
-             f"{number(learning['oracle'])} per display):\n",
-             "| contender | CTR | reward / display | CTR by fifth | reward by fifth |",
-             "|---|---|---|---|---|"]
-    for name, ctr, ctr_se, reward, reward_se, fifths in rows:
-        lines.append(f"| {name} | {plus_minus(ctr, ctr_se)} | {plus_minus(reward, reward_se)} | "
-                     + " ".join(number(x["ctr"]) for x in fifths) + " | "
-                     + " ".join(number(x["reward"]) for x in fifths) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "throughput": throughput_rows, "latency": latency_rows, "growth": growth_rows,
     "decision_cost": decision_cost_rows, "restore": restore_rows,
-    "learning": learning_rows, "baselines": baselines_rows}
+    "learning": suite_worlds.learning_rows, "baselines": suite_worlds.baselines_rows}
 
 
 def render_table(steps: dict[str, dict[str, Any]]) -> str:
@@ -559,7 +442,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
             f"Kafka {m['kafka_version']}; broker, worker and load generator on this machine.\n"
             f"Throughput: {RATE_DEFINITION}.\n" + kept_steps(report)
-            + "\n" + render_table(report["steps"]) + comparison_table(report["steps"]))
+            + "\n" + render_table(report["steps"]) + suite_worlds.world_tables(report["steps"]))
 
 
 def kept_steps(report: dict[str, Any]) -> str:
@@ -573,6 +456,14 @@ def kept_steps(report: dict[str, Any]) -> str:
 
 
 # --- entry point ------------------------------------------------------------------------
+
+
+def parse_worlds(text: str) -> tuple[str, ...]:
+    worlds = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(worlds) - set(WORLDS))
+    if unknown or not worlds:
+        raise argparse.ArgumentTypeError(f"unknown worlds {unknown}; known: {', '.join(WORLDS)}")
+    return worlds
 
 
 def parse_rates(text: str) -> tuple[int, ...]:
@@ -595,7 +486,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--latency-warmup-seconds", type=float)
     parser.add_argument("--growth", type=int, help="factor of more sessions / more items")
     parser.add_argument("--learning-rate", type=float, help="simulated events per second")
-    parser.add_argument("--learning-seconds", type=float, help="length of the simulated run")
+    parser.add_argument("--learning-seconds", type=float,
+                        help="length of each world's simulated run (1200)")
+    parser.add_argument("--worlds", type=parse_worlds,
+                        help="comma-separated worlds of the learning and baselines steps "
+                             f"(default {','.join(suite_worlds.DEFAULT_WORLDS)}; also arms)")
+    parser.add_argument("--next-item-seconds", type=float,
+                        help="length of the long-tail next-item evaluation (600; 0: none)")
     parser.add_argument("--seed", type=int, help="seed of the simulated shoppers and streams")
     parser.add_argument("--bare-transactional", action=argparse.BooleanOptionalAction,
                         help="also time the bare loop with one transaction per batch "
@@ -638,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput": step_throughput, "latency": step_latency,
         "decision_cost": lambda b, o: decision_cost.measure(),
         "restore": lambda b, o: restore.run(b, o.restore_records, PARTITIONS),
-        "learning": step_learning, "baselines": step_baselines,
+        "learning": suite_worlds.step_learning,
+        "baselines": lambda b, o: suite_worlds.step_baselines(o),
         "growth": lambda b, o: step_growth(b, o, baseline),
     }
     baseline = None

@@ -36,7 +36,8 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 # Reward per decision is plotted as a moving average over this long.
 PLOT_WINDOW_S = 60.0
-ORACLE_LABEL = {"items": "best items for each shopper", "arms": "best arm per context"}
+ORACLE_LABEL = {"arms": "best arm per context"}
+ITEMS_ORACLE = "best items for each shopper"  # the oracle of every other world
 
 
 class DemoError(RuntimeError):
@@ -236,7 +237,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     world = summary["run"].get("world", "arms")
     figure, axes = plt.subplots(figsize=(9, 5))
     for value, count, label, style in (
-            ("oracle", "engine_decisions", f"oracle ({ORACLE_LABEL.get(world, 'best')}) "
+            ("oracle", "engine_decisions", f"oracle ({ORACLE_LABEL.get(world, ITEMS_ORACLE)}) "
              f"{_fmt(rewards['oracle'])}", dict(color="tab:green", linestyle="--")),
             ("engine", "engine_decisions", f"engine {_fmt(rewards['engine'])}",
              dict(color="tab:blue", linewidth=2)),

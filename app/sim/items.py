@@ -45,6 +45,11 @@ model, per site (``D`` = ``dim``, ``sigma`` the logistic function):
   basket add of the page's item a few seconds after the block appeared: the summary's
   ``engine_from_organic`` says how much; the oracle does not count it.
 
+Assumptions about shoppers: each has a lasting taste around one category; it browses near
+the page it is on and near its taste, and never clicks a block's copy of the page's item.
+Best simple strategy: ``sknn`` (``bench.baselines``), a session kNN, which reads the taste
+from the whole session; the co-view counter, which reads it from the last page, comes close.
+
 **Same shoppers for every contender.** Shopper ``n`` (in arrival order) has random
 generators of its own, seeded by the run's seed and ``n``: one for who it is and its organic
 path (items, times, which pages show a block), one for its reactions (a fixed number of draws
@@ -79,6 +84,7 @@ from app.sim.common import (
 
 ITEM_CATEGORIES = ("shoes", "bags", "coats", "hats", "watches", "toys", "books", "games",
                    "lamps", "plants")
+BEST_BASELINE = "sknn"  # of bench.baselines' contenders; see the module docstring
 CONTROL_ARM = "control"
 FALLBACK_ARM = "fallback"
 # Events a display draws, to size the arrival rate before anyone knows what will be shown:
@@ -110,10 +116,6 @@ def pick_position(draw: float, chances: Sequence[float]) -> int | None:
         if draw < cumulative:
             return position
     return None
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 def _unit(vector: Sequence[float]) -> tuple[float, ...]:
@@ -175,7 +177,8 @@ class SiteModel:
     centres: tuple[tuple[float, ...], ...]  # per category
     index: dict[str, int]  # item id -> position in items
     available: tuple[int, ...]  # positions of the available items
-    near: tuple[tuple[float, ...], ...]  # exp(near_weight * v_i . v_j)
+    near: tuple[tuple[float, ...], ...]  # exp(near_weight * v_i . v_j); () if near_weight is 0
+    columns: tuple[tuple[float, ...], ...]  # per dimension, every item's coordinate
 
     @classmethod
     def draw(cls, rng: random.Random, site_id: str, config: ItemConfig) -> SiteModel:
@@ -189,10 +192,12 @@ class SiteModel:
                     f"{site_id}-{c}{n:03d}", category,
                     round(rng.lognormvariate(math.log(40), 0.6), 2), rng.random() > 0.05,
                     vector, rng.gauss(0, config.quality_sd)))
+        # No near weights at all when browsing ignores the current item (big catalogs).
         near = tuple(tuple(math.exp(config.near_weight * _dot(a.vector, b.vector))
-                           for b in items) for a in items)
+                           for b in items) for a in items) if config.near_weight else ()
         return cls(tuple(items), centres, {item.item_id: n for n, item in enumerate(items)},
-                   tuple(n for n, item in enumerate(items) if item.available), near)
+                   tuple(n for n, item in enumerate(items) if item.available), near,
+                   tuple(zip(*(item.vector for item in items), strict=True)))
 
 
 @dataclass
@@ -201,12 +206,15 @@ class ItemShopper(Shopper):
 
     number: int = 0
     fit: list[float] = field(default_factory=list)  # per item of the site
+    own_fit: list[float] = field(default_factory=list)  # the fit before any time-shift
+    period: int = 0  # in a world whose tastes move, the period ``fit`` is for
     attraction: list[float] = field(default_factory=list)  # s_uj
     worth: list[float] = field(default_factory=list)  # V_uj: E[reward] of a click
     buy: list[float] = field(default_factory=list)  # p_buy_uj
     taste_weights: list[float] = field(default_factory=list)  # exp(taste_weight * f_uj)
     by_fit: list[int] = field(default_factory=list)  # item positions, best fit first
     current: int = -1  # position of the item of the current page
+    viewed: list[int] = field(default_factory=list)  # the pages' items so far, in order
     pages_seen: int = 0
     walk_rng: random.Random = field(default_factory=random.Random)
     react_rng: random.Random = field(default_factory=random.Random)
@@ -276,16 +284,26 @@ class ItemWorld(World):
                               c.draw_pages(rng), number=number, walk_rng=rng,
                               react_rng=random.Random(f"{self.seed}:reactions:{number}"),
                               fill_rng=random.Random(f"{self.seed}:lists:{number}"))
-        device = BUY_BY_DEVICE.get(context["device"], 1.0)
-        fits = [_dot(taste, item.vector) + item.quality for item in model.items]
-        liking = [_sigmoid(c.attraction_slope * (f - c.attraction_threshold)) for f in fits]
+        # t . v_j for every item at once, a dimension at a time (fast for big catalogs).
+        dots = [0.0] * len(model.items)
+        for t, column in zip(taste, model.columns, strict=True):
+            dots = [d + t * x for d, x in zip(dots, column, strict=True)]
+        shopper.own_fit = [d + item.quality for d, item in zip(dots, model.items, strict=True)]
+        self.set_fits(shopper, shopper.own_fit)
+        return shopper
+
+    def set_fits(self, shopper: ItemShopper, fits: list[float]) -> None:
+        """Give the shopper the fits ``fits`` and everything that follows from them."""
+        c = self.config
+        device = BUY_BY_DEVICE.get(shopper.context["device"], 1.0)
+        slope, threshold, exp = c.attraction_slope, c.attraction_threshold, math.exp
+        liking = [1.0 / (1.0 + exp(-slope * (f - threshold))) for f in fits]
         shopper.fit = fits
         shopper.attraction = [c.attraction_max * x for x in liking]
         shopper.buy = [min(1.0, (c.buy_base + c.buy_range * x) * device) for x in liking]
         shopper.worth = [self._worth_never_buys + b * self._worth_per_buy for b in shopper.buy]
-        shopper.taste_weights = [math.exp(c.taste_weight * f) for f in fits]
-        shopper.by_fit = sorted(range(len(model.items)), key=lambda n: -shopper.fit[n])
-        return shopper
+        shopper.taste_weights = [exp(c.taste_weight * f) for f in fits]
+        shopper.by_fit = sorted(range(len(fits)), key=lambda n: -fits[n])
 
     def _due(self, what: str, shopper: Shopper, now: int) -> Outgoing | None:
         assert isinstance(shopper, ItemShopper), shopper
@@ -299,8 +317,8 @@ class ItemWorld(World):
         """The next organic view: the first near the taste, then near the current item too."""
         model = self.models[shopper.site_id]
         pool = model.available
-        if shopper.current < 0:
-            weights = [shopper.taste_weights[n] for n in pool]
+        if shopper.current < 0 or not model.near:
+            weights = [shopper.taste_weights[n] if n != shopper.current else 0.0 for n in pool]
         else:
             near = model.near[shopper.current]
             weights = [near[n] * shopper.taste_weights[n] if n != shopper.current else 0.0
@@ -312,6 +330,7 @@ class ItemWorld(World):
         of recommendations, and the next page. Every draw is made whatever happens."""
         c, rng = self.config, shopper.walk_rng
         shopper.current = self._next_item(shopper)
+        shopper.viewed.append(shopper.current)
         shopper.pages_seen += 1
         shopper.pages_left -= 1
         view_after = c.delays.view(rng)
@@ -346,12 +365,17 @@ class ItemWorld(World):
         chances = []
         for position, item_id in enumerate(items[:len(self._bias)]):
             n = model.index.get(item_id)
-            usable = (n is not None and n != shopper.current and model.items[n].available
+            usable = (n is not None and model.items[n].available
                       and item_id not in shopper.basket and item_id not in seen)
             seen.add(item_id)
-            chances.append(self._bias[position] * shopper.attraction[n]
+            chances.append(self._bias[position] * self.attraction(shopper, n)
                            if usable and n is not None else 0.0)
         return chances
+
+    def attraction(self, shopper: ItemShopper, n: int) -> float:
+        """``s_uj`` of the item at position ``n`` of the catalog, an available one not in
+        the basket: 0 for the current page's item."""
+        return shopper.attraction[n] if n != shopper.current else 0.0
 
     def expected_reward(self, shopper: ItemShopper, items: Sequence[str]) -> float:
         """E[reward] of showing ``items`` to the shopper now (organic credit aside)."""

@@ -1,11 +1,12 @@
 """``recoloop simulate``: plays a simulated world's shops against a running engine.
 
-The world is the item world (:mod:`app.sim.items`, ``--world items``, the default) or the
-arm-table world (:mod:`app.sim.world`, ``--world arms``). This is the thin Kafka side of the
-simulator: it produces the catalog, then, in real time, the displays and reactions the
-model emits (keyed by session, in event-time order), and feeds
-every ``reco.rankings`` record back into the model. It never waits for a ranking: the model
-shows what the engine has published so far, or a default, or a random fallback.
+The world is the item world (:mod:`app.sim.items`, ``--world items``, the default), the
+arm-table world (:mod:`app.sim.world`, ``--world arms``) or one of the item world's variants
+(``returns``, ``longtail``, ``slots``, ``shifting``; :mod:`app.sim.worlds`). This is the
+thin Kafka side of the simulator: it produces the catalog, then, in real time, the displays
+and reactions the model emits (keyed by session, in event-time order), and feeds every
+``reco.rankings`` record back into the model. It never waits for a ranking: the model shows
+what the engine has published so far, or a default, or a random fallback.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser, duration_s: float, sites: int
                              "with --world arms, a random arm) (default 0.2)")
     parser.add_argument("--world", choices=WORLDS, default=WORLDS[0],
                         help="items: shoppers with tastes react to the items shown (default); "
-                             "arms: a hidden reward table per arm and context")
+                             "arms: a hidden reward table per arm and context; returns: "
+                             "shoppers go back to what they viewed; longtail: thousands of "
+                             "items, short sessions; slots: a block of one item; shifting: "
+                             "hot items change during the run (docs/worlds.md)")
 
 
 def options_from(args: argparse.Namespace, summary: Path | None = None) -> SimOptions:
