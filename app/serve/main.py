@@ -25,11 +25,12 @@ from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
-from app.serve.api import Readiness, Service, create_app
+from app.serve.api import Readiness, Service, asgi_app
 from app.serve.book import CatalogItems, RankingBook
 from app.serve.feeds import TopicFeed
+from app.serve.http import timed_protocol
 from app.serve.ingest import EventIngest
-from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key
+from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key, site_id_problem
 from app.settings import Settings
 from app.stream.channels import Channels, InternalTopic
 from app.stream.topic_admin import ensure_internal_topics
@@ -115,7 +116,10 @@ def run(settings: Settings) -> int:
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog, tracing)
     try:
-        uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
+        uvicorn.run(asgi_app(service, settings.serve_docs), host=settings.bind_host,
+                    port=settings.serve_port,
+                    http=timed_protocol(settings.serve_head_timeout_s,
+                                        settings.serve_body_timeout_s),
                     log_level=logging.getLevelName(logging.getLogger().level).lower(),
                     access_log=False)
     finally:
@@ -174,6 +178,10 @@ def key_records(settings: Settings) -> Iterator[KeyRecord]:
 
 def keys_command(settings: Settings, action: str, site: str | None, key_id: str | None) -> int:
     if action == "create":
+        problem = None if site is None else site_id_problem(site)
+        if problem is not None:
+            print(f"recoloop keys create: refused: {problem}", file=sys.stderr)
+            return 2
         print(create_key(settings, site))
         print("(shown once: store it now; only its SHA-256 is kept)", file=sys.stderr)
     elif action == "revoke":
