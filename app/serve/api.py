@@ -3,7 +3,7 @@ schema from one declaration; served by uvicorn).
 
 Every ``/v1`` call carries a site's API key (``Authorization: Bearer <key>``): no key or an
 unknown one is 401, another site's path or events 403, a key past its rate 429; all of it
-before a body is read (:class:`app.serve.http.Guard`). Bodies are parsed here, not by
+before a body is read (:class:`app.serve.edge.Guard`). Bodies are parsed here, not by
 FastAPI, by :func:`app.contract.decode.loads_checked`: what the encoder cannot write back
 exactly is refused 422 naming its field, before anything is produced. Ids in paths are
 percent-encoded path segments, decoded once (:func:`path_id`).
@@ -35,7 +35,7 @@ from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing
 from app.serve.book import Answer, CatalogItems, RankingBook
-from app.serve.http import CALLER, NEED_KEY, Guard, Measured, RawPath, Shielded
+from app.serve.edge import CALLER, NEED_KEY, Guard, Measured, RawPath, Shielded
 from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
 from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
@@ -142,7 +142,7 @@ class Invalid(BaseModel):
 
 
 def identify(request: Request) -> KeyRecord:
-    """The caller's key, as :class:`app.serve.http.Guard` found it before the body."""
+    """The caller's key, as :class:`app.serve.edge.Guard` found it before the body."""
     record: KeyRecord | None = request.scope.get(CALLER)
     if record is None:
         raise HTTPException(401, NEED_KEY)
@@ -231,7 +231,7 @@ def create_app(service: Service, docs: bool = False) -> FastAPI:
 
 
 def asgi_app(service: Service, docs: bool = False) -> ASGIApp:
-    """What uvicorn serves: the routes inside :class:`app.serve.http.Shielded`."""
+    """What uvicorn serves: the routes inside :class:`app.serve.edge.Shielded`."""
     return Shielded(create_app(service, docs))
 
 

@@ -28,7 +28,7 @@ from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, asgi_app
 from app.serve.book import CatalogItems, RankingBook
 from app.serve.feeds import TopicFeed
-from app.serve.http import timed_protocol
+from app.serve.edge import timed_protocol
 from app.serve.ingest import EventIngest
 from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key, site_id_problem
 from app.settings import Settings
