@@ -16,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.observability.metrics import ServeMetrics
 from app.serve.keys import KeyBook
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,9 @@ class RawPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         if raw is not None and scope["path"].startswith("/v1/"):
-            # uvicorn took raw_path as ASCII already (it decodes it so to make path).
-            scope = {**scope, "path": raw.decode("ascii", "replace")}
+            # uvicorn took raw_path as ASCII already (it decodes it so to make path). In
+            # place: Measured, outside, reads the route the router leaves in the scope.
+            scope["path"] = raw.decode("ascii", "replace")
         await self.app(scope, receive, send)
 
 
@@ -222,6 +224,15 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the route waiting for the body gets a disconnect
             cycle.message_event.set()
         self.transport.close()
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the rank service: its address, the timed protocol, no access
+    log (requests are counted in /metrics)."""
+    return {"host": settings.bind_host, "port": settings.serve_port,
+            "http": timed_protocol(settings.serve_head_timeout_s, settings.serve_body_timeout_s),
+            "log_level": logging.getLevelName(logging.getLogger().level).lower(),
+            "access_log": False}
 
 
 def timed_protocol(head_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:

@@ -27,8 +27,8 @@ from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, asgi_app
 from app.serve.book import CatalogItems, RankingBook
+from app.serve.edge import server_options
 from app.serve.feeds import TopicFeed
-from app.serve.edge import timed_protocol
 from app.serve.ingest import EventIngest
 from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key, site_id_problem
 from app.settings import Settings
@@ -116,12 +116,7 @@ def run(settings: Settings) -> int:
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog, tracing)
     try:
-        uvicorn.run(asgi_app(service, settings.serve_docs), host=settings.bind_host,
-                    port=settings.serve_port,
-                    http=timed_protocol(settings.serve_head_timeout_s,
-                                        settings.serve_body_timeout_s),
-                    log_level=logging.getLevelName(logging.getLogger().level).lower(),
-                    access_log=False)
+        uvicorn.run(asgi_app(service, settings.serve_docs), **server_options(settings))
     finally:
         for feed in (rankings, key_feed, catalog_feed, config_feed):
             feed.stop()
