@@ -46,16 +46,21 @@ class EdgeService:
 
 class Client:
     """One HTTP/1.1 keep-alive connection that never reconnects by itself: a request after
-    the server dropped it raises, so a test sees every dropped connection."""
+    the server dropped it raises, so a test sees every dropped connection. It connects at
+    its first request (the server closes a connection that sends no request for
+    RECOLOOP_SERVE_HEAD_TIMEOUT_S)."""
 
     def __init__(self, port: int) -> None:
         self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.http.auto_open = 0
-        self.http.connect()
+        self.used = False
 
     def request(self, method: str, path: str, key: str | None = None, body: Any = None,
                 raw: bytes | None = None, content_type: str | None = "application/json"
                 ) -> tuple[int, bytes, http.client.HTTPResponse]:
+        if not self.used:
+            self.http.connect()
+            self.used = True
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         if content_type is not None:
             headers["Content-Type"] = content_type
