@@ -141,8 +141,10 @@ class Invalid(BaseModel):
     rejected_count: int = Field(description="How many events were refused in all.")
 
 
-def identify(request: Request) -> KeyRecord:
-    """The caller's key, as :class:`app.serve.edge.Guard` found it before the body."""
+async def identify(request: Request) -> KeyRecord:
+    """The caller's key, as :class:`app.serve.edge.Guard` found it before the body. Async:
+    FastAPI runs a plain function dependency on a thread pool, a thread handoff per request
+    that waits for the scheduler on busy cores."""
     record: KeyRecord | None = request.scope.get(CALLER)
     if record is None:
         raise HTTPException(401, NEED_KEY)
