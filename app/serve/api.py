@@ -227,7 +227,8 @@ def create_app(service: Service, docs: bool = False) -> FastAPI:
         FastAPIInstrumentor.instrument_app(app, tracer_provider=service.tracing.provider,
                                            excluded_urls="health,ready,metrics")
     _ranking_route(app, service)
-    _write_routes(app, service)
+    _events_route(app, service)
+    _config_route(app, service)
     _plain_routes(app, service)
     return app
 
@@ -296,7 +297,7 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
                             "content": {"application/json": {"schema": schema}}}}
 
 
-def _write_routes(app: FastAPI, service: Service) -> None:
+def _events_route(app: FastAPI, service: Service) -> None:
     metrics = service.metrics
 
     @app.post("/v1/events", status_code=202, response_model=Accepted,
@@ -333,6 +334,8 @@ def _write_routes(app: FastAPI, service: Service) -> None:
                 for n in failed[:MAX_REJECTED_LISTED]], "failed_count": len(failed)})
         return Accepted(accepted=[str(e["event_id"]) for e in batch])
 
+
+def _config_route(app: FastAPI, service: Service) -> None:
     @app.put("/v1/sites/{site_id}/config", status_code=202,
              responses={422: {}, 403: {}, 415: {}, 503: {}},
              openapi_extra=_body({"type": "object", "description": "The site's config: "
