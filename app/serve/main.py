@@ -3,6 +3,7 @@ and the sites' configs, on Kafka."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -115,8 +116,12 @@ def run(settings: Settings) -> int:
     service = Service(book, keys, ingest, ServeMetrics(),
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog, tracing)
+    app = asgi_app(service, settings.serve_docs)
+    # What is imported and built by now lives as long as the process: kept out of the
+    # collector's full passes, each of which stops the event loop while it walks the heap.
+    gc.freeze()
     try:
-        uvicorn.run(asgi_app(service, settings.serve_docs), **server_options(settings))
+        uvicorn.run(app, **server_options(settings))
     finally:
         for feed in (rankings, key_feed, catalog_feed, config_feed):
             feed.stop()
