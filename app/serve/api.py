@@ -36,12 +36,17 @@ from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing
 from app.serve.book import Answer, CatalogItems, RankingBook
 from app.serve.edge import CALLER, NEED_KEY, Guard, Measured, RawPath, Shielded
-from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
+from app.serve.ingest import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_ID_CHARS,
+    EventIngest,
+    Rejected,
+    checked,
+)
 from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
 
 MAX_WAIT_MS = 10_000
-MAX_ID_CHARS = 256  # the contract's ids (topics/*.json)
 # An error answer lists at most this many refused events (rejected_count says how many).
 MAX_REJECTED_LISTED = 32
 MAX_REASON_CHARS = 300

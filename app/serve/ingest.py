@@ -28,7 +28,7 @@ from app.settings import Settings
 TOPIC_BY_TYPE = {"served": SERVED, **REACTION_TOPIC_BY_TYPE}
 MAX_EVENTS_PER_REQUEST = 1_000
 MAX_EVENT_BYTES = 64 * 1024
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = 256  # the contract's ids (topics/*.json)
 
 
 @dataclass(frozen=True)
