@@ -32,7 +32,9 @@ import argparse
 import asyncio
 import gc
 import itertools
+import os
 import random
+import subprocess
 import sys
 import time
 import urllib.request
@@ -252,14 +254,12 @@ def mixed(port: int, key: str, sessions: int, get_rate: float, post_rate: float,
 
 
 def hostile(examples: int) -> int:
-    import os
-
-    import pytest
-
-    os.environ["RECOLOOP_HOSTILE_EXAMPLES"] = str(examples)
-    return int(pytest.main(["-q", "-p", "no:cacheprovider",
-                            str(Path(__file__).resolve().parents[1] / "tests" / "serve"
-                                / "test_hostile_property.py")]))
+    """The property test with ``examples`` examples, in a pytest of its own."""
+    test = Path(__file__).resolve().parents[1] / "tests" / "serve" / "test_hostile_property.py"
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(test)], env={**os.environ,
+                                            "RECOLOOP_HOSTILE_EXAMPLES": str(examples)}
+                          ).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
