@@ -132,6 +132,12 @@ class Settings:
     serve_port: int = 8080
     serve_max_sessions: int = 100_000
     serve_key_rate_per_s: float = 1_000.0
+    # Time to read a request's head (from its first byte, or from the connection) and then
+    # its body; past it the request gets 408 and its connection is closed (docs/serve.md).
+    serve_head_timeout_s: float = 10.0
+    serve_body_timeout_s: float = 30.0
+    # /docs and /redoc: pages that load their scripts from a CDN, off unless asked for.
+    serve_docs: bool = False
 
     def __post_init__(self) -> None:
         # Always the masking mapping, however the caller built it.
@@ -146,7 +152,7 @@ class Settings:
             _check(1 <= port <= 65535, _env_name(name), "must be a port number 1..65535")
         for name in ("reward_window_s", "grace_s", "idle_close_s", "tick_interval_s",
                      "session_timeout_s", "default_ranking_interval_s", "max_clock_skew_s",
-                     "site_idle_s"):
+                     "site_idle_s", "serve_head_timeout_s", "serve_body_timeout_s"):
             _check(getattr(self, name) > 0, _env_name(name), "must be a positive number")
         # The broker's default group.min/max.session.timeout.ms bound it.
         _check(6.0 <= self.group_session_timeout_s <= 1800.0, "RECOLOOP_GROUP_SESSION_TIMEOUT_S",
@@ -363,6 +369,13 @@ def _parse_float(raw: str) -> float:
         raise ValueError("expected a number") from None
 
 
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("expected true or false")
+    return value in ("true", "1", "yes")
+
+
 def _parse_arms(raw: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in raw.split(",") if a.strip())
 
@@ -425,6 +438,7 @@ def _parse_site_join(raw: str) -> dict[str, dict[str, float]]:
 _PARSERS_BY_TYPE: dict[str, Callable[[str], Any]] = {
     "int": _parse_int,
     "float": _parse_float,
+    "bool": _parse_bool,
     "str": str,
     "Path": Path,
 }

@@ -2,6 +2,9 @@
 
     .venv/bin/python -m bench.serve [--sessions 100000] [--rates 1000,5000] [--seconds 20]
                                     [--fresh-rate 500] [--ingest-seconds 10]
+    .venv/bin/python -m bench.serve --mixed [--sessions 10000] [--rates 1000]
+                                    [--post-rate 200] [--seconds 20] [--no-worker]
+    .venv/bin/python -m bench.serve --hostile 5000
 
 - **Rank API latency**: ``--sessions`` session rankings are produced to ``reco.rankings``;
   once the service holds them all, ``GET .../ranking`` of a random session at a fixed rate
@@ -13,6 +16,12 @@
 - **Ingest**: batches of 100 events posted by 8 concurrent clients for ``--ingest-seconds``:
   events accepted (acknowledged by the broker) per second.
 
+- **Reads under writes** (``--mixed``): ``GET .../ranking`` at the first of ``--rates``
+  while ``--post-rate`` events a second are posted to the same replica, one per request,
+  with a worker ranking them (``--no-worker``: without it); GET and POST p50/p99.
+- **Hostile JSON** (``--hostile N``): the property test of
+  ``tests/serve/test_hostile_property.py`` with N generated examples (needs ``.[dev]``).
+
 The load generator is this process (asyncio, keep-alive connections), on the same 2 cores as
 the service, the worker and the broker: the figures are this machine's, all co-located.
 """
@@ -21,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
+import os
 import random
+import subprocess
 import sys
 import time
 import urllib.request
@@ -206,6 +218,50 @@ def ingest(port: int, key: str, seconds: float, clients: int = 8) -> dict[str, A
             "events_per_s": round(accepted / elapsed, 1)}
 
 
+def mixed(port: int, key: str, sessions: int, get_rate: float, post_rate: float,
+          seconds: float) -> dict[str, Any]:
+    """GETs at ``get_rate`` while one-event POSTs go in at ``post_rate``, both open loop."""
+    rng = random.Random(get_rate)
+
+    async def read(connection: Connection, n: int) -> bool:
+        path = f"/v1/sites/{SITE}/sessions/s{rng.randrange(sessions)}/ranking"
+        status, body = await connection.request("GET", path)
+        return status == 200 and b'"source":"session"' in body
+
+    async def write(connection: Connection, n: int) -> bool:
+        event = {"type": "click", "event_id": f"m{n}", "site_id": SITE,
+                 "session_id": f"s{rng.randrange(sessions)}", "ts": int(time.time() * 1000),
+                 "item_id": f"sku-{n % 500}"}
+        status, _ = await connection.request("POST", "/v1/events",
+                                             orjson.dumps({"events": [event]}))
+        return status == 202
+
+    async def both() -> list[tuple[list[float], int]]:
+        return list(await asyncio.gather(open_loop(port, key, get_rate, seconds, read),
+                                         open_loop(port, key, post_rate, seconds, write)))
+
+    # The load generator's own full collections (tens of ms over its heap) would count as
+    # the service's latency: none while it measures.
+    gc.freeze()
+    gc.disable()
+    try:
+        (gets, get_failures), (posts, post_failures) = asyncio.run(both())
+    finally:
+        gc.enable()
+    return {"get_rate_per_s": get_rate, "post_events_per_s": post_rate,
+            "get": {"failures": get_failures, **latency_summary(gets)},
+            "post": {"failures": post_failures, **latency_summary(posts)}}
+
+
+def hostile(examples: int) -> int:
+    """The property test with ``examples`` examples, in a pytest of its own."""
+    test = Path(__file__).resolve().parents[1] / "tests" / "serve" / "test_hostile_property.py"
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(test)], env={**os.environ,
+                                            "RECOLOOP_HOSTILE_EXAMPLES": str(examples)}
+                          ).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,8 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fresh-rate", type=float, default=500.0)
     parser.add_argument("--ingest-seconds", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--mixed", action="store_true", help="only reads under writes")
+    parser.add_argument("--post-rate", type=float, default=200.0)
+    parser.add_argument("--no-worker", action="store_true")
+    parser.add_argument("--hostile", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
+    if args.hostile:
+        return hostile(args.hostile)
+    if args.mixed:
+        return main_mixed(args, sys.argv[1:] if argv is None else argv)
     bootstrap = bootstrap_servers()
     settings = fresh_topics(bootstrap)
     port = free_port()
@@ -252,7 +316,47 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv), "machine": machine_info(bootstrap),
         "sessions": args.sessions, "service_rss_mb_holding_them": rss_mb,
         "service_start_to_all_sessions_s": round(caught_up_s, 1),
-        "rank_api": rank, "freshness": fresh, "ingest": taken}, args.out)
+        "rank_api": rank, "freshness": fresh, "ingest": taken}, args.out or RESULTS / "serve.json")
+    return 0
+
+
+def start_service(settings: Any, port: int, sessions: int) -> BenchWorker:
+    service = start_worker(settings, ("-m", "app.cli", "serve"),
+                           RECOLOOP_SERVE_PORT=str(port),
+                           RECOLOOP_SERVE_MAX_SESSIONS=str(max(sessions, 100_000)),
+                           RECOLOOP_SERVE_KEY_RATE_PER_S="1000000")
+    service.metrics_port = port
+    wait_until(lambda: _answers(port, "/ready"), "the service's readiness")
+    wait_until(lambda: service.metric_sum("recoloop_serve_sessions_in_memory") >= sessions,
+               "reading every ranking")
+    return service
+
+
+def main_mixed(args: argparse.Namespace, argv: list[str]) -> int:
+    bootstrap = bootstrap_servers()
+    settings = fresh_topics(bootstrap)
+    port = free_port()
+    processes: list[BenchWorker] = []
+    try:
+        fill_rankings(settings, args.sessions)
+        processes.append(start_service(settings, port, args.sessions))
+        key = create_key(settings, SITE)
+        wait_until(lambda: _answers(port, f"/v1/sites/{SITE}/sessions/s0/ranking", key),
+                   "the key")
+        if not args.no_worker:
+            processes.append(start_worker(settings))
+            wait_until(lambda: freshness(port, key, 1, 1)["failures"] == 0,
+                       "the worker's start")
+        rate = float(args.rates.split(",")[0])
+        result = mixed(port, key, args.sessions, rate, args.post_rate, args.seconds)
+    finally:
+        for process in processes:
+            process.stop(remove_data=True)
+    delete_topics(settings)
+    write_result({"benchmark": "serve-mixed", "command": "python -m bench.serve "
+                  + " ".join(argv), "machine": machine_info(bootstrap),
+                  "sessions": args.sessions, "worker": not args.no_worker, **result},
+                 args.out or RESULTS / "serve-mixed.json")
     return 0
 
 

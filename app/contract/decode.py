@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import math
+import re
 import time
 from typing import Any
 
@@ -18,6 +21,14 @@ DEAD_LETTER_KEY_BYTES = 1024
 DEAD_LETTER_VALUE_BYTES = 128 * 1024  # of the value, base64
 DEAD_LETTER_TEXT_BYTES = 64 * 1024  # the value as text, JSON-escaped, when it fits
 REASON_KEPT_CHARS = 4096
+# What comes in over HTTP is taken only when the encoder writes it back exactly (orjson):
+# integers from -2**63 to 2**64 - 1, finite numbers, text without lone surrogates, and
+# containers nested at most MAX_JSON_DEPTH deep (a body counts as one level).
+JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
+MAX_JSON_DEPTH = 32
+# orjson reads integers past 64 bits as floats: such a literal takes the exact parser.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+PATH_SHOWN_CHARS = 200
 # A reaction waiting in the join keeps at most this much of its input, for the dead letter
 # it becomes if it turns out late (value_bytes there says how large the input was).
 WAITING_ORIGIN_BYTES = 4096
@@ -101,6 +112,110 @@ def validated(logical_topic: str, raw: bytes) -> dict[str, Any]:
         raise InvalidInput("schema", f"ts must be a JSON integer, not {value['ts']!r}")
     result: dict[str, Any] = value
     return result
+
+
+def loads_checked(raw: bytes) -> Any:
+    """The JSON value of ``raw`` if it re-encodes exactly (see :data:`MAX_JSON_DEPTH`);
+    else InvalidInput whose detail names the field, e.g. ``events[3].extra.n: ...``.
+    The detail never holds the input's values, and stays short.
+
+    >>> loads_checked(b'{"a": [1, {"b": 2}]}')
+    {'a': [1, {'b': 2}]}
+    >>> loads_checked(b'{"a": [1, {"b": 18446744073709551616}]}')
+    Traceback (most recent call last):
+    ...
+    app.contract.decode.InvalidInput: integer_range: a[1].b: an integer outside 64 bits
+    >>> loads_checked(b'{"a": NaN}')
+    Traceback (most recent call last):
+    ...
+    app.contract.decode.InvalidInput: not_finite: a: NaN and Infinity are not JSON numbers
+    """
+    problem: orjson.JSONDecodeError | None = None
+    if not _LONG_DIGITS.search(raw):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            problem = exc  # the exact parser below names the field, when there is one
+        else:
+            check_json(value)
+            return value
+    value = _loads_exact(raw)
+    check_json(value)
+    if problem is not None:
+        raise InvalidInput("invalid_json", str(problem)[:PATH_SHOWN_CHARS])
+    return value
+
+
+def _loads_exact(raw: bytes) -> Any:
+    """``raw`` parsed with exact integers, and NaN, Infinity and surrogates kept for
+    :func:`check_json` to name where they are."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("invalid_json", f"not UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=float)
+    except RecursionError:
+        raise InvalidInput("too_deep", f"value: nested deeper than {MAX_JSON_DEPTH} "
+                           "levels") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("invalid_json", f"{exc.msg}: line {exc.lineno} column "
+                           f"{exc.colno} (char {exc.pos})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InvalidInput("invalid_json", str(exc)[:PATH_SHOWN_CHARS]) from None
+
+
+def check_json(value: Any, path: str = "", max_depth: int = MAX_JSON_DEPTH) -> None:
+    """InvalidInput naming the first field of ``value`` (a parsed JSON value, at ``path``)
+    that would not re-encode exactly; iterative, so no depth can exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > max_depth:
+                _refuse("too_deep", where, f"nested deeper than {max_depth} levels")
+            for key, child in item.items():
+                name = f"{where}.{_label(key)}" if where else _label(key)
+                _check_text(key, name)
+                stack.append((child, name, depth + 1))
+        elif isinstance(item, list):
+            if depth > max_depth:
+                _refuse("too_deep", where, f"nested deeper than {max_depth} levels")
+            stack.extend((child, f"{where}[{n}]", depth + 1) for n, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not JSON_INT_MIN <= item <= JSON_INT_MAX:
+                _refuse("integer_range", where, "an integer outside 64 bits")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                _refuse("not_finite", where, "NaN and Infinity are not JSON numbers")
+        else:
+            _refuse("schema", where, f"{type(item).__name__} is not a JSON value")
+
+
+def _check_text(text: str, where: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            _refuse("invalid_text", where, "text with a lone surrogate (not UTF-8)")
+
+
+def _label(key: str) -> str:
+    """A key as a field name in a message: short, printable, ASCII (never the raw key)."""
+    if len(key) <= 64 and key.isascii() and key.isprintable() and "." not in key:
+        return key
+    return ascii(key[:64])
+
+
+def _refuse(reason: str, where: str, what: str) -> None:
+    name = where or "value"
+    if len(name) > PATH_SHOWN_CHARS:
+        name = "..." + name[-PATH_SHOWN_CHARS:]
+    raise InvalidInput(reason, f"{name}: {what}")
 
 
 def dead_letter_key(origin: Origin) -> bytes | None:

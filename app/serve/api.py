@@ -2,7 +2,11 @@
 schema from one declaration; served by uvicorn).
 
 Every ``/v1`` call carries a site's API key (``Authorization: Bearer <key>``): no key or an
-unknown one is 401, another site's path or events 403, a key past its rate 429.
+unknown one is 401, another site's path or events 403, a key past its rate 429; all of it
+before a body is read (:class:`app.serve.edge.Guard`). Bodies are parsed here, not by
+FastAPI, by :func:`app.contract.decode.loads_checked`: what the encoder cannot write back
+exactly is refused 422 naming its field, before anything is produced. Ids in paths are
+percent-encoded path segments, decoded once (:func:`path_id`).
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp
 
 from app import __version__
+from app.contract.decode import InvalidInput, loads_checked
 from app.contract.site_config import checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.experiment import MAIN_VARIANT, NOTHING
@@ -27,13 +35,23 @@ from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing
 from app.serve.book import Answer, CatalogItems, RankingBook
-from app.serve.ingest import MAX_EVENTS_PER_REQUEST, EventIngest, Rejected, checked
+from app.serve.edge import CALLER, NEED_KEY, Guard, Measured, RawPath, Shielded
+from app.serve.ingest import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_ID_CHARS,
+    EventIngest,
+    Rejected,
+    checked,
+)
 from app.serve.keys import KeyBook, KeyRecord
 from app.settings import Settings
 
 MAX_WAIT_MS = 10_000
-# A request body's limit: 1,000 events of a few hundred bytes each fit many times over.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+# An error answer lists at most this many refused events (rejected_count says how many).
+MAX_REJECTED_LISTED = 32
+MAX_REASON_CHARS = 300
+# Events checked between two turns of the event loop, so reads wait for no large batch.
+CHECK_CHUNK = 50
 
 
 class Readiness:
@@ -123,78 +141,18 @@ class Accepted(BaseModel):
 
 
 class Invalid(BaseModel):
-    rejected: list[dict[str, Any]]
+    rejected: list[dict[str, Any]] = Field(description=f"The first {MAX_REJECTED_LISTED} "
+                                           "refused events: index, event_id, reason.")
+    rejected_count: int = Field(description="How many events were refused in all.")
 
 
-class Measured:
-    """Requests by route template and status, and their durations (a plain ASGI
-    middleware: Starlette's BaseHTTPMiddleware costs a task per request)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
-
-
-class Guard:
-    """What is refused before a ``/v1`` request's body is read: no bearer key (401), a body
-    of unstated length (411) or above :data:`MAX_BODY_BYTES` (413). FastAPI reads and parses
-    a body before a route's dependencies check the key."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            headers = dict(scope["headers"])
-            problem: tuple[int, str] | None = None
-            if not headers.get(b"authorization", b"")[:7].lower() == b"bearer ":
-                problem = 401, "an API key of the site is needed (Authorization: Bearer <key>)"
-            elif scope["method"] in ("POST", "PUT"):
-                length = headers.get(b"content-length", b"")
-                if not length.isdigit():
-                    problem = 411, "a body needs its Content-Length"
-                elif int(length) > MAX_BODY_BYTES:
-                    problem = 413, f"a body is at most {MAX_BODY_BYTES} bytes"
-            if problem is not None:
-                body = orjson.dumps({"detail": problem[1]})
-                await send({"type": "http.response.start", "status": problem[0],
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
-def identify(request: Request) -> KeyRecord:
-    """The caller's key: 401 without a valid key, 429 past its rate."""
-    keys: KeyBook = request.app.state.service.keys
-    header = request.headers.get("authorization", "")
-    key = header[7:] if header[:7].lower() == "bearer " else None
-    record = keys.identify(key)
-    if record is None or key is None:
-        raise HTTPException(401, "an API key of the site is needed "
-                            "(Authorization: Bearer <key>)")
-    if not keys.allow(key):
-        raise HTTPException(429, "this key's request rate is spent; retry shortly",
-                            headers={"Retry-After": "1"})
+async def identify(request: Request) -> KeyRecord:
+    """The caller's key, as :class:`app.serve.edge.Guard` found it before the body. Async:
+    FastAPI runs a plain function dependency on a thread pool, a thread handoff per request
+    that waits for the scheduler on busy cores."""
+    record: KeyRecord | None = request.scope.get(CALLER)
+    if record is None:
+        raise HTTPException(401, NEED_KEY)
     return record
 
 
@@ -206,26 +164,98 @@ def own(caller: KeyRecord, site_id: str) -> None:
         raise HTTPException(403, "this key does not open this site")
 
 
-def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="recoloop rank service", version=__version__,
-                  description="Rankings per session, read-your-writes; events in.")
-    app.state.service = service
-    metrics = service.metrics
+def path_id(segment: str, name: str) -> str:
+    """An id from its path segment, percent-decoded once as UTF-8: ``a%2Fb`` is ``a/b``
+    (every id the contract allows is addressable: ``/``, ``%``, ``?``, ``#`` and spaces
+    escaped as ``%2F``, ``%25``, ``%3F``, ``%23`` and ``%20``)."""
+    try:
+        value = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise HTTPException(422, f"{name}: percent-escapes that are not UTF-8") from None
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise HTTPException(422, f"{name}: 1 to {MAX_ID_CHARS} characters once decoded")
+    return value
 
-    app.add_middleware(Guard)
-    app.add_middleware(Measured, metrics=metrics)  # the outer one: it counts what Guard refuses
+
+async def json_body(request: Request) -> Any:
+    """The request's body as JSON that re-encodes exactly; 422 naming the field if not.
+    Guard has already checked the key, the content type and the length."""
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # gone, or too slow (the 408 is sent): nothing to answer
+        raise HTTPException(408, "the body did not arrive") from None
+    try:
+        return loads_checked(raw)
+    except InvalidInput as exc:
+        raise HTTPException(422, f"{exc.reason}: {exc.detail}"[:MAX_REASON_CHARS]) from None
+
+
+def _refused(rejected: list[Rejected]) -> JSONResponse:
+    """The 422 of a batch with refused events: the first few, bounded, never an input."""
+    return JSONResponse(status_code=422, content={
+        "rejected": [{"index": r.index, "event_id": r.event_id,
+                      "reason": r.reason[:MAX_REASON_CHARS]}
+                     for r in rejected[:MAX_REJECTED_LISTED]],
+        "rejected_count": len(rejected)})
+
+
+def _bounded_errors(app: FastAPI) -> None:
+    """Error answers name what is wrong, never echo the input, and stay short."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": [
+            {"loc": [str(part)[:64] for part in error.get("loc", ())][:8],
+             "msg": str(error.get("msg", ""))[:MAX_REASON_CHARS], "type": error.get("type")}
+            for error in list(exc.errors())[:8]]})
+
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, _exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+def create_app(service: Service, docs: bool = False) -> FastAPI:
+    """The routes (``docs``: also serve /docs and /redoc, pages that load their scripts from
+    a CDN; /openapi.json is always served, as docs/openapi.json holds it)."""
+    app = FastAPI(title="recoloop rank service", version=__version__,
+                  description="Rankings per session, read-your-writes; events in. "
+                  "Ids in paths are percent-encoded path segments (%2F for /).",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
+    app.state.service = service
+    app.add_middleware(Guard, keys=service.keys)
+    app.add_middleware(RawPath)  # outside Guard: a key opens what the raw path names
+    app.add_middleware(Measured, metrics=service.metrics)  # counts what Guard refuses too
+    _bounded_errors(app)
     if service.tracing.enabled:
         # A span per request, continuing the caller's traceparent; posted events carry it on.
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
         FastAPIInstrumentor.instrument_app(app, tracer_provider=service.tracing.provider,
                                            excluded_urls="health,ready,metrics")
+    _ranking_route(app, service)
+    _events_route(app, service)
+    _config_route(app, service)
+    _plain_routes(app, service)
+    return app
+
+
+def asgi_app(service: Service, docs: bool = False) -> ASGIApp:
+    """What uvicorn serves: the routes inside :class:`app.serve.edge.Shielded`."""
+    return Shielded(create_app(service, docs))
+
+
+ENCODED = "percent-encoded (RFC 3986): %2F for /, %25 for %, %3F for ?, %23 for #"
+
+
+def _ranking_route(app: FastAPI, service: Service) -> None:
+    metrics = service.metrics
 
     @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
              response_model=RankingAnswer, response_class=JSONResponse)
     async def ranking(
             caller: Caller,
-            site_id: Annotated[str, Path(max_length=256)],
-            session_id: Annotated[str, Path(max_length=256)],
+            site_id: Annotated[str, Path(max_length=3 * MAX_ID_CHARS, description=ENCODED)],
+            session_id: Annotated[str, Path(max_length=3 * MAX_ID_CHARS,
+                                            description=ENCODED)],
             segment: Annotated[str, Query(
                 max_length=1024, description="The session's context segment for a default "
                 "ranking: sorted key=value pairs joined by '|', e.g. device=mobile|region=eu"
@@ -238,6 +268,7 @@ def create_app(service: Service) -> FastAPI:
                 description="Add why: each arm's estimate and probability in this context, "
                 "and what placed each item (the arm, a fallback or a promotion).")] = False
             ) -> Response:
+        site_id, session_id = path_id(site_id, "site_id"), path_id(session_id, "session_id")
         own(caller, site_id)
         book = service.book
         reached: bool | None = None
@@ -265,23 +296,38 @@ def create_app(service: Service) -> FastAPI:
             body += b',"explain":' + (answer.explain or b"null")
         return Response(body + b"}", media_type="application/json")
 
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _events_route(app: FastAPI, service: Service) -> None:
+    metrics = service.metrics
+
     @app.post("/v1/events", status_code=202, response_model=Accepted,
-              responses={422: {"model": Invalid}, 403: {}, 503: {}})
-    async def events(caller: Caller, batch: EventBatch) -> Any:
+              responses={422: {"model": Invalid}, 403: {}, 415: {}, 503: {}},
+              openapi_extra=_body(EventBatch.model_json_schema()))
+    async def events(caller: Caller, request: Request) -> Any:
         site = caller.site_id
         if service.ingest is None:
             raise HTTPException(503, "this replica takes no events")
-        if caller.admin or any(isinstance(e.get("site_id"), str) and e["site_id"] != site
-                               for e in batch.events):
+        if caller.admin:
+            raise HTTPException(403, "events of another site")
+        batch = _events(await json_body(request))
+        if any(isinstance(e, dict) and isinstance(e.get("site_id"), str) and e["site_id"] != site
+               for e in batch):
             raise HTTPException(403, "events of another site")
         latest = service.ingest.latest_ts()
-        results = [checked(e, n, site, latest) for n, e in enumerate(batch.events)]
+        results: list[tuple[str, bytes, bytes] | Rejected] = []
+        for n, event in enumerate(batch):
+            if n and n % CHECK_CHUNK == 0:
+                await asyncio.sleep(0)  # let waiting reads in
+            results.append(checked(event, n, site, latest))
         rejected = [r for r in results if isinstance(r, Rejected)]
         if rejected:
             metrics.events_ingested.labels("rejected").inc(len(rejected))
-            return JSONResponse(status_code=422, content={"rejected": [
-                {"index": r.index, "event_id": r.event_id, "reason": r.reason}
-                for r in rejected]})
+            return _refused(rejected)
         records = [r for r in results if not isinstance(r, Rejected)]
         errors = await service.ingest.send(records, service.tracing.current_headers())
         failed = [n for n, error in enumerate(errors) if error is not None]
@@ -289,27 +335,50 @@ def create_app(service: Service) -> FastAPI:
         if failed:
             metrics.events_ingested.labels("failed").inc(len(failed))
             raise HTTPException(503, {"failed": [
-                {"index": n, "reason": errors[n]} for n in failed]})
-        return Accepted(accepted=[str(e["event_id"]) for e in batch.events])
+                {"index": n, "reason": str(errors[n])[:MAX_REASON_CHARS]}
+                for n in failed[:MAX_REJECTED_LISTED]], "failed_count": len(failed)})
+        return Accepted(accepted=[str(e["event_id"]) for e in batch])
 
+
+def _config_route(app: FastAPI, service: Service) -> None:
     @app.put("/v1/sites/{site_id}/config", status_code=202,
-             responses={422: {}, 403: {}, 503: {}})
-    async def site_config(caller: Caller, site_id: Annotated[str, Path(max_length=256)],
-                          config: dict[str, Any]) -> dict[str, str]:
+             responses={422: {}, 403: {}, 415: {}, 503: {}},
+             openapi_extra=_body({"type": "object", "description": "The site's config: "
+                                  "topics/reco.site-config.json (site_id may be left out)."}))
+    async def site_config(caller: Caller, request: Request, site_id: Annotated[
+            str, Path(max_length=3 * MAX_ID_CHARS, description=ENCODED)]) -> dict[str, str]:
         """Set the site's settings and rules (``topics/reco.site-config.json``); admin keys
         only. 202 once the broker has the record: every worker applies it within seconds."""
+        site_id = path_id(site_id, "site_id")
         if not caller.admin:
             raise HTTPException(403, "site configs are set with an admin key")
         if service.ingest is None:
             raise HTTPException(503, "this replica writes nothing")
+        config = await json_body(request)
         try:
             raw = checked_site_config(site_id, config, service.sites)
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, str(exc)[:MAX_REASON_CHARS]) from None
         [error] = await service.ingest.send([(SITE_CONFIG, site_id.encode(), raw)])
         if error is not None:
-            raise HTTPException(503, f"not written: {error}")
+            raise HTTPException(503, f"not written: {error}"[:MAX_REASON_CHARS])
         return {"site_id": site_id, "status": "written"}
+
+
+def _events(body: Any) -> list[Any]:
+    """The events of a POST /v1/events body; 422 unless it holds a list of at most
+    MAX_EVENTS_PER_REQUEST."""
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list):
+        raise HTTPException(422, 'events: required, a list ({"events": [...]})')
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise HTTPException(422, f"events: at most {MAX_EVENTS_PER_REQUEST} per request, "
+                            f"not {len(events)}")
+    return events
+
+
+def _plain_routes(app: FastAPI, service: Service) -> None:
+    metrics = service.metrics
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -325,8 +394,6 @@ def create_app(service: Service) -> FastAPI:
     async def prometheus() -> Response:
         metrics.sessions_in_memory.set(len(service.book))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def _wait_for(book: RankingBook, site: str, session: str, event_id: str,

@@ -24,12 +24,11 @@ import orjson
 TRIGGERS_KEPT = 16
 
 
-@dataclass
-class SessionEntry:
-    raw: bytes  # the latest ranking's value, as published but for its explain
-    ts: int
-    explain: bytes | None = None
-    triggers: list[str] = field(default_factory=list)
+# An entry: the latest ranking's value (as published but for its explain), its ts, its
+# explain, and the trigger ids. A plain tuple of bytes, ints and strings, which the garbage
+# collector stops tracking: its full passes, which stall the event loop, never walk the
+# sessions held (a tuple subclass, a dataclass or a list would stay tracked).
+Entry = tuple[bytes, int, bytes | None, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ class RankingBook:
     def __init__(self, max_sessions: int = 100_000, max_defaults: int = 20_000) -> None:
         self.max_sessions = max_sessions
         self.max_defaults = max_defaults
-        self._sessions: OrderedDict[tuple[str, str], SessionEntry] = OrderedDict()
-        self._defaults: OrderedDict[tuple[str, str, str], SessionEntry] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self._defaults: OrderedDict[tuple[str, str, str], Entry] = OrderedDict()
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._lock = threading.Lock()
 
@@ -90,21 +89,18 @@ class RankingBook:
             if "segment" in ranking:  # only default rankings have one (a session may be "*")
                 key = (site, str(ranking["segment"] or ""), str(ranking.get("variant") or ""))
                 self._defaults.pop(key, None)
-                self._defaults[key] = SessionEntry(raw, ts, explain)
+                self._defaults[key] = (raw, ts, explain, ())
                 while len(self._defaults) > self.max_defaults:
                     self._defaults.popitem(last=False)
                 return
             # A session's rankings are on one partition, read once in order: the last wins
             # (its ts is its event's, and a site's clocks may disagree).
             entry = self._sessions.pop((site, session), None)
-            if entry is None:
-                entry = SessionEntry(raw, ts, explain)
-            else:
-                entry.raw, entry.ts, entry.explain = raw, ts, explain
+            triggers = () if entry is None else entry[3]
             trigger = ranking.get("trigger_event_id")
             if isinstance(trigger, str):
-                entry.triggers = [*entry.triggers[-(TRIGGERS_KEPT - 1):], trigger]
-            self._sessions[(site, session)] = entry
+                triggers = (*triggers[-(TRIGGERS_KEPT - 1):], trigger)
+            self._sessions[(site, session)] = (raw, ts, explain, triggers)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
             waiters = self._waiters.pop((site, session), [])
@@ -120,7 +116,7 @@ class RankingBook:
         not answered: the wait runs out)."""
         with self._lock:
             entry = self._sessions.get((site, session))
-            return entry is not None and event_id in entry.triggers
+            return entry is not None and event_id in entry[3]
 
     def on_next(self, site: str, session: str, wake: Waiter) -> None:
         """Call ``wake`` (from the feed's thread) at the session's next ranking."""
@@ -143,12 +139,12 @@ class RankingBook:
         with self._lock:
             entry = self._sessions.get((site, session))
             if entry is not None:
-                return Answer("session", entry.raw, entry.ts, entry.explain)
+                return Answer("session", *entry[:3])
             for source, key in (("segment", (site, segment, variant)),
                                 ("site", (site, "", variant))):
                 default = self._defaults.get(key)
                 if default is not None and (source == "site" or segment):
-                    return Answer(source, default.raw, default.ts, default.explain)
+                    return Answer(source, *default[:3])
         items = catalog.available(site) if catalog is not None else []
         return Answer("catalog", None, items=items) if items else Answer("none", None)
 

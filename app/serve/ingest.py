@@ -28,6 +28,7 @@ from app.settings import Settings
 TOPIC_BY_TYPE = {"served": SERVED, **REACTION_TOPIC_BY_TYPE}
 MAX_EVENTS_PER_REQUEST = 1_000
 MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_CHARS = 256  # the contract's ids (topics/*.json)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ def checked(event: Any, index: int, site_id: str, latest_ts: int
     """``(logical topic, key, value)`` of one posted event, or why it cannot be taken."""
     if not isinstance(event, dict):
         return Rejected(index, None, "schema: an event is a JSON object")
-    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or len(event_id) > MAX_ID_CHARS:
+        event_id = None  # an error answer never echoes more than an id
     record = dict(event)
     kind = record.pop("type", None)
     topic = TOPIC_BY_TYPE.get(kind) if isinstance(kind, str) else None
@@ -50,7 +53,10 @@ def checked(event: Any, index: int, site_id: str, latest_ts: int
         return Rejected(index, event_id, f"type: must be one of {sorted(TOPIC_BY_TYPE)}")
     if record.get("site_id") != site_id:
         return Rejected(index, event_id, "site_id: must be the key's site")
-    value = orjson.dumps(record)
+    try:
+        value = orjson.dumps(record)
+    except orjson.JSONEncodeError as exc:  # loads_checked took only what re-encodes
+        return Rejected(index, event_id, f"unencodable: {exc}")
     if len(value) > MAX_EVENT_BYTES:
         return Rejected(index, event_id, f"too_large: events are at most {MAX_EVENT_BYTES} "
                         "bytes")

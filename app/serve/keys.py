@@ -66,9 +66,36 @@ class KeyRecord:
                    created if isinstance(created, int) else 0, admin)
 
 
+MAX_SITE_CHARS = 256  # the contract's site_id
+
+
+def site_id_problem(site_id: str) -> str | None:
+    """Why no key can be made for ``site_id``, or None. A site id is what events may carry
+    (1 to 256 characters of UTF-8) and what ``keys list`` can show on one line: no control
+    characters, no blanks at either end.
+
+    >>> site_id_problem("shop/eu"), site_id_problem(""), site_id_problem(" shop")
+    (None, 'a site id is 1 to 256 characters', 'a site id has no blanks at either end')
+    """
+    if not 1 <= len(site_id) <= MAX_SITE_CHARS:
+        return f"a site id is 1 to {MAX_SITE_CHARS} characters"
+    try:
+        site_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a site id is UTF-8 text"
+    if not site_id.isprintable():
+        return "a site id has no control characters"
+    if site_id != site_id.strip():
+        return "a site id has no blanks at either end"
+    return None
+
+
 def new_key(site_id: str | None, now_ms: int | None = None) -> tuple[str, KeyRecord]:
     """A new key for ``site_id`` (None: an admin key), shown once, and the record that
-    stores only its digest."""
+    stores only its digest; ValueError for a site id no event could carry."""
+    problem = None if site_id is None else site_id_problem(site_id)
+    if problem is not None:
+        raise ValueError(problem)
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     record = KeyRecord(key_id, site_id or "", _digest(secret),
                        int(time.time() * 1000) if now_ms is None else now_ms, site_id is None)

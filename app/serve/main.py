@@ -3,6 +3,7 @@ and the sites' configs, on Kafka."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -25,11 +26,12 @@ from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
-from app.serve.api import Readiness, Service, create_app
+from app.serve.api import Readiness, Service, asgi_app
 from app.serve.book import CatalogItems, RankingBook
+from app.serve.edge import server_options
 from app.serve.feeds import TopicFeed
 from app.serve.ingest import EventIngest
-from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key
+from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key, site_id_problem
 from app.settings import Settings
 from app.stream.channels import Channels, InternalTopic
 from app.stream.topic_admin import ensure_internal_topics
@@ -114,10 +116,12 @@ def run(settings: Settings) -> int:
     service = Service(book, keys, ingest, ServeMetrics(),
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog, tracing)
+    app = asgi_app(service, settings.serve_docs)
+    # What is imported and built by now lives as long as the process: kept out of the
+    # collector's full passes, each of which stops the event loop while it walks the heap.
+    gc.freeze()
     try:
-        uvicorn.run(create_app(service), host=settings.bind_host, port=settings.serve_port,
-                    log_level=logging.getLevelName(logging.getLogger().level).lower(),
-                    access_log=False)
+        uvicorn.run(app, **server_options(settings))
     finally:
         for feed in (rankings, key_feed, catalog_feed, config_feed):
             feed.stop()
@@ -174,6 +178,10 @@ def key_records(settings: Settings) -> Iterator[KeyRecord]:
 
 def keys_command(settings: Settings, action: str, site: str | None, key_id: str | None) -> int:
     if action == "create":
+        problem = None if site is None else site_id_problem(site)
+        if problem is not None:
+            print(f"recoloop keys create: refused: {problem}", file=sys.stderr)
+            return 2
         print(create_key(settings, site))
         print("(shown once: store it now; only its SHA-256 is kept)", file=sys.stderr)
     elif action == "revoke":
