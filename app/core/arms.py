@@ -102,7 +102,12 @@ def popular(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple[s
 
 
 def session_knn(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple[str, float]]:
-    return vote(stats.postings, session.recent_items, n, session.session_id, ts)
+    """What sessions like this one engaged besides the page's own item: the arm answers
+    "what else"; showing the page's item again is ``recent``'s and ``coview``'s choice. The
+    session's earlier items may come back (visitors return to them)."""
+    page = session.recent_items[-1:]
+    votes = vote(stats.postings, session.recent_items, n + 1, session.session_id, ts)
+    return [(item, score) for item, score in votes if item not in page][:n]
 
 
 def _stat(name: str) -> Has:

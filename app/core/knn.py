@@ -23,14 +23,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-PER_ITEM = 20
+PER_ITEM = 50
 # The ids a posting holds, in UTF-8 bytes, at most: its oldest sessions go first past it.
 MAX_POSTING_BYTES = 192 * 1024
-QUERY_ITEMS = 3  # the session's newest items whose postings are read
-SNAPSHOT_ITEMS = 6  # the newest items of a neighbour kept (votes fall fast with distance)
-NEIGHBOURS = 50
+QUERY_ITEMS = 10  # the session's newest items whose postings are read
+SNAPSHOT_ITEMS = 10  # the newest items of a neighbour kept
+NEIGHBOURS = 100
 NEIGHBOUR_HALF_LIFE_MS = 24 * 3_600_000
-POSITION_DECAY = 0.5  # per step away from the shared item, in the neighbour's order
+POSITION_DECAY = 0.9  # per step away from the shared item, in the neighbour's order
 _DECAY = [POSITION_DECAY ** steps for steps in range(64)]
 
 

@@ -31,7 +31,7 @@ STAT_SHAPES = {
 }
 # The newest items of a session whose postings are rewritten when it engages: those a vote
 # reads (app.core.knn).
-INDEXED_ITEMS = QUERY_ITEMS
+INDEXED_ITEMS = 5
 # Reaction types whose order says "viewed next".
 VIEW_TYPES = frozenset({"click", "detail_view"})
 
