@@ -200,8 +200,14 @@ def world_table(world: str, learning: dict[str, Any], base: dict[str, Any],
                  f"(≥ {KEEP_UP}: {_met(v['keeps_up'])}; ≥ {WIN}: {'yes' if v['wins'] else 'no'}); "
                  f"engine CTR first fifth {_number(v['first_fifth_ctr'])}, last "
                  f"{_number(v['last_fifth_ctr'])} (fall {_number(v['fall'])}, its standard "
-                 f"error {_number(v['fall_se'])}: no fall beyond it {_met(v['no_fall'])})")
+                 f"error {_number(v['fall_se'])}: no fall beyond it {_met(v['no_fall'])}; "
+                 f"the best baseline's first and last fifths: "
+                 f"{_fifth_ends(base['contenders'][v['best_baseline']]['by_fifth'])})")
     return lines
+
+
+def _fifth_ends(rows: list[dict[str, Any]]) -> str:
+    return f"{_number(rows[0]['engine']['ctr'])}, {_number(rows[-1]['engine']['ctr'])}"
 
 
 def world_tables(steps: dict[str, dict[str, Any]]) -> str:
