@@ -16,7 +16,7 @@ from typing import Any
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
-from app.core.knn import QUERY_ITEMS, Postings
+from app.core.knn import Postings
 from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
