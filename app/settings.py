@@ -21,7 +21,7 @@ from app.core.arms import KNOWN_ARMS
 EXPLORATION_RULES = ("epsilon", "squarecb")
 # The default arms, one set for every site (docs/learning.md says how it was chosen); every
 # arm of the registry can be chosen with RECOLOOP_ARMS.
-DEFAULT_ARMS = ("similar", "category1", "learned", "recent", "coview", "session_knn")
+DEFAULT_ARMS = ("session_knn", "recent", "coview", "learned")
 # Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 
@@ -101,7 +101,7 @@ class Settings:
     # How the bandit explores: "epsilon" (a fixed share, RECOLOOP_EXPLORATION) or "squarecb"
     # (shrinking with evidence; RECOLOOP_SQUARECB_GAMMA scales how fast).
     exploration_rule: str = "squarecb"
-    squarecb_gamma: float = 1.0
+    squarecb_gamma: float = 10.0
     # Per-site exploration: "shop-a=squarecb:2;shop-b=epsilon:0.05" (rule:parameter).
     site_exploration: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     ranking_size: int = 10

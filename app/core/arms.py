@@ -115,9 +115,20 @@ def _stat(name: str) -> Has:
 
 
 def _viewed(session: Session, stats: SiteStats) -> bool:
-    """The session has items: arms that start from them have something to go on (checking
-    their statistics too would read records the chosen arm may never need)."""
     return bool(session.recent_items)
+
+
+def _page_has(name: str) -> Has:
+    """Whether the statistic ``name`` knows the page's item (one record, which the arm and
+    the learned arm's signals read anyway)."""
+    def has(session: Session, stats: SiteStats) -> bool:
+        return bool(session.recent_items) and bool(
+            stats.scores(name, session.recent_items[-1]).raw)
+    return has
+
+
+def _page_indexed(session: Session, stats: SiteStats) -> bool:
+    return bool(session.recent_items) and stats.postings(session.recent_items[-1]) is not None
 
 
 def _no_items(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple[str, float]]:
@@ -127,7 +138,7 @@ def _no_items(session: Session, stats: SiteStats, ts: int, n: int) -> list[tuple
 _ARMS = (
     Arm("similar", "weighted voting: items co-engaged in other sessions with the session's "
         "recent items, newer items weighing more", similar,
-        _viewed),
+        _page_has("cooc")),
     Arm("category1", "the best items of the session's most engaged category (engagement "
         "weighted by type, 10-minute half-life)", category(0),
         lambda session, stats: len(session.categories.raw) >= 1),
@@ -139,12 +150,13 @@ _ARMS = (
         "one-day baseline", trending, _stat("recent")),
     Arm("recent", "the session's recently engaged items, newest first", recent, _viewed),
     Arm("coview", "the items most often viewed right after the session's last item, by "
-        "every visitor (the item itself when visitors return to it)", coview, _viewed),
+        "every visitor (the item itself when visitors return to it)", coview,
+        _page_has("next")),
     Arm("popular", "the site's most engaged items, decayed over a day", popular,
         _stat("popular")),
     Arm("session_knn", "session kNN (V-SKNN/STAN): the 100 recent sessions most like this "
         "one vote for their items, by similarity and closeness to the item they share",
-        session_knn, _viewed, session_index=True),
+        session_knn, _page_indexed, session_index=True),
     Arm("learned", "the site's item model ranks the other arms' leading items by the "
         "signals the counters use, learned online from each closed display", _no_items,
         lambda session, stats: True, session_index=True),
