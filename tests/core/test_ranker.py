@@ -89,8 +89,9 @@ def test_the_learned_arm_ranks_by_what_clicks_taught_it():
 
 
 def test_engagements_round_trip_and_refuse_what_is_not_one():
-    engagement = Engagement("shop", "s", "i", "basket_add", 5, "c", "j", "eu", ("j", "i"))
+    engagement = Engagement("shop", "s", "i", "basket_add", 5, "c", "j", "eu", ("j", "i"), "k")
     assert Engagement.from_value(engagement.to_value()) == engagement
-    for bad in ({"ts": 5.0}, {"session_items": "ji"}, {"item_id": 3}, {"ts": True}):
+    for bad in ({"ts": 5.0}, {"session_items": "ji"}, {"item_id": 3}, {"ts": True},
+                {"previous_same": 7}):
         with pytest.raises((KeyError, TypeError, ValueError)):
             Engagement.from_value({**engagement.to_value(), **bad})
