@@ -66,11 +66,11 @@ def drive_events(s: Settings) -> None:
     shop = {"site_id": "shop"}
     # Candidate policies scored in the shadow of the site's bandit (recoloop_shadow_value).
     produce(s.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
-        {**shop, "shadow": ["uniform", "arm:similar"]}))])
+        {**shop, "shadow": ["uniform", "arm:recent"]}))])
     produce(s.bootstrap_servers, [
         # A display from a known arm that earns the maximum reward: closed at once, learned.
         event(s.topic(SERVED), {**shop, "event_id": "d1", "session_id": "s1", "ts": t,
-                                "items": ["a", "b"], "arm": "similar", "propensity": 0.5,
+                                "items": ["a", "b"], "arm": "recent", "propensity": 0.5,
                                 "context": {"device": "mobile"}}),
         event(s.topic(CLICKS), {**shop, "event_id": "c0", "session_id": "s1",
                                 "ts": t + 200, "item_id": "a"}),
@@ -80,7 +80,7 @@ def drive_events(s: Settings) -> None:
                                      "ts": t + 1_000, "item_id": "a", "price": 25.0}),
         # A display nobody reacts to: pending in the join until its window closes.
         event(s.topic(SERVED), {**shop, "event_id": "d2", "session_id": "s2", "ts": t,
-                                "items": ["c"], "arm": "category1", "propensity": 0.25}),
+                                "items": ["c"], "arm": "coview", "propensity": 0.25}),
         # A reaction to nothing displayed: unattributed once its grace passes.
         event(s.topic(CLICKS), {"site_id": "blog", "event_id": "c1", "session_id": "s3",
                                 "ts": t, "item_id": "zzz"}),
@@ -147,10 +147,10 @@ def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query_has_d
              lambda: json.dumps(prometheus.api("rules"), indent=1))
 
     # What the numbers say matches what was driven.
-    [reward] = prometheus.query('sum(recoloop_reward_total{site="shop",arm="similar"})')
+    [reward] = prometheus.query('sum(recoloop_reward_total{site="shop",arm="recent"})')
     assert float(reward["value"][1]) == 3.0
     [closed] = prometheus.query('sum by (closed_by) (recoloop_decisions_closed_total'
-                                '{site="shop",arm="similar"})')
+                                '{site="shop",arm="recent"})')
     assert closed["metric"]["closed_by"] == "max_reward"
     [ready_gauge] = prometheus.query("recoloop_worker_ready")
     assert ready_gauge["value"][1] == "1"
