@@ -29,8 +29,8 @@ STAT_SHAPES = {
     "cooc": (24 * HOUR_MS, 20),  # items engaged in the same sessions as one item
     "next": (24 * HOUR_MS, 30),  # items viewed right after one item (itself included)
 }
-# The newest items of a session whose postings are rewritten when it engages: those a vote
-# reads (app.core.knn).
+# The newest items of a session whose postings are rewritten when it engages (fewer than a
+# vote reads, app.core.knn.QUERY_ITEMS: older items keep an older picture of the session).
 INDEXED_ITEMS = 5
 # Reaction types whose order says "viewed next".
 VIEW_TYPES = frozenset({"click", "detail_view"})
