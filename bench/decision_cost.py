@@ -78,11 +78,11 @@ def measure() -> dict[str, Any]:
     per_event_us = (time.perf_counter() - start) / 30_000 * 1e6
 
     session = store.get(session_key("site1", "s1"))
-    stats = SiteStats("site1", store.get, store.set)
     placement = engine._placement("site1", "s1")  # no experiment: the site's own bandit
     rounds = 20_000
     start = time.perf_counter()
-    for n in range(rounds):
+    for n in range(rounds):  # the statistics read anew each time, as for each event
+        stats = SiteStats("site1", store.get, store.set)
         engine._rank(session, stats, f"bench-{n}", session.last_ts, placement)
     per_decision_us = (time.perf_counter() - start) / rounds * 1e6
     per_arm_us = {}

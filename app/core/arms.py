@@ -24,7 +24,6 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.core.knn import vote
 from app.core.session import Session
 from app.core.stats import SiteStats
 
@@ -106,7 +105,7 @@ def session_knn(session: Session, stats: SiteStats, ts: int, n: int) -> list[tup
     "what else"; showing the page's item again is ``recent``'s and ``coview``'s choice. The
     session's earlier items may come back (visitors return to them)."""
     page = session.recent_items[-1:]
-    votes = vote(stats.postings, session.recent_items, n + 1, session.session_id, ts)
+    votes = stats.knn_votes(session.session_id, session.recent_items, ts, n + 1)
     return [(item, score) for item, score in votes if item not in page][:n]
 
 

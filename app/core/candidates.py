@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from app.core.arms import ARMS, similar_votes
 from app.core.catalog import CatalogItem, CatalogView
 from app.core.decay import DecayedScores
-from app.core.knn import vote
 from app.core.ranker import ItemRanker
 from app.core.rules import NO_RULES, Rules
 from app.core.session import Session
@@ -130,7 +129,7 @@ class ItemSignals:
         recent_items = session.recent_items
         self.page = recent_items[-1] if recent_items else None
         self.next = stats.scores("next", self.page).top(NEXT_POOL, ts) if self.page else []
-        self.knn = vote(stats.postings, recent_items, KNN_POOL, session.session_id, ts) \
+        self.knn = stats.knn_votes(session.session_id, recent_items, ts, KNN_POOL) \
             if recent_items else []
         # Each signal as a share of the best item's: decayed values share one decay factor,
         # so stored (undecayed) values give the same shares.

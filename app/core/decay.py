@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 # Rescale before the forward-decay weights get anywhere near float overflow (2**1023), and
 # never raise 2 to more than this when reading at a time far from the reference.
@@ -52,8 +53,10 @@ class DecayedScores:
             exponent = 0.0
         value = self.raw[key] = self.raw.get(key, 0.0) + weight * 2.0 ** exponent
         leaders = self.leaders
+        # A key among the leaders is at least the last one: a positive weight takes it
+        # above, so only a negative one needs the scan.
         if len(leaders) < LEADERS_KEPT or value > leaders[-1][1] \
-                or any(k == key for k, _ in leaders):
+                or (weight < 0 and any(k == key for k, _ in leaders)):
             leaders = [kv for kv in leaders if kv[0] != key]
             leaders.append((key, value))
             leaders.sort(key=_second, reverse=True)
@@ -96,5 +99,4 @@ class DecayedScores:
         self.ref_ts = ts
 
 
-def _second(pair: tuple[str, float]) -> float:
-    return pair[1]
+_second = itemgetter(1)

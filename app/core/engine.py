@@ -210,6 +210,7 @@ class Engine:
         self.catalog = catalog
         self.site_stats = site_stats
         self._rules: dict[tuple[float, float, tuple[tuple[str, float], ...]], JoinRules] = {}
+        self._site_rules: dict[str, tuple[object, JoinRules]] = {}
         self._site_idle_ms = int(settings.site_idle_s * 1000)
         self._idle_ms = int(settings.idle_close_s * 1000)
         self._quiet_ticks = max(1, round(settings.idle_close_s / settings.tick_interval_s))
@@ -218,7 +219,11 @@ class Engine:
     def rules_for(self, site_id: str) -> JoinRules:
         """The site's join rules: the settings, with the site's overrides (one object per
         distinct set of rules, the cache bounded by :data:`JOIN_RULES_CACHED`)."""
-        window_s, grace_s, rewards = self.sites.join_for(site_id)
+        join = self.sites.join_for(site_id)
+        known = self._site_rules.get(site_id)
+        if known is not None and known[0] is join:  # the site's config has not changed
+            return known[1]
+        window_s, grace_s, rewards = join
         key = (window_s, grace_s, tuple(sorted(rewards.items())))
         rules = self._rules.get(key)
         if rules is None:
@@ -226,6 +231,9 @@ class Engine:
                 self._rules.clear()
             rules = self._rules[key] = JoinRules(int(window_s * 1000), int(grace_s * 1000),
                                                  rewards)
+        if len(self._site_rules) >= JOIN_RULES_CACHED:
+            self._site_rules.clear()
+        self._site_rules[site_id] = (join, rules)
         return rules
 
     def handle(self, store: Store, event: Served | Reaction | Tick) -> Effects:

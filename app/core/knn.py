@@ -22,16 +22,20 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
-PER_ITEM = 50
+PER_ITEM = 30
 # The ids a posting holds, in UTF-8 bytes, at most: its oldest sessions go first past it.
 MAX_POSTING_BYTES = 192 * 1024
-QUERY_ITEMS = 10  # the session's newest items whose postings are read
+QUERY_ITEMS = 5  # the session's newest items whose postings are read
 SNAPSHOT_ITEMS = 10  # the newest items of a neighbour kept
-NEIGHBOURS = 100
+NEIGHBOURS = 50
 NEIGHBOUR_HALF_LIFE_MS = 24 * 3_600_000
 POSITION_DECAY = 0.9  # per step away from the shared item, in the neighbour's order
-_DECAY = [POSITION_DECAY ** steps for steps in range(64)]
+# A neighbour's item weights, by the position of the item it shares (its items past the
+# row's end, from a posting written with more of them, do not vote).
+_ROWS = tuple(tuple(POSITION_DECAY ** abs(position - anchor) for position in range(64))
+              for anchor in range(64))
 
 
 # (session id, ts, its items oldest first): a tuple of strings and numbers, which the
@@ -106,17 +110,14 @@ def vote(postings: Callable[[str], Postings | None], items: Sequence[str], size:
     votes: dict[str, float] = {}
     get = votes.get
     for similarity, anchor, neighbour_items in heapq.nlargest(NEIGHBOURS, scored, key=_first):
-        for position, item in enumerate(neighbour_items):
-            votes[item] = get(item, 0.0) + similarity * _DECAY[min(63, abs(position - anchor))]
-    return heapq.nlargest(size, sorted(votes.items()), key=_second)
+        for item, decay in zip(neighbour_items, _ROWS[min(63, anchor)], strict=False):
+            votes[item] = get(item, 0.0) + similarity * decay
+    # nlargest is stable: equal votes keep the order they were first cast in.
+    return heapq.nlargest(size, votes.items(), key=_first_value)
 
 
-def _first(entry: tuple[float, int, tuple[str, ...]]) -> float:
-    return entry[0]
-
-
-def _second(pair: tuple[str, float]) -> float:
-    return pair[1]
+_first = itemgetter(0)
+_first_value = itemgetter(1)
 
 
 def _entry_bytes(entry: Neighbour) -> int:

@@ -34,6 +34,11 @@ MAX_ITEMS = 300
 MAX_ITEM_CHARS = 64
 LEARNING_RATE = 0.5
 L2 = 1e-4
+# Before any click is learned, the counters' signals count alike: the arm starts as an even
+# blend of the simple arms (co-view, session kNN, similar, viewed, popular, category), not
+# as the order its pool happens to be in.
+PRIOR = {"category": 1.0, "similar": 1.0, "popular": 1.0, "viewed": 1.0, "coview": 1.0,
+         "knn": 1.0}
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class ItemRanker:
         self._model = linear_model.LogisticRegression(
             optimizer=optim.SGD(LEARNING_RATE), l2=L2, intercept_lr=LEARNING_RATE)
         self._items: set[str] = set()
+        for name, weight in PRIOR.items():
+            self._model._weights[name] = weight
 
     def features(self, item_id: str, signals: Sequence[float], position: int = 0
                  ) -> dict[str, float]:

@@ -19,6 +19,7 @@ from app.core.rules import NO_RULES, Rules
 
 # The policies a site may have scored in the shadow of its live one (app.evaluation).
 SHADOW_POLICIES_MAX = 8
+JOINS_CACHED = 10_000  # sites whose join settings are kept worked out
 
 
 class Defaults(Protocol):
@@ -64,6 +65,8 @@ class SiteSettings:
     def __init__(self, defaults: Defaults) -> None:
         self.defaults = defaults
         self._configs: dict[str, SiteConfig] = {}
+        # Each site's join settings, worked out once per config (every event asks).
+        self._joins: dict[str, tuple[float, float, dict[str, float]]] = {}
 
     def __len__(self) -> int:
         return len(self._configs)
@@ -98,11 +101,13 @@ class SiteSettings:
         problem = self.problem(config)
         if problem is None:
             self._configs[config.site_id] = config
+            self._joins.pop(config.site_id, None)
         return problem
 
     def forget(self, site_id: str) -> None:
         """The site's record was deleted (a tombstone): back to the defaults."""
         self._configs.pop(site_id, None)
+        self._joins.pop(site_id, None)
 
     def experiment_for(self, site_id: str) -> Experiment | None:
         config = self._configs.get(site_id)
@@ -157,10 +162,16 @@ class SiteSettings:
         return (rule, value, gamma) if rule == "epsilon" else (rule, epsilon, value)
 
     def join_for(self, site_id: str) -> tuple[float, float, dict[str, float]]:
-        config = self._configs.get(site_id)
-        if config is None:
-            return self.defaults.join_for(site_id)
-        return self._join(config)
+        """``(reward_window_s, grace_s, rewards)`` of the site: the same object until its
+        config changes (callers must not change it)."""
+        join = self._joins.get(site_id)
+        if join is None:
+            if len(self._joins) >= JOINS_CACHED:
+                self._joins.clear()
+            config = self._configs.get(site_id)
+            join = self._joins[site_id] = self.defaults.join_for(site_id) if config is None \
+                else self._join(config)
+        return join
 
     def _join(self, config: SiteConfig) -> tuple[float, float, dict[str, float]]:
         window_s, grace_s, rewards = self.defaults.join_for(config.site_id)

@@ -16,7 +16,7 @@ from typing import Any
 from app.core.decay import DecayedScores
 from app.core.events import Reaction
 from app.core.keys import state_key
-from app.core.knn import Postings
+from app.core.knn import QUERY_ITEMS, Postings, vote
 from app.core.session import ENGAGEMENT_WEIGHT, RECENT_ITEMS_KEPT, Session
 
 HOUR_MS = 3_600_000
@@ -32,6 +32,7 @@ STAT_SHAPES = {
 # The newest items of a session whose postings are rewritten when it engages (fewer than a
 # vote reads, app.core.knn.QUERY_ITEMS: older items keep an older picture of the session).
 INDEXED_ITEMS = 5
+VOTES_KEPT = 64  # a session's neighbours' leading items, kept for the next ask
 # Reaction types whose order says "viewed next".
 VIEW_TYPES = frozenset({"click", "detail_view"})
 
@@ -56,6 +57,8 @@ class SiteStats:
         self._put = put
         self._loaded: dict[str, Any] = {}
         self._dirty: set[str] = set()
+        # The last vote: (query, how many items asked, the items).
+        self._votes: tuple[tuple[object, ...], int, list[tuple[str, float]]] | None = None
 
     def postings(self, item_id: str) -> Postings | None:
         """The latest sessions that engaged ``item_id``, for session kNN."""
@@ -67,9 +70,22 @@ class SiteStats:
                 self._loaded[key] = found
         return found
 
+    def knn_votes(self, session_id: str, items: list[str], ts: int,
+                  n: int) -> list[tuple[str, float]]:
+        """:func:`app.core.knn.vote` of the session's neighbours, best ``n`` first. The last
+        vote is kept until the postings change: a display's signals and the ranking it
+        triggers ask for the same one."""
+        query = (session_id, ts, *items[-QUERY_ITEMS:])
+        last = self._votes
+        if last is None or last[0] != query or last[1] < n:
+            asked = max(n, VOTES_KEPT)
+            last = self._votes = (query, asked, vote(self.postings, items, asked, session_id, ts))
+        return last[2][:n]
+
     def observe_session(self, session_id: str, ts: int, items: list[str]) -> None:
         """The session's newest items find it as a neighbour now; its older items keep an
         older picture of it (a vote reads the newest picture it finds)."""
+        self._votes = None
         for item in dict.fromkeys(items[-INDEXED_ITEMS:]):
             key = postings_key(self.site_id, item)
             postings = self.postings(item)

@@ -115,7 +115,7 @@ class PartitionState:
     >>> state.close()
     """
 
-    def __init__(self, path: Path, max_objects: int = 10_000,
+    def __init__(self, path: Path, max_objects: int = 30_000,
                  on_undecodable: Callable[[str], None] = lambda source: None) -> None:
         self.path = path
         self.max_objects = max_objects
@@ -152,6 +152,7 @@ class PartitionState:
             return value
         raw = self._db.get(key.encode())
         if raw is None:
+            self._remember(key, None)  # absent keys are asked for again (catalog misses)
             return None
         try:
             value = decode_state(key, raw)
@@ -202,6 +203,7 @@ class PartitionState:
                     self.on_undecodable("changelog")
                     continue
             valid.append((key, value))
+        self._objects.clear()  # what it remembers, present or absent, may be overwritten
         self.apply(valid, changelog_offset)
         return len(valid)
 

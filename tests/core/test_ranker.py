@@ -29,6 +29,20 @@ def test_the_model_learns_position_apart_from_the_items():
     assert ranker.to_state().weights["position"] < 0
 
 
+def test_a_new_model_ranks_by_an_even_blend_of_the_counters_signals():
+    """Before any click, the learned arm is no worse than an even mix of the simple arms: an
+    item two counters back outranks one that a single counter backs, and that one outranks an
+    item none backs (the pool's own order does not decide)."""
+    ranker = ItemRanker()
+    none, one, two = ([0.0] * len(SIGNALS) for _ in range(3))
+    one[SIGNALS.index("coview")] = 1.0
+    two[SIGNALS.index("knn")] = two[SIGNALS.index("viewed")] = 1.0
+    ranked = ranker.rank([("none", none), ("one", one), ("two", two)])
+    assert [item for item, _ in ranked] == ["two", "one", "none"]
+    assert ItemRanker.from_state(ranker.to_state()).rank(
+        [("none", none), ("one", one)]) == ranker.rank([("none", none), ("one", one)])
+
+
 def test_a_state_that_is_not_the_models_is_refused():
     for state in (RankerState(0.0, {"x=1": 1.0}, 1), RankerState(float("nan"), {}, 1),
                   RankerState(0.0, {"item=" + "a" * 65: 1.0}, 1)):
