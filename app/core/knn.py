@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-PER_ITEM = 30
+PER_ITEM = 50
 # The ids a posting holds, in UTF-8 bytes, at most: its oldest sessions go first past it.
 MAX_POSTING_BYTES = 192 * 1024
-QUERY_ITEMS = 5  # the session's newest items whose postings are read
+QUERY_ITEMS = 10  # the session's newest items whose postings are read
 SNAPSHOT_ITEMS = 10  # the newest items of a neighbour kept
-NEIGHBOURS = 50
+NEIGHBOURS = 100
 NEIGHBOUR_HALF_LIFE_MS = 24 * 3_600_000
 POSITION_DECAY = 0.9  # per step away from the shared item, in the neighbour's order
 # A neighbour's item weights, by the position of the item it shares (its items past the
