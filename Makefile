@@ -1,12 +1,13 @@
 # On a fresh machine (Python 3.11+, Java 17+, Maven):
 #   make run    broker up, topics applied, worker running (Ctrl-C stops the worker)
+#   make check  the fast inner loop: lint, type-check and the tests that need no broker
 #   make test   lint, type-check and the whole test suite against a real local broker
 #   make demo   broker, topics, a worker and simulated shoppers: watch the engine learn (5 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test demo kafka-down clean
+.PHONY: install run check test demo kafka-down clean
 
 $(BIN)/recoloop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ run: install
 	$(BIN)/recoloop kafka up
 	$(BIN)/recoloop topics apply
 	$(BIN)/recoloop worker
+
+check: install
+	$(BIN)/ruff check app tests bench
+	$(BIN)/mypy app
+	$(BIN)/pytest -q -m "not integration and not slow and not fault and not outage"
 
 test: install
 	deploy/prometheus/ensure-prometheus.sh
