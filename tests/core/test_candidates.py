@@ -244,3 +244,15 @@ def test_the_session_index_counts_its_bytes_and_stays_under_a_record_whatever_th
                   for n in postings.sessions)
     assert postings.id_bytes == recount <= MAX_POSTING_BYTES
     assert len(encode_state(postings)) < MAX_RECORD_BYTES // 2
+
+def test_a_kept_session_knn_vote_is_cast_again_once_the_postings_change():
+    """A display's signals and its ranking share one vote; a session engaging in between
+    changes the neighbours, and the next ask sees it."""
+    store = MemoryStore()
+    stats = SiteStats("shop", store.get, store.set)
+    stats.observe_session("a", 1, ["shoe", "sock"])
+    first = stats.knn_votes("me", ["shoe"], 2, 5)
+    assert [item for item, _ in first] == ["shoe", "sock"]
+    assert stats.knn_votes("me", ["shoe"], 2, 1) == first[:1]  # the kept vote, shorter
+    stats.observe_session("b", 2, ["shoe", "lace"])
+    assert "lace" in [item for item, _ in stats.knn_votes("me", ["shoe"], 2, 5)]

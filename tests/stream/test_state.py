@@ -110,6 +110,20 @@ def test_forgetting_decoded_objects_past_the_limit_loses_nothing(tmp_path):
     state.close()
 
 
+def test_a_key_read_as_absent_is_found_once_the_changelog_restores_it(tmp_path):
+    """Absent keys are remembered (the catalog is asked for items it lacks on every event);
+    a restore that writes one must not leave it read as absent."""
+    elsewhere = PartitionState(tmp_path / "elsewhere")
+    elsewhere.set(wake(3), {"s": None})
+    records = elsewhere.changes()
+    state = PartitionState(tmp_path / "0")
+    assert state.get(wake(3)) is None
+    state.restore(records, changelog_offset=0)
+    assert state.get(wake(3)) == {"s": None}
+    state.set(wake(4), {"t": None})  # a write after an absent read is read back too
+    assert state.get(wake(4)) == {"t": None}
+
+
 def test_restore_plans_rebuild_what_cannot_be_caught_up():
     day = 86_400_000
     # A crash after the last local write: read on from the next offset.
