@@ -25,13 +25,13 @@ run: install
 check: install
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
-	$(BIN)/pytest -q -m "not integration and not slow and not fault and not outage"
+	$(BIN)/pytest -q -n 2 -m "not integration and not slow and not fault and not outage"
 
 test: install
 	deploy/prometheus/ensure-prometheus.sh
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist worksteal
 
 demo: install
 	$(BIN)/recoloop demo

@@ -2,13 +2,16 @@
 
 ``bootstrap_servers`` is the only one that needs Kafka: it uses ``RECOLOOP_BOOTSTRAP_SERVERS``
 when set, and otherwise starts a local broker (``app.dev.local_kafka``, needs Java and Maven) on
-127.0.0.1:``RECOLOOP_TEST_KAFKA_PORT`` (default 19092) for the session. Tests that do not ask
-for it run without a broker or a JVM.
+127.0.0.1:``RECOLOOP_TEST_KAFKA_PORT`` (default 19092) for the session, one broker for all
+the workers of a parallel run. Tests that do not ask for it run without a broker or a JVM.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,38 @@ import pytest
 from app.settings import Settings
 from app.stream import topic_admin
 from tests.worker_process import WorkerProcess
+
+# Under pytest-xdist the controller names a directory its workers share: the first worker
+# that needs the broker starts it there (the others wait on the lock and use it), and the
+# controller stops it once every worker is done.
+SHARED_DIR_VARIABLE = "RECOLOOP_TEST_SHARED_DIR"
+
+
+def _test_port() -> int:
+    return int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ[SHARED_DIR_VARIABLE] = tempfile.mkdtemp(prefix="recoloop-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = os.environ.get(SHARED_DIR_VARIABLE)
+    if not shared or hasattr(config, "workerinput"):
+        return
+    from app.dev import local_kafka
+
+    if (Path(shared) / "started").exists():
+        local_kafka.down(port=_test_port(), data_dir=Path(shared) / "kafka")
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests (fault, outage, slow) first, so that parallel workers do not end
+    the run on one of them."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(name)
+                                        for name in ("fault", "outage", "slow")))
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +64,16 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
     from app.dev import local_kafka
 
-    port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092"))
+    port = _test_port()
+    shared = os.environ.get(SHARED_DIR_VARIABLE)
+    if shared:
+        with open(Path(shared) / "kafka.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not local_kafka.status(port):
+                local_kafka.up(port=port, data_dir=Path(shared) / "kafka")
+                (Path(shared) / "started").touch()
+        yield f"127.0.0.1:{port}"
+        return
     # A broker someone already runs on that port is used as is, and left running.
     started = not local_kafka.status(port)
     data_dir = tmp_path_factory.mktemp("kafka")  # fresh storage every session

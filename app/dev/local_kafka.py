@@ -15,6 +15,7 @@ plaintext port stays, so ``status`` and the broker's own traffic keep working un
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import signal
@@ -193,6 +194,15 @@ def _lib_dir() -> Path:
         return lib
     mvn = _require("mvn", "Apache Maven (e.g. `apt-get install maven`) to fetch the Kafka jars")
     lib.mkdir(parents=True, exist_ok=True)
+    # Brokers started at once (parallel test workers) fetch once: the others wait here.
+    with open(lib.parent / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (lib / _LIB_MARKER).exists():
+            _fetch(mvn, version, lib)
+    return lib
+
+
+def _fetch(mvn: str, version: str | None, lib: Path) -> None:
     print(f"recoloop: fetching Kafka {version} jars into {lib} (first run only)", file=sys.stderr)
     done = subprocess.run(
         [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
@@ -203,7 +213,6 @@ def _lib_dir() -> Path:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
         raise LocalKafkaError(f"Maven could not resolve {POM}:\n{tail}")
     (lib / _LIB_MARKER).write_text(f"{version}\n")
-    return lib
 
 
 def _write_config(port: int, data_dir: Path, listeners: Sequence[Listener],

@@ -16,8 +16,10 @@ its statistics each reaction once (tests/stream/test_fault.py's checks).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,10 +74,10 @@ def test_sigterm_exits_0_mid_stream_and_while_starting_and_loses_nothing(start_w
     expected = reference_join(by_kind)
     rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
     producer = threading.Thread(target=produce_paced, args=(s, by_kind))
-    producer.start()
 
     worker = start_worker(log_name="first.log")
     worker.wait_ready()
+    producer.start()  # after the worker is ready: its traffic outlasts the SIGTERM below
     time.sleep(2)  # some batches under traffic
     mid_stream = stop(worker)
     assert producer.is_alive(), "the traffic ended before the SIGTERM"
@@ -101,11 +103,22 @@ def test_sigterm_exits_0_mid_stream_and_while_starting_and_loses_nothing(start_w
     assert not ready_at_signal, "the worker was ready already: not a SIGTERM while starting"
 
 
+def handles_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (Linux: its ``SigCgt`` mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [caught] = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def test_sigterm_right_after_start_exits_0(start_worker):
-    # Half a second in, the worker is still importing: the handler app.cli installs first
-    # turns the SIGTERM into a clean stop before it has touched Kafka.
+    # Signalled the moment its handler is in (app.cli installs it before the slow imports),
+    # the worker turns the SIGTERM into a clean stop before it has touched Kafka.
     worker = start_worker()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while not handles_sigterm(worker.process.pid):
+        assert worker.process.poll() is None and time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.001)
+    assert STARTED not in worker.log_path.read_text(), "not a SIGTERM while starting"
     assert worker.stop() == 0, worker.log_tail()
 
 
