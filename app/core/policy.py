@@ -29,14 +29,6 @@ EXPLORATION_RULES = ("epsilon", "squarecb")
 # A context feature ("key=value") longer than this is not learned: the model is published
 # after every batch, and its size must stay bounded (see app.contract.codec).
 MAX_FEATURE_CHARS = 128
-# How many decisions a context value (a page's category, say) needs before its weight says
-# half of what its rewards say: the prior precision of a context feature's weight. Noisy
-# estimates for values seen a few times then cannot flip the greedy arm, while the constant
-# feature, in every decision, learns at once. It is carried by the feature's value, 1 /
-# sqrt(precision), under River's unit prior: the same posterior, and the model's state
-# stays River's own.
-CONTEXT_PRIOR_PRECISION = 300.0
-CONTEXT_FEATURE_VALUE = CONTEXT_PRIOR_PRECISION ** -0.5
 _FLOAT = np.dtype("<f8")
 
 
@@ -110,7 +102,7 @@ class ContextualBandit:
     True
     >>> policy.rule = "squarecb"  # an arm ~3 behind: 1 / (2 + gamma * 3), gamma = sqrt(2 * 401)
     >>> {arm: round(p, 4) for arm, p in policy.probabilities({"season": "winter"}).items()}
-    {'bestsellers': 0.0116, 'trending': 0.9884}
+    {'bestsellers': 0.0115, 'trending': 0.9885}
 
     References
     ----------
@@ -154,13 +146,11 @@ class ContextualBandit:
 
     @staticmethod
     def features(context: Mapping[str, Any]) -> dict[str, float]:
-        """One-hot features of a context (each :data:`CONTEXT_FEATURE_VALUE`), plus a
-        constant 1 that learns the arm's overall reward (River's Bayesian regression has no
-        intercept); an unseen value has no weight yet, so an unseen context falls back on
-        what the arm earns overall."""
-        names = (f"{key}={value}" for key, value in context.items() if value is not None)
-        features = {name: CONTEXT_FEATURE_VALUE for name in names
-                    if len(name) <= MAX_FEATURE_CHARS}
+        """One-hot features of a context, plus a constant that learns the arm's overall
+        reward (River's Bayesian regression has no intercept); an unseen value has no weight
+        yet, so an unseen context falls back on what the arm earns overall."""
+        features = {f"{key}={value}": 1.0 for key, value in context.items() if value is not None}
+        features = {name: 1.0 for name in features if len(name) <= MAX_FEATURE_CHARS}
         features["bias"] = 1.0
         return features
 
