@@ -2,7 +2,7 @@
 keeps the rankings coming.
 
 Three workers share one group (6 partitions, 2 each), each with its own data directory and so
-its own worker id. While a seeded stream is produced at about 1,000 events/s, each worker in
+its own worker id. While a seeded stream is produced at about 500 events/s, each worker in
 turn gets SIGTERM, must exit 0 within :data:`STOP_GRACE_S`, and is started again under the same
 id and data directory until ready, before the next one goes; then one is killed with SIGKILL
 and started again at once. The traffic stops a second after that worker is ready (however
@@ -68,8 +68,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARTITIONS = 6  # two per worker
 WORKERS = ("a", "b", "c")
-SESSIONS = 12_000  # about 70,000 events, 70 s of traffic; it stops after the last restart
-RATE_PER_S = 1_000
+SESSIONS = 6_000  # about 35,000 events, 70 s of traffic; it stops after the last restart
+# Half the fault tests' rate: a restarted worker's gap includes its catch-up on the backlog,
+# and the suite runs this test beside others on the same cores.
+RATE_PER_S = 500
 STOP_GRACE_S = 30.0  # a SIGTERM'd worker exits within this
 GAP_BOUND_S = 60.0
 GROUP_SESSION_TIMEOUT_S = "30"  # above a restart's 8 to 15 s: no rebalance
