@@ -88,8 +88,12 @@ class Broker:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A broker of this module's own, on a free port pair (data and controller port) next to
     the session broker's. Not an ephemeral port: while the broker is down, the clients'
-    reconnections could take those as their source ports, and the broker could not return."""
-    port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092")) + 50
+    reconnections could take those as their source ports, and the broker could not return.
+    Each pytest-xdist worker that runs these tests starts its own, in a range of ports of its
+    own: two workers must never take one broker for theirs (one would stop it under the
+    other)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    port = int(os.environ.get("RECOLOOP_TEST_KAFKA_PORT", "19092")) + 50 + 20 * worker
     while not local_kafka._ports_free(port):
         port += 2
     own = Broker(port, tmp_path_factory.mktemp("outage-kafka"))
