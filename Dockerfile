@@ -15,12 +15,10 @@ WORKDIR /opt/recoloop
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY topics ./topics
-COPY deploy/docker/healthcheck.py ./healthcheck.py
-# Installed in place: the contract (topics/*.json) is read beside the app package, and the
-# runtime stage keeps both at this same path. Compiled now: the root file system is
-# read-only at run time.
-RUN /opt/venv/bin/pip install -e . && /opt/venv/bin/python -m compileall -q app
+# A regular install into the virtualenv: the contract (app/contract/topic_specs/*.json) is
+# package data, so the runtime stage needs the virtualenv only, not this source tree. pip
+# compiles what it installs: the root file system is read-only at run time.
+RUN /opt/venv/bin/pip install .
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
@@ -35,7 +33,7 @@ RUN groupadd --system --gid 10001 recoloop \
     && mkdir -p /var/lib/recoloop \
     && chown recoloop:recoloop /var/lib/recoloop
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/recoloop /opt/recoloop
+COPY deploy/docker/healthcheck.py /opt/recoloop/healthcheck.py
 USER 10001:10001
 WORKDIR /var/lib/recoloop
 # RocksDB state of the worker (RECOLOOP_DATA_DIR): keep it across restarts.

@@ -309,7 +309,7 @@ def machine_info(bootstrap: str | None) -> dict[str, Any]:
         "architecture": platform.machine(),
         "python": platform.python_version(),
         "kafka_version": local_kafka.kafka_version(),
-        "kafka_version_source": "deploy/kafka/pom.xml (the local broker)",
+        "kafka_version_source": "app/dev/kafka/pom.xml (the local broker)",
         "bootstrap_servers": bootstrap,
         "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],

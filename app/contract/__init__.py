@@ -1,2 +1,2 @@
-"""The contract as built: topic specs and schemas from topics/, decoding and validation.
+"""The contract as built: topic specs and schemas from topic_specs/, decoding and validation.
 Bytes in, core events or a reason out; imports app.core, orjson, fastjsonschema; no Kafka."""

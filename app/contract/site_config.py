@@ -1,5 +1,6 @@
 """``reco.site-config`` records: a site's settings and rules, checked against the topic's
-schema (``topics/reco.site-config.json``) and read into :class:`app.core.sites.SiteConfig`."""
+schema (``topic_specs/reco.site-config.json``) and read into
+:class:`app.core.sites.SiteConfig`."""
 
 from __future__ import annotations
 

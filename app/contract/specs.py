@@ -1,9 +1,10 @@
-"""The topic contract, loaded from ``topics/<logical name>.json``, and input validation.
+"""The topic contract, loaded from ``topic_specs/<logical name>.json``, and input validation.
 
-The JSON files are the single source of truth: the topic admin creates topics from them, the
-worker validates every input value against their JSON Schema (draft-07), and the README
-documents them. Validators are compiled once with fastjsonschema (generated Python code),
-because :func:`validation_error` runs on every input event.
+The JSON files (``app/contract/topic_specs/``, package data: a wheel carries them) are the
+single source of truth: the topic admin creates topics from them, the worker validates every
+input value against their JSON Schema (draft-07), and the README documents them. Validators
+are compiled once with fastjsonschema (generated Python code), because
+:func:`validation_error` runs on every input event.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Any, Literal
 
 import fastjsonschema
 
-TOPICS_DIR = Path(__file__).resolve().parents[2] / "topics"
+# Beside this module, in the package itself, so a regular (non-editable) install finds them.
+TOPICS_DIR = Path(__file__).resolve().parent / "topic_specs"
 
 CleanupPolicy = Literal["delete", "compact"]
 TimestampType = Literal["CreateTime", "LogAppendTime"]
 
 
 class TopicSpecError(ValueError):
-    """A file in ``topics/`` is malformed; the message names the file."""
+    """A file in ``topic_specs/`` is malformed; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The records recoloop reads and writes, as plain frozen dataclasses (no Kafka).
 
-Input values arrive as JSON already checked against the schemas in ``topics/``; the
-``from_value`` constructors only pick the fields the engine uses.
+Input values arrive as JSON already checked against the schemas in
+``app/contract/topic_specs/``; the ``from_value`` constructors only pick the fields the engine
+uses.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Development and the integration tests need a real broker (transactions, consumer groups,
 compacted changelogs), but not everyone has Docker. The broker's jars come from Maven
-Central through ``deploy/kafka/pom.xml`` (resolved once into a cache), and the broker runs
+Central through ``app/dev/kafka/pom.xml`` (resolved once into a cache), and the broker runs
 as a plain background ``java`` process with its config, storage, logs and pid file in one
 data directory. Only 127.0.0.1 is used: data port ``port``, KRaft controller port
 ``port + 1``. ``docker-compose.kafka.yml`` is the same broker for people who have Docker.
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+# Package data beside this module, so `recoloop kafka up` works from a regular install too.
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
@@ -178,7 +179,7 @@ def _require(tool: str, what: str) -> str:
 
 
 def kafka_version() -> str | None:
-    """The Kafka version the local broker runs, from ``deploy/kafka/pom.xml``."""
+    """The Kafka version the local broker runs, from ``app/dev/kafka/pom.xml``."""
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     return ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
 

@@ -133,7 +133,7 @@ class EventBatch(BaseModel):
     events: list[dict[str, Any]] = Field(
         max_length=MAX_EVENTS_PER_REQUEST,
         description="Each event: its type (served, click, detail_view, basket_add) and its "
-        "topic's fields (topics/*.json).")
+        "topic's fields (app/contract/topic_specs/*.json).")
 
 
 class Accepted(BaseModel):
@@ -344,11 +344,13 @@ def _config_route(app: FastAPI, service: Service) -> None:
     @app.put("/v1/sites/{site_id}/config", status_code=202,
              responses={422: {}, 403: {}, 415: {}, 503: {}},
              openapi_extra=_body({"type": "object", "description": "The site's config: "
-                                  "topics/reco.site-config.json (site_id may be left out)."}))
+                                  "app/contract/topic_specs/reco.site-config.json (site_id "
+                                  "may be left out)."}))
     async def site_config(caller: Caller, request: Request, site_id: Annotated[
             str, Path(max_length=3 * MAX_ID_CHARS, description=ENCODED)]) -> dict[str, str]:
-        """Set the site's settings and rules (``topics/reco.site-config.json``); admin keys
-        only. 202 once the broker has the record: every worker applies it within seconds."""
+        """Set the site's settings and rules (``app/contract/topic_specs/reco.site-config.json``);
+        admin keys only. 202 once the broker has the record: every worker applies it within
+        seconds."""
         site_id = path_id(site_id, "site_id")
         if not caller.admin:
             raise HTTPException(403, "site configs are set with an admin key")

@@ -2,9 +2,10 @@
 
 Each event names its ``type`` (``served``, ``click``, ``detail_view``, ``basket_add``); the
 rest of it is the topic's record and is checked by the same decoding the worker applies
-(:func:`app.contract.decode.decode`: the JSON Schemas in ``topics/``, integer times, a time
-not too far ahead). Valid events are produced keyed by ``session_id`` by an idempotent
-producer (``acks=all``); an event counts as accepted only once the broker acknowledged it.
+(:func:`app.contract.decode.decode`: the JSON Schemas in ``app/contract/topic_specs/``,
+integer times, a time not too far ahead). Valid events are produced keyed by ``session_id`` by
+an idempotent producer (``acks=all``); an event counts as accepted only once the broker
+acknowledged it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from app.settings import Settings
 TOPIC_BY_TYPE = {"served": SERVED, **REACTION_TOPIC_BY_TYPE}
 MAX_EVENTS_PER_REQUEST = 1_000
 MAX_EVENT_BYTES = 64 * 1024
-MAX_ID_CHARS = 256  # the contract's ids (topics/*.json)
+MAX_ID_CHARS = 256  # the contract's ids (app/contract/topic_specs/*.json)
 
 
 @dataclass(frozen=True)

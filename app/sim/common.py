@@ -507,7 +507,8 @@ class World:
         ranking, source = choice
         arm = ranking["arm"]
         # The engine's record of a default ranking belongs to no session, so arm and
-        # propensity go along (topics/README.md); for a session's own they are ignored.
+        # propensity go along (app/contract/topic_specs/README.md); for a session's own they
+        # are ignored.
         value.update(ranking_id=ranking["ranking_id"], arm=arm, propensity=ranking["propensity"])
         items = [entry["item_id"] for entry in ranking["items"]][:self.config.display_size]
         return arm, source, items

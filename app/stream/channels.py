@@ -1,7 +1,7 @@
 """Every Kafka topic the worker uses, declared in one place.
 
-The contract's topics come from ``topics/`` (and ``recoloop topics apply``); the worker's own
-topics, named after the app id, are created by the worker itself:
+The contract's topics come from ``app/contract/topic_specs/`` (and ``recoloop topics apply``);
+the worker's own topics, named after the app id, are created by the worker itself:
 
 - ``<app_id>-decisions``: closed decisions and engagements keyed by site, so one worker
   learns each site's bandit and statistics;

@@ -1,4 +1,5 @@
-"""Create the contract's topics from ``topics/*.json`` and check the layout the worker needs.
+"""Create the contract's topics from ``app/contract/topic_specs/*.json`` and check the layout
+the worker needs.
 
 ``apply`` only ever creates missing topics. Existing topics are never altered (partitions
 cannot shrink, and adding some moves sessions to other partitions), so differences from the
@@ -249,7 +250,7 @@ def _read_configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, s
 def _differences(spec: TopicSpec, settings: Settings, partitions: int,
                  configs: dict[str, str] | str) -> list[str]:
     wanted = spec.partition_count(settings.partitions)
-    source = "RECOLOOP_PARTITIONS" if spec.partitions is None else f"topics/{spec.name}.json"
+    source = "RECOLOOP_PARTITIONS" if spec.partitions is None else f"topic_specs/{spec.name}.json"
     found = [] if partitions == wanted else [
         f"{partitions} partitions, {source} wants {wanted}"]
     if isinstance(configs, str):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from app.contract import specs as specs_module
 from app.contract import topics
 from app.contract.specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
 
@@ -128,8 +130,9 @@ def test_unknown_topic_is_a_programming_error() -> None:
         validation_error("reco.nope", {})
 
 
-def test_specs_are_loaded_from_the_repository_topics_dir() -> None:
+def test_specs_are_loaded_from_the_package_topic_specs_dir() -> None:
     assert TOPICS_DIR.is_dir()
+    assert TOPICS_DIR.parent == Path(specs_module.__file__).resolve().parent  # package data
     assert sorted(p.stem for p in TOPICS_DIR.glob("*.json")) == sorted(CONTRACT_TOPICS)
 
 

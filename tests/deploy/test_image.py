@@ -64,7 +64,7 @@ def test_every_copied_path_exists_and_reaches_the_build_context():
     copied = [args.split()[:-1] for name, args in instructions(DOCKERFILE.read_text())
               if name == "COPY" and "--from=" not in args]
     sources = [source for sources in copied for source in sources]
-    assert {"app", "topics", "pyproject.toml"} <= set(sources)
+    assert {"app", "pyproject.toml", "README.md"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), source
         files = [source] if (ROOT / source).is_file() else [
