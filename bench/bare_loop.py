@@ -11,8 +11,9 @@ offsets after every batch, until SIGTERM. No parsing, no state, no join.
   batch's deliveries (the loosest loop, a true ceiling);
 - ``--transactional``: each batch is one transaction (produce, ``send_offsets_to_transaction``,
   commit), batched and tuned exactly as the worker's loop is (``app.stream.loop``:
-  :func:`next_batch`, up to ``MAX_BATCH`` records, and ``TRANSACTIONAL_PRODUCER``): the
-  ceiling the worker is measured against, the same loop without the worker's own work.
+  :func:`next_batch`, up to ``MAX_BATCH`` records; ``app.kafka.clients``: the transactional
+  producer): the ceiling the worker is measured against, the same loop without the worker's
+  own work.
 
 ``bench.suite`` runs it as a subprocess and measures it from outside, by the group's
 committed offsets, like the worker.
@@ -28,8 +29,9 @@ from types import FrameType
 from confluent_kafka import Consumer, Message, Producer
 
 from app.contract.topics import JOIN_INPUT_TOPICS
+from app.kafka import clients
 from app.settings import Settings
-from app.stream.loop import TRANSACTIONAL_PRODUCER, next_batch
+from app.stream.loop import next_batch
 
 
 def produce(producer: Producer, topic: str, message: Message) -> None:
@@ -59,13 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    consumer = Consumer({**settings.kafka_config(), "group.id": args.group,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
-    producer_config = {**settings.kafka_config(), "linger.ms": 5}
-    if args.transactional:
-        producer_config |= {**TRANSACTIONAL_PRODUCER, "transactional.id": f"{args.group}-tx"}
-    producer = Producer(producer_config)
+    consumer = Consumer({**clients.committed_consumer(settings, args.group),
+                         "auto.offset.reset": "earliest"})
+    producer = Producer(clients.transactional_producer(settings, f"{args.group}-tx")
+                        if args.transactional else {**settings.kafka_config(), "linger.ms": 5})
     if args.transactional:
         producer.init_transactions(30)
     consumer.subscribe([settings.topic(t) for t in JOIN_INPUT_TOPICS])

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app.dev import local_kafka
+from app.kafka import clients
 from app.settings import Settings
 from app.stream import topic_admin
 
@@ -211,9 +212,7 @@ class CommittedOffsets:
     from outside the group (this consumer never joins it)."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
-        self.consumer = Consumer({**kafka_config(bootstrap), "group.id": group,
-                                  "enable.auto.commit": False,
-                                  "isolation.level": "read_committed"})
+        self.consumer = Consumer(clients.committed_consumer(settings_for(bootstrap), group))
         metadata = self.consumer.list_topics(timeout=30)
         self.partitions = [TopicPartition(topic, p) for topic in topics
                            for p in sorted(metadata.topics[topic].partitions)]
@@ -256,9 +255,8 @@ class CommittedOffsets:
 def count_records(bootstrap: str, topic: str, timeout_s: float = 300.0) -> tuple[int, int]:
     """``(records, records whose key contains b"|*|")`` on ``topic`` (committed ones only,
     read_committed) from the beginning up to its end."""
-    consumer = Consumer({**kafka_config(bootstrap), "group.id": uuid.uuid4().hex,
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer({**clients.committed_consumer(settings_for(bootstrap), uuid.uuid4().hex),
+                         "enable.partition.eof": True})
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                      for p in partitions])

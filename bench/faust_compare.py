@@ -60,6 +60,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rocksdict import Options, Rdict, WriteBatch
 
+from app.kafka import clients
 from bench.common import (
     REPO,
     RESULTS,
@@ -113,8 +114,7 @@ def run_ours(bootstrap: str, group: str, source: str, sink: str, changelog: str,
     config = kafka_config(bootstrap)
     producer = Producer({**config, "transactional.id": f"{group}-tx", "linger.ms": 5})
     producer.init_transactions(30)  # fences a previous incarnation and aborts its transaction
-    restorer = Consumer({**config, "group.id": f"{group}-restorer", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    restorer = Consumer(clients.committed_consumer(settings_for(bootstrap), f"{group}-restorer"))
     states: dict[int, Rdict] = {}
 
     def restore(p: int) -> Rdict:
@@ -148,9 +148,8 @@ def run_ours(bootstrap: str, group: str, source: str, sink: str, changelog: str,
         for tp in partitions:
             states.setdefault(tp.partition, restore(tp.partition))
 
-    consumer = Consumer({**config, "group.id": group, "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "session.timeout.ms": SESSION_TIMEOUT_MS})
+    consumer = Consumer({**clients.committed_consumer(settings_for(bootstrap), group),
+                         "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_TIMEOUT_MS})
     consumer.subscribe([source], on_assign=on_assign)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -216,8 +215,8 @@ class Outputs:
     """The output topic read read_committed from the beginning, as it grows."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = Consumer({**kafka_config(bootstrap), "group.id": uuid.uuid4().hex,
-                                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+        self.consumer = Consumer(clients.committed_consumer(settings_for(bootstrap),
+                                                            uuid.uuid4().hex))
         self.consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                               for p in range(PARTITIONS)])
         self.records: list[dict[str, Any] | None] = []

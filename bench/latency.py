@@ -25,6 +25,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from app.contract.topics import RANKINGS
+from app.kafka import clients
 from bench.common import (
     REPO,
     RESULTS,
@@ -56,9 +57,8 @@ def run(bootstrap: str, rate: int, seconds: float, warmup_seconds: float = 5.0,
     finished = False
 
     def read_rankings() -> None:
-        consumer = Consumer({**kafka_config(bootstrap), "group.id": uuid.uuid4().hex,
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
-                             "isolation.level": "read_committed"})
+        consumer = Consumer({**clients.committed_consumer(settings, uuid.uuid4().hex),
+                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
         consumer.subscribe([settings.topic(RANKINGS)])
         while not done.is_set():
             for message in consumer.consume(1000, timeout=0.1):

@@ -11,6 +11,7 @@ import orjson
 from confluent_kafka import Consumer, Message, Producer
 
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.kafka import clients
 from app.settings import Settings
 
 # Where a helper's client connects: a plaintext bootstrap address, or settings (whose
@@ -18,13 +19,13 @@ from app.settings import Settings
 Target = str | Settings
 
 
-def client_config(target: Target) -> dict[str, Any]:
-    return {"bootstrap.servers": target} if isinstance(target, str) else target.kafka_config()
+def settings_of(target: Target) -> Settings:
+    return Settings(bootstrap_servers=target) if isinstance(target, str) else target
 
 
 def produce(bootstrap: Target, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
     """Send ``(topic, key, value)`` records and wait until the broker has them all."""
-    producer = Producer({**client_config(bootstrap), "enable.idempotence": True})
+    producer = Producer(clients.idempotent_producer(settings_of(bootstrap)))
     for topic, key, value in records:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0, "records were not delivered"
@@ -54,10 +55,8 @@ class TopicReader:
 
     def __init__(self, bootstrap: Target, topics: list[str]) -> None:
         self.consumer = Consumer({
-            **client_config(bootstrap), "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        })
+            **clients.committed_consumer(settings_of(bootstrap), f"test-{uuid.uuid4().hex}"),
+            "auto.offset.reset": "earliest"})
         self.topics = topics
         self.consumer.subscribe(topics)
         self.messages: list[Message] = []
@@ -110,7 +109,7 @@ def wait_until_learned(settings: Settings, engagements: int, timeout_s: float = 
     ends: dict[int, int] = {}
     for message in messages:
         ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
-    group = Consumer({**client_config(settings), "group.id": settings.app_id,
+    group = Consumer({**settings.kafka_config(), "group.id": settings.app_id,
                       "enable.auto.commit": False})
     try:
         deadline = time.monotonic() + timeout_s

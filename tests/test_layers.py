@@ -23,6 +23,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.observability": ("app.observability", "app.__init__", "prometheus_client",
                           "opentelemetry"),
     "app.dev": ("app.dev", "confluent_kafka"),
+    # Kafka plumbing shared by the worker, the service, the CLI and the simulator.
+    "app.kafka": ("app.kafka", "app.contract", "app.settings", "confluent_kafka"),
     "app.settings": ("app.contract.topics", "app.core.arms"),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
     "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
@@ -37,15 +39,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                        "app.sim.returns", "app.sim.longtail", "app.sim.slots",
                        "app.sim.shifting"),
     "app.serve": ("app.contract", "app.core.events", "app.core.experiment", "app.core.sites",
-                  "app.observability",
+                  "app.observability", "app.kafka",
                   "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
                   "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
                   "prometheus_client", "starlette", "uvicorn", "opentelemetry"),
     "app.evaluation.ope": (),  # pure: the standard library only
     "app.evaluation.kpis": (),
-    "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.settings",
+    "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.kafka", "app.settings",
                        "app.stream.channels", "confluent_kafka", "orjson", "matplotlib"),
-    "app.stream": ("app.core", "app.contract", "app.observability", "app.settings",
+    "app.stream": ("app.core", "app.contract", "app.kafka", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }
 

@@ -27,6 +27,7 @@ from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import ContextualBandit
 from app.core.shadow import Chooser, candidate
 from app.evaluation.ope import Estimate, Logged, estimate_all
+from app.kafka import clients
 from app.settings import Settings
 from app.stream.channels import Channels
 
@@ -77,8 +78,7 @@ def evaluate(decisions: Sequence[Mapping[str, Any]], chooser: Chooser,
 def read_site(settings: Settings, topic: str, keep: Callable[[bytes | None, bytes], bool],
               ) -> list[bytes]:
     """Every committed record of ``topic`` up to its end as of now that ``keep`` keeps."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-evaluate",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(clients.committed_consumer(settings, f"{settings.app_id}-evaluate"))
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from app.kafka import clients
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,7 @@ class TopicFeed:
         self._on_record = on_record
         self._lookback_ms = lookback_ms
         self._consumer = Consumer({
-            **settings.kafka_config(), "group.id": f"{settings.app_id}-serve",
-            "enable.auto.commit": False, "isolation.level": "read_committed",
+            **clients.committed_consumer(settings, f"{settings.app_id}-serve"),
             "enable.partition.eof": True, "error_cb": self._on_error,
             # A replica holds only what it serves: keep librdkafka's prefetch small.
             "queued.max.messages.kbytes": 16_384})

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from app.contract.decode import InvalidInput, decode
 from app.contract.topics import REACTION_TOPIC_BY_TYPE, SERVED
 from app.core.events import Origin
+from app.kafka import clients
 from app.observability.tracing import Headers
 from app.settings import Settings
 
@@ -76,7 +77,7 @@ class EventIngest:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer = Producer({
-            **settings.kafka_config(), "enable.idempotence": True, "acks": "all",
+            **clients.idempotent_producer(settings), "acks": "all",
             "linger.ms": 2, "delivery.timeout.ms": 30_000})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="ingest", daemon=True)

@@ -24,6 +24,7 @@ from app.contract.decode import InvalidInput, decode_catalog
 from app.contract.site_config import apply_site_config, checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
+from app.kafka import clients
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, asgi_app
@@ -131,7 +132,7 @@ def run(settings: Settings) -> int:
 
 
 def _produce(settings: Settings, topic: str, key: str, value: bytes | None) -> None:
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
+    producer = Producer(clients.idempotent_producer(settings))
     errors: list[KafkaError] = []
     producer.produce(topic, value, key.encode(),
                      on_delivery=lambda error, _m: errors.append(error) if error else None)
@@ -153,9 +154,8 @@ def revoke_key(settings: Settings, key_id: str) -> None:
 
 def read_to_end(settings: Settings, topic: str, apply: Callable[[Message], None]) -> None:
     """Every record of the one-partition ``topic``, from its start to its end."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-cli",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer({**clients.committed_consumer(settings, f"{settings.app_id}-cli"),
+                         "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     try:
         while True:

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app.contract.topics import RANKINGS
+from app.kafka import clients
 from app.settings import Settings
 from app.sim.common import GROUPS, Outgoing
 from app.sim.worlds import WORLDS, build_world, site_ids
@@ -121,8 +122,8 @@ def run(settings: Settings, options: SimOptions,
         if error is not None:
             failures.append(str(error))
 
-    producer = Producer({**settings.kafka_config(), "linger.ms": 5,
-                         "enable.idempotence": True, "logger": log})
+    producer = Producer({**clients.idempotent_producer(settings), "linger.ms": 5,
+                         "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
     sim = build_world(options.world, options.seed, _now_ms, sites=sites, rate=options.rate,
                       control_share=options.control_share,

@@ -63,6 +63,7 @@ from app.core.catalog import apply_record
 from app.core.events import Origin
 from app.core.sites import SiteSettings
 from app.core.store import MemoryStore, Store
+from app.kafka import clients
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import RESTART_REASONS, Metrics
 from app.observability.tracing import Headers, Tracing
@@ -77,10 +78,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2_000  # records per transaction at most
 POLL_S = 0.05
-# The transactional producer's tuning (bench/bare_loop.py's transactional ceiling uses it too,
-# so that the ratio between them measures the worker's own work, not different batching).
-TRANSACTIONAL_PRODUCER = {"linger.ms": 5, "transaction.timeout.ms": 20_000,
-                          "partitioner": "murmur2_random"}  # Java clients' partitioning
 TIMEOUT_S = 30.0  # a Kafka call's timeout, and the budget of a wait or a retry loop
 RETRY_PAUSE_S = 0.5
 WAIT_LOG_EVERY_S = 5.0  # also the slice of a long wait in librdkafka: its calls resume
@@ -314,18 +311,15 @@ class Runtime:
         self._read_to: dict[tuple[str, int], int] = {}
         self._end_at_assign: dict[tuple[str, int], int] = {}
         worker_id = settings.instance_id
-        common = settings.kafka_config()
-        self._reader_config = {**common, "group.id": f"{settings.app_id}-reader-{worker_id}",
-                               "enable.auto.commit": False, "isolation.level": "read_committed",
-                               "auto.offset.reset": "earliest",
-                               "queued.max.messages.kbytes": READER_PREFETCH_KB}
-        self.producer = Producer({
-            **common, "transactional.id": f"{settings.app_id}-{worker_id}",
-            **TRANSACTIONAL_PRODUCER})
+        self._reader_config = {
+            **clients.committed_consumer(settings, f"{settings.app_id}-reader-{worker_id}"),
+            "auto.offset.reset": "earliest", "queued.max.messages.kbytes": READER_PREFETCH_KB}
+        self.producer = Producer(clients.transactional_producer(
+            settings, f"{settings.app_id}-{worker_id}"))
         session_timeout_ms = int(settings.group_session_timeout_s * 1000)
         self.consumer = Consumer({
-            **common, "group.id": settings.app_id, "group.instance.id": worker_id,
-            "isolation.level": "read_committed", "enable.auto.commit": False,
+            **clients.committed_consumer(settings, settings.app_id),
+            "group.instance.id": worker_id,
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
             "queued.max.messages.kbytes": INPUT_PREFETCH_KB,
             "session.timeout.ms": session_timeout_ms,
