@@ -25,10 +25,11 @@ from typing import Any
 
 import confluent_kafka
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from app.dev import local_kafka
 from app.kafka import clients
+from app.kafka.reader import TopicReader
 from app.settings import Settings
 from app.stream import topic_admin
 
@@ -255,27 +256,24 @@ class CommittedOffsets:
 def count_records(bootstrap: str, topic: str, timeout_s: float = 300.0) -> tuple[int, int]:
     """``(records, records whose key contains b"|*|")`` on ``topic`` (committed ones only,
     read_committed) from the beginning up to its end."""
-    consumer = Consumer({**clients.committed_consumer(settings_for(bootstrap), uuid.uuid4().hex),
-                         "enable.partition.eof": True})
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
-                     for p in partitions])
-    waiting, records, starred = set(partitions), 0, 0
+    counts = {"records": 0, "starred": 0}
+
+    def count(message: Message) -> None:
+        counts["records"] += 1
+        counts["starred"] += b"|*|" in (message.key() or b"")
+
+    reader = TopicReader(clients.committed_consumer(settings_for(bootstrap), uuid.uuid4().hex),
+                         topic, count)
     deadline = time.monotonic() + timeout_s
     try:
-        while waiting and time.monotonic() < deadline:
-            for message in consumer.consume(5_000, timeout=0.5):
-                error = message.error()
-                if error is None:
-                    records += 1
-                    starred += b"|*|" in (message.key() or b"")
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    waiting.discard(message.partition())
+        if reader.assign(timeout_s=30):
+            while not reader.caught_up and time.monotonic() < deadline:
+                reader.poll(0.5)
     finally:
-        consumer.close()
-    if waiting:
+        reader.close()
+    if reader.assigned and not reader.caught_up:
         raise RuntimeError(f"{topic}: not read to the end within {timeout_s} s")
-    return records, starred
+    return counts["records"], counts["starred"]
 
 
 def machine(detail: str = "broker co-located") -> str:

@@ -8,15 +8,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
 from app.kafka import clients
+from app.kafka.reader import TopicReader as Reader
 from app.settings import Settings
 
 # Where a helper's client connects: a plaintext bootstrap address, or settings (whose
 # kafka_config() adds the security properties).
 Target = str | Settings
+ASSIGN_TIMEOUT_S = 10.0
 
 
 def settings_of(target: Target) -> Settings:
@@ -51,29 +53,43 @@ def every_kind_at(s: Settings, site: str, session: str, ts: int) -> list:
 
 
 class TopicReader:
-    """Reads topics from the start and keeps what it read, for tests that wait repeatedly."""
+    """Reads topics from the start and keeps what it read (committed records only), for tests
+    that wait repeatedly: the app's reader of each topic, assigned once the topic exists
+    (the worker creates its own topics when it starts)."""
 
     def __init__(self, bootstrap: Target, topics: list[str]) -> None:
-        self.consumer = Consumer({
-            **clients.committed_consumer(settings_of(bootstrap), f"test-{uuid.uuid4().hex}"),
-            "auto.offset.reset": "earliest"})
+        config = {**clients.committed_consumer(settings_of(bootstrap), f"test-{uuid.uuid4().hex}"),
+                  "auto.offset.reset": "earliest"}
         self.topics = topics
-        self.consumer.subscribe(topics)
         self.messages: list[Message] = []
         self.parsed = 0  # for callers that decode incrementally
+        self.readers = [Reader(config, topic, self.messages.append) for topic in topics]
+        self._assign()
+
+    def _assign(self) -> None:
+        for reader in self.readers:
+            if not reader.assigned:
+                try:
+                    reader.assign(timeout_s=ASSIGN_TIMEOUT_S)
+                except KafkaException:  # the broker is away: tried again when reading
+                    pass
 
     def read_until(self, done: Callable[[list[Message]], bool],
                    timeout_s: float = 90.0) -> list[Message]:
         """Read on until ``done(all messages so far)`` holds or the time runs out."""
         deadline = time.monotonic() + timeout_s
         while not done(self.messages) and time.monotonic() < deadline:
-            for message in self.consumer.consume(500, timeout=0.5):
-                if message.error() is None:
-                    self.messages.append(message)
+            self._assign()
+            for reader in self.readers:
+                if reader.assigned:
+                    reader.poll(0.5 / len(self.readers))
+                else:
+                    time.sleep(0.5 / len(self.readers))
         return self.messages
 
     def close(self) -> None:
-        self.consumer.close()
+        for reader in self.readers:
+            reader.close()
 
 
 def collect(bootstrap: Target, topics: list[str], done: Callable[[list[Message]], bool],

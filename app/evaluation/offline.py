@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Message
 
 from app.contract.codec import UndecodableRecord, decode_model
 from app.contract.topics import REWARDS
@@ -28,6 +28,7 @@ from app.core.policy import ContextualBandit
 from app.core.shadow import Chooser, candidate
 from app.evaluation.ope import Estimate, Logged, estimate_all
 from app.kafka import clients
+from app.kafka.reader import TopicReader
 from app.settings import Settings
 from app.stream.channels import Channels
 
@@ -78,26 +79,21 @@ def evaluate(decisions: Sequence[Mapping[str, Any]], chooser: Chooser,
 def read_site(settings: Settings, topic: str, keep: Callable[[bytes | None, bytes], bool],
               ) -> list[bytes]:
     """Every committed record of ``topic`` up to its end as of now that ``keep`` keeps."""
-    consumer = Consumer(clients.committed_consumer(settings, f"{settings.app_id}-evaluate"))
+    kept: list[bytes] = []
+
+    def offer(message: Message) -> None:
+        value = message.value()
+        if value is not None and keep(message.key(), value):
+            kept.append(value)
+
+    reader = TopicReader(clients.committed_consumer(settings, f"{settings.app_id}-evaluate"),
+                         topic, offer)
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
-                for p in partitions}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        kept: list[bytes] = []
-        done = {p for p, end in ends.items() if end == 0}
-        while len(done) < len(partitions):
-            for message in consumer.consume(1000, 1.0):
-                if message.error() is not None:
-                    continue
-                value = message.value()
-                if value is not None and keep(message.key(), value):
-                    kept.append(value)
-            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
-            done |= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+        if reader.assign(timeout_s=10):
+            reader.read_to(reader.end_offsets(10))
         return kept
     finally:
-        consumer.close()
+        reader.close()
 
 
 def site_decisions(settings: Settings, site_id: str) -> list[dict[str, Any]]:

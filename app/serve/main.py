@@ -11,20 +11,14 @@ from pathlib import Path
 
 import orjson
 import uvicorn
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, Message, Producer
 
 from app.contract.decode import InvalidInput, decode_catalog
 from app.contract.site_config import apply_site_config, checked_site_config
 from app.contract.topics import SITE_CONFIG
 from app.core.sites import SiteSettings
 from app.kafka import clients
+from app.kafka.reader import TopicReader
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, asgi_app
@@ -153,20 +147,16 @@ def revoke_key(settings: Settings, key_id: str) -> None:
 
 
 def read_to_end(settings: Settings, topic: str, apply: Callable[[Message], None]) -> None:
-    """Every record of the one-partition ``topic``, from its start to its end."""
-    consumer = Consumer({**clients.committed_consumer(settings, f"{settings.app_id}-cli"),
-                         "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    """Every record of ``topic``, from its start to its end (or until the broker has not
+    answered for 10 s)."""
+    reader = TopicReader(clients.committed_consumer(settings, f"{settings.app_id}-cli"),
+                         topic, apply)
     try:
-        while True:
-            message = consumer.poll(10)
-            error = None if message is None else message.error()
-            if message is None or (error is not None and error.code() == KafkaError._PARTITION_EOF):
-                break
-            if error is None:
-                apply(message)
+        if reader.assign(timeout_s=10):
+            while not reader.caught_up and reader.poll(10):
+                pass
     finally:
-        consumer.close()
+        reader.close()
 
 
 def key_records(settings: Settings) -> Iterator[KeyRecord]:

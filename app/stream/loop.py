@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     TIMESTAMP_LOG_APPEND_TIME,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -64,6 +63,7 @@ from app.core.events import Origin
 from app.core.sites import SiteSettings
 from app.core.store import MemoryStore, Store
 from app.kafka import clients
+from app.kafka.reader import TopicReader
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import RESTART_REASONS, Metrics
 from app.observability.tracing import Headers, Tracing
@@ -210,54 +210,39 @@ def received(message: Message, tracing: Tracing | None = None) -> tuple[Origin, 
 
 
 class Tail:
-    """Reads every partition of a topic from its start, for this worker's own copy
-    (the catalog, the bandit models); committed records only."""
+    """Every partition of a topic from its start, for this worker's own copy (the catalog,
+    the bandit models, ...): a :class:`TopicReader` whose fatal errors and waits without
+    progress raise :class:`Rebuild`."""
 
     def __init__(self, config: dict[str, Any], topic: str, apply: Callable[[Message], None]):
-        self.consumer = Consumer(config)
         self.topic = topic
-        self.apply = apply
-        self.partitions: list[TopicPartition] = []
+        self.reader = TopicReader(config, topic, apply, on_error=self._error)
 
     def open(self) -> None:
-        metadata = self.consumer.list_topics(self.topic, timeout=TIMEOUT_S).topics[self.topic]
-        if not metadata.partitions:
+        if not self.reader.assign(timeout_s=TIMEOUT_S):
             log.warning("%s does not exist: nothing of it is read until a restart after "
                         "`recoloop topics apply`", self.topic)
-        self.partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                           for p in sorted(metadata.partitions)]
-        self.consumer.assign(self.partitions)
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        messages = self.consumer.consume(RESTORE_BATCH, timeout_s)
-        for message in messages:
-            if message.error():
-                raise_if_fatal(message.error(), f"reading {self.topic}")
-                log.warning("reading %s: %s", self.topic, message.error())
-                continue
-            self.apply(message)
-        return len(messages)
+        return self.reader.poll(timeout_s, RESTORE_BATCH)
 
     def catch_up(self, progress: Callable[[], None] = lambda: None) -> None:
         """Read until every partition's end as of now (the last stable offset)."""
-        ends = {tp.partition: self.consumer.get_watermark_offsets(tp, TIMEOUT_S, False)[1]
-                for tp in self.partitions}
+        ends = self.reader.end_offsets(TIMEOUT_S)
         patience = Patience(f"reading {self.topic} up to its end")
-        last: dict[int, int] = {}
-        while True:
-            positions = {tp.partition: tp.offset for tp in self.consumer.position(self.partitions)}
-            if all(positions[p] >= end for p, end in ends.items() if end > 0):
-                return
-            if positions != last:  # reading is progress, not a hang
-                last = positions
-                progress()
-                patience.progressed()
-            else:
-                patience.waiting(f"at {positions}, end {ends}")
-            self.poll(0.2)
+
+        def moved() -> None:  # reading is progress, not a hang
+            progress()
+            patience.progressed()
+
+        self.reader.read_to(ends, moved, patience.waiting)
 
     def close(self) -> None:
-        self.consumer.close()
+        self.reader.close()
+
+    def _error(self, error: KafkaError) -> None:
+        raise_if_fatal(error, f"reading {self.topic}")
+        log.warning("reading %s: %s", self.topic, error)
 
 
 def next_batch(consumer: Consumer) -> list[Message]:

@@ -42,13 +42,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 
 import orjson
 import pytest
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Message, TopicPartition
 
 from app.contract.topics import RANKINGS, REWARDS
+from app.kafka import clients
+from app.kafka.reader import TopicReader as Reader
 from app.settings import Settings
 from app.stream import topic_admin
 from tests.core.test_join_order import KINDS, reference_join, seeded_stream
@@ -138,26 +141,24 @@ class RankingWatch:
     ``ranking_id``, its record's timestamp and when it was received (both ms)."""
 
     def __init__(self, s: Settings) -> None:
-        self.reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+        self.reader = Reader(clients.committed_consumer(s, f"test-{uuid.uuid4().hex}"),
+                             s.topic(RANKINGS), self._note)
         self.stamped: dict[str, int] = {}
         self.seen: dict[str, int] = {}
         self._stop = threading.Event()
-        deadline = time.monotonic() + 30
-        while not self.reader.consumer.assignment():  # assigned before anything is timed
-            assert time.monotonic() < deadline, "the rankings reader got no partitions"
-            self.reader.consumer.poll(0.2)
+        # Assigned before anything is timed.
+        assert self.reader.assign(timeout_s=30), "the rankings reader got no partitions"
         self._thread = threading.Thread(target=self._run, name="rankings", daemon=True)
         self._thread.start()
 
+    def _note(self, m: Message) -> None:
+        ranking_id = orjson.loads(m.value())["ranking_id"]
+        self.seen.setdefault(ranking_id, int(time.time() * 1000))
+        self.stamped.setdefault(ranking_id, m.timestamp()[1])
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = self.reader.consumer.consume(500, 0.2)
-            now_ms = int(time.time() * 1000)
-            for m in messages:
-                if m.error() is None:
-                    ranking_id = orjson.loads(m.value())["ranking_id"]
-                    self.seen.setdefault(ranking_id, now_ms)
-                    self.stamped.setdefault(ranking_id, m.timestamp()[1])
+            self.reader.poll(0.2)
 
     def wait_for(self, ranking_ids: set[str], timeout_s: float) -> None:
         """Until all of ``ranking_ids`` were received (or the time is up); then stop."""
