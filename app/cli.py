@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if answers else 1
 
     if args.command == "topics":
-        from app.stream import topic_admin
+        from app.kafka import topic_admin
 
         report = topic_admin.apply(settings)
         print(report.describe())

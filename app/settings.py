@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.contract.topics import app_id_of, real_name
 from app.core.arms import KNOWN_ARMS
 
 # The bandit's exploration rules (app.core.policy implements them; not imported here, as it
@@ -207,13 +208,14 @@ class Settings:
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_security}
 
     def topic(self, logical_name: str) -> str:
-        """The real topic name of a contract topic, with the configured prefix."""
-        return f"{self.topic_prefix}{logical_name}"
+        """The real topic name of a contract topic, with the configured prefix
+        (:mod:`app.contract.topics` names every topic)."""
+        return real_name(self.topic_prefix, logical_name)
 
     @property
     def app_id(self) -> str:
         """Consumer group and internal-topic namespace; the prefix keeps deployments apart."""
-        return f"{self.topic_prefix}recoloop"
+        return app_id_of(self.topic_prefix)
 
     @property
     def instance_id(self) -> str:

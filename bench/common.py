@@ -28,10 +28,9 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from app.dev import local_kafka
-from app.kafka import clients
+from app.kafka import clients, topic_admin
 from app.kafka.reader import TopicReader
 from app.settings import Settings
-from app.stream import topic_admin
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent

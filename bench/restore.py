@@ -29,13 +29,13 @@ from confluent_kafka import Producer
 
 from app.contract.codec import EncodedStore
 from app.contract.decode import InvalidInput, decode
+from app.contract.topics import Topics
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine, session_key
 from app.core.events import Origin
 from app.core.keys import key_kind
 from app.core.store import MemoryStore
 from app.settings import Settings
-from app.stream.channels import Channels
 from app.stream.worker import prepare
 from bench.common import (
     RESULTS,
@@ -72,7 +72,7 @@ def fill_changelog(settings: Settings, partitions: int, records: int) -> None:
     values = session_values(settings)
     producer = Producer({**kafka_config(settings.bootstrap_servers), "linger.ms": 50,
                          "queue.buffering.max.messages": 500_000, "compression.type": "lz4"})
-    topic = Channels.of(settings).changelog
+    topic = Topics.of(settings).changelog
     for n in range(records):
         key = session_key("bench", f"restore-{n}").encode()
         while True:

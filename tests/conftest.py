@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from app.kafka import topic_admin
 from app.settings import Settings
-from app.stream import topic_admin
 from tests.worker_process import WorkerProcess
 
 # Under pytest-xdist the controller names a directory its workers share: the first worker

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
-from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED, Topics
 from app.kafka import clients
 from app.kafka.reader import TopicReader as Reader
 from app.settings import Settings
@@ -112,9 +112,7 @@ def wait_until_learned(settings: Settings, engagements: int, timeout_s: float = 
     committed offsets there are past every one of them."""
     from confluent_kafka import TopicPartition
 
-    from app.stream.channels import Channels
-
-    decisions = Channels.of(settings).decisions
+    decisions = Topics.of(settings).decisions
     reader = TopicReader(settings, [decisions])
     try:
         messages = reader.read_until(lambda ms: sum(

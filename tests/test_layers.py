@@ -39,14 +39,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                        "app.sim.returns", "app.sim.longtail", "app.sim.slots",
                        "app.sim.shifting"),
     "app.serve": ("app.contract", "app.core.events", "app.core.experiment", "app.core.sites",
-                  "app.observability", "app.kafka",
-                  "app.settings", "app.serve", "app.stream.channels", "app.stream.topic_admin",
-                  "app.__init__", "confluent_kafka", "orjson", "fastapi", "pydantic",
-                  "prometheus_client", "starlette", "uvicorn", "opentelemetry"),
+                  "app.observability", "app.kafka", "app.settings", "app.serve", "app.__init__",
+                  "confluent_kafka", "orjson", "fastapi", "pydantic", "prometheus_client",
+                  "starlette", "uvicorn", "opentelemetry"),
     "app.evaluation.ope": (),  # pure: the standard library only
     "app.evaluation.kpis": (),
     "app.evaluation": ("app.contract", "app.core", "app.evaluation", "app.kafka", "app.settings",
-                       "app.stream.channels", "confluent_kafka", "orjson", "matplotlib"),
+                       "confluent_kafka", "orjson", "matplotlib"),
     "app.stream": ("app.core", "app.contract", "app.kafka", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
 }
@@ -97,6 +96,16 @@ def app_modules() -> list[Path]:
 def test_module_imports_only_what_its_layer_allows(path: Path) -> None:
     module = module_name(path)
     assert violations(module, imported_modules(path.read_text())) == []
+
+
+@pytest.mark.parametrize("layer", ["app.serve", "app.evaluation", "app.kafka"])
+def test_the_service_the_evaluation_and_the_kafka_plumbing_never_import_the_stream(
+        layer: str) -> None:
+    """They get topic names from app.contract.topics and Kafka plumbing from app.kafka."""
+    importers = {module_name(p): sorted(name for name in imported_modules(p.read_text())
+                                        if _within(name, "app.stream"))
+                 for p in app_modules() if _within(module_name(p), layer)}
+    assert importers and {module: names for module, names in importers.items() if names} == {}
 
 
 def test_nothing_imports_the_cli() -> None:

@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import Message
 
 from app.contract.codec import UndecodableRecord, decode_model
-from app.contract.topics import REWARDS
+from app.contract.topics import REWARDS, Topics
 from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import ContextualBandit
 from app.core.shadow import Chooser, candidate
@@ -30,7 +30,6 @@ from app.evaluation.ope import Estimate, Logged, estimate_all
 from app.kafka import clients
 from app.kafka.reader import TopicReader
 from app.settings import Settings
-from app.stream.channels import Channels
 
 PRIOR_DECISIONS = 10.0
 
@@ -109,7 +108,7 @@ def site_model(settings: Settings, site_id: str,
                variant: str | None = None) -> ContextualBandit | None:
     """The site's (or its experiment variant's) newest bandit on the models topic."""
     wanted = model_key(site_id, variant).encode()
-    found = read_site(settings, Channels.of(settings).models,
+    found = read_site(settings, Topics.of(settings).models,
                       lambda key, value: key == wanted)
     for raw in reversed(found):
         try:

@@ -15,10 +15,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from app.contract.decode import InvalidInput, decode_catalog
 from app.contract.site_config import apply_site_config, checked_site_config
-from app.contract.topics import SITE_CONFIG
+from app.contract.topics import SITE_CONFIG, Topics
 from app.core.sites import SiteSettings
 from app.kafka import clients
 from app.kafka.reader import TopicReader
+from app.kafka.topic_admin import InternalTopic, ensure_internal_topics
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing, TracingError
 from app.serve.api import Readiness, Service, asgi_app
@@ -28,8 +29,6 @@ from app.serve.feeds import TopicFeed
 from app.serve.ingest import EventIngest
 from app.serve.keys import KeyBook, KeyRecord, is_key_id, new_key, site_id_problem
 from app.settings import Settings
-from app.stream.channels import Channels, InternalTopic
-from app.stream.topic_admin import ensure_internal_topics
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class FeedReadiness(Readiness):
 
 
 def _ensure_keys_topic(settings: Settings) -> str:
-    topic = Channels.of(settings).api_keys
+    topic = Topics.of(settings).api_keys
     ensure_internal_topics(settings, {topic: InternalTopic(1, {"cleanup.policy": "compact"})})
     return topic
 
@@ -98,14 +97,14 @@ def run(settings: Settings) -> int:
     keys = KeyBook(settings.serve_key_rate_per_s)
     # A session's ranking matters while the session may come back.
     lookback_ms = int(settings.session_timeout_s * 1000)
-    rankings = TopicFeed(settings, Channels.of(settings).rankings,
+    rankings = TopicFeed(settings, Topics.of(settings).rankings,
                          lambda m: offer_ranking(book, m), lookback_ms).start()
     key_feed = TopicFeed(settings, keys_topic, lambda m: offer_key(keys, m)).start()
     catalog = CatalogItems()
-    catalog_feed = TopicFeed(settings, Channels.of(settings).catalog,
+    catalog_feed = TopicFeed(settings, Topics.of(settings).catalog,
                              lambda m: offer_catalog(catalog, m)).start()
     sites = SiteSettings(settings)
-    config_feed = TopicFeed(settings, Channels.of(settings).site_config,
+    config_feed = TopicFeed(settings, Topics.of(settings).site_config,
                             lambda m: offer_site_config(sites, m)).start()
     ingest = EventIngest(settings)
     service = Service(book, keys, ingest, ServeMetrics(),

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from app.dev import local_kafka
+from app.kafka import topic_admin
 from app.settings import Settings
 from app.sim import runner
-from app.stream import topic_admin
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0

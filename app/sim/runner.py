@@ -28,11 +28,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app.contract.topics import RANKINGS
-from app.kafka import clients
+from app.kafka import clients, topic_admin
 from app.settings import Settings
 from app.sim.common import GROUPS, Outgoing
 from app.sim.worlds import WORLDS, build_world, site_ids
-from app.stream import topic_admin
 
 log = logging.getLogger(__name__)
 

@@ -1,2 +1,3 @@
-"""The stream runtime: transactional loop, partition state, changelogs, bandit models, admin.
-The only layer that talks to Kafka and RocksDB; imports core, contract, observability, settings."""
+"""The stream runtime: transactional loop, partition state, changelogs, bandit models.
+Talks to Kafka (through app.kafka) and RocksDB; imports core, contract, kafka, observability,
+settings."""

@@ -32,7 +32,7 @@ from app.contract.decode import (
     decode,
     decode_catalog,
 )
-from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE
+from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE, Topics
 from app.core.engine import Effects, Engine, segment_key
 from app.core.events import Origin, Reaction, Served, Tick
 from app.core.experiment import MAIN_VARIANT, model_key
@@ -44,7 +44,6 @@ from app.observability.metrics import Metrics
 from app.observability.tracing import Headers, Span, Tracing
 from app.settings import Settings
 from app.stream.bandits import BanditModels
-from app.stream.channels import Channels
 from app.stream.site_stats import SiteStatistics
 
 log = logging.getLogger(__name__)
@@ -71,12 +70,12 @@ class Staged:
 
 
 class Agents:
-    def __init__(self, settings: Settings, channels: Channels, engine: Engine,
+    def __init__(self, settings: Settings, topics: Topics, engine: Engine,
                  models: BanditModels, site_stats: SiteStatistics, metrics: Metrics,
                  partitions: int, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.tracing = Tracing() if tracing is None else tracing
-        self.channels = channels
+        self.topics = topics
         self.engine = engine
         self.models = models
         self.site_stats = site_stats
@@ -89,7 +88,7 @@ class Agents:
     # -- the join inputs ------------------------------------------------------------------
 
     def join_input(self, origin: Origin, timestamp_ms: int, state: Store, out: Staged) -> None:
-        topic = self.channels.logical[origin.topic]
+        topic = self.topics.logical[origin.topic]
         span = None if origin.trace is None else self.tracing.start(
             f"recoloop.{topic}", origin.trace, links=(out.span,), attributes={
                 "messaging.destination.name": origin.topic,
@@ -127,7 +126,7 @@ class Agents:
     def _publish(self, partition: int, effects: Effects, produced_at_s: float | None,
                  out: Staged, span: Span | None = None) -> None:
         """Stage the effects of one input (``span``: its span) or of a tick."""
-        m, site, ch, tracing = self.metrics, self.metrics.site, self.channels, self.tracing
+        m, site, topics, tracing = self.metrics, self.metrics.site, self.topics, self.tracing
         pending = effects.pending_displays
         out.count(lambda: m.join_pending_displays.labels(str(partition)).set(pending))
         for served, reaction in effects.traced:  # in the display's trace, linked to its own
@@ -144,8 +143,8 @@ class Agents:
                     "recoloop.closed_by": decision.closed_by})
             headers = tracing.headers(reward_span)
             tracing.end(reward_span)
-            out.send(ch.rewards, decision.session_id.encode(), value, headers)
-            out.send(ch.decisions, decision.site_id.encode(),
+            out.send(topics.rewards, decision.session_id.encode(), value, headers)
+            out.send(topics.decisions, decision.site_id.encode(),
                      orjson.dumps(decision.learning_value()) if decision.signals else value,
                      headers)
             labels = (site(decision.site_id), decision.arm or "unknown")
@@ -162,14 +161,14 @@ class Agents:
                 if ranking_span is not None:
                     ranking_span.set_attributes({"recoloop.ranking_id": ranking.ranking_id,
                                                  "recoloop.arm": ranking.arm})
-                out.send(ch.rankings, ranking.key.encode(), orjson.dumps(ranking.to_value()),
+                out.send(topics.rankings, ranking.key.encode(), orjson.dumps(ranking.to_value()),
                          tracing.headers(ranking_span))
             out.count(m.rankings_published.labels(site(ranking.site_id), ranking.arm).inc)
             if produced_at_s is not None:
                 age_s = max(0.0, time.time() - produced_at_s)
                 out.count(partial(m.event_to_ranking.observe, age_s))
         for engagement in effects.engagements:
-            out.send(ch.decisions, engagement.site_id.encode(),
+            out.send(topics.decisions, engagement.site_id.encode(),
                      orjson.dumps(engagement.to_value()))
         for reaction in effects.unattributed:
             out.count(m.reactions_unattributed.labels(site(reaction.site_id)).inc)
@@ -292,7 +291,7 @@ class Agents:
                site_id: str | None = None, consumed: bool = True) -> None:
         """Keep an input the engine did not use, with why, on the dead-letter topic (and,
         unless it was counted when read, count it as consumed: invalid)."""
-        out.send(self.channels.dead_letter, dead_letter_key(origin),
+        out.send(self.topics.dead_letter, dead_letter_key(origin),
                  dead_letter_value(origin, error))
         m, site = self.metrics, self.metrics.site(site_id)
         out.count(m.dead_letters.labels(error.reason).inc)
@@ -302,5 +301,5 @@ class Agents:
     def failed(self, origin: Origin, error: InvalidInput, out: Staged) -> None:
         """An input the engine failed on (``processing_error``: a bug) or whose effects would
         not fit a record (``too_large``): kept, with why, so it blocks nothing."""
-        topic = self.channels.logical.get(origin.topic, origin.topic)
+        topic = self.topics.logical.get(origin.topic, origin.topic)
         self.reject(origin, topic, error, out)

@@ -58,19 +58,20 @@ from confluent_kafka import (
 from app.contract.codec import MAX_RECORD_BYTES, RecordTooLarge, check_size, encode_state
 from app.contract.decode import InvalidInput, decode_catalog
 from app.contract.site_config import apply_site_config
+from app.contract.topics import Topics
 from app.core.catalog import apply_record
 from app.core.events import Origin
 from app.core.sites import SiteSettings
 from app.core.store import MemoryStore, Store
 from app.kafka import clients
 from app.kafka.reader import TopicReader
+from app.kafka.topic_admin import LOCAL_STATE_MAX_AGE_MS
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import RESTART_REASONS, Metrics
 from app.observability.tracing import Headers, Tracing
 from app.settings import Settings
 from app.stream.agents import Agents, Staged
 from app.stream.bandits import BanditModels, SpilledModels
-from app.stream.channels import LOCAL_STATE_MAX_AGE_MS, Channels
 from app.stream.site_stats import SiteStatistics
 from app.stream.state import PartitionState, Record, restore_plan
 
@@ -265,7 +266,7 @@ class Runtime:
                  tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.tracing = Tracing() if tracing is None else tracing
-        self.channels = Channels.of(settings)
+        self.topics = Topics.of(settings)
         self.partitions = partitions
         self.metrics = metrics
         self.sites = SiteSettings(settings)  # follows the site-config topic
@@ -312,11 +313,11 @@ class Runtime:
             # Restores run inside the assignment callback: a full rebuild may take a while.
             "max.poll.interval.ms": 1_800_000})
         self.restorer = Consumer({**self._reader_config})
-        self.catalog_tail = Tail(self._reader_config, self.channels.catalog, self._apply_catalog)
-        self.models_tail = Tail(self._reader_config, self.channels.models, self._apply_model)
-        self.stats_tail = Tail(self._reader_config, self.channels.site_stats,
+        self.catalog_tail = Tail(self._reader_config, self.topics.catalog, self._apply_catalog)
+        self.models_tail = Tail(self._reader_config, self.topics.models, self._apply_model)
+        self.stats_tail = Tail(self._reader_config, self.topics.site_stats,
                                self._apply_site_stat)
-        self.config_tail = Tail(self._reader_config, self.channels.site_config,
+        self.config_tail = Tail(self._reader_config, self.topics.site_config,
                                 self._apply_site_config)
         # The sites' configs first: a model read back is fitted to its site's arms at once.
         self._tails = (self.config_tail, self.catalog_tail, self.models_tail, self.stats_tail)
@@ -346,8 +347,8 @@ class Runtime:
             for tail in self._tails:
                 tail.open()
                 tail.catch_up(self._beat)
-            ch = self.channels
-            self.consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog],
+            topics = self.topics
+            self.consumer.subscribe([*topics.join_inputs, topics.decisions, topics.catalog],
                                     on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_revoke)
             while not stop.is_set():
@@ -453,9 +454,9 @@ class Runtime:
         error = self._poisoned.get((origin.topic, origin.partition, origin.offset))
         if error is not None:
             self.agents.failed(origin, error, out)
-        elif origin.topic == self.channels.decisions:
+        elif origin.topic == self.topics.decisions:
             self.agents.decision(origin, out)
-        elif origin.topic == self.channels.catalog:
+        elif origin.topic == self.topics.catalog:
             self.agents.catalog_record(origin, out)
         else:
             self.agents.join_input(origin, timestamp_ms, self.states[origin.partition], out)
@@ -465,7 +466,7 @@ class Runtime:
         changelog_offsets: dict[int, int] = {}
 
         def delivered(error: KafkaError | None, message: Message) -> None:
-            if error is None and message.topic() == self.channels.changelog:
+            if error is None and message.topic() == self.topics.changelog:
                 origin, _ = received(message)
                 changelog_offsets[origin.partition] = max(
                     origin.offset, changelog_offsets.get(origin.partition, -1))
@@ -478,12 +479,12 @@ class Runtime:
         try:
             for p, records in changes.items():
                 for key, value in records:
-                    self._produce(self.channels.changelog, value, key, partition=p,
+                    self._produce(self.topics.changelog, value, key, partition=p,
                                   on_delivery=delivered)
             for site_id, raw in model_changes:
-                self._produce(self.channels.models, raw, site_id.encode())
+                self._produce(self.topics.models, raw, site_id.encode())
             for name, raw in stat_changes:
-                self._produce(self.channels.site_stats, raw, name.encode())
+                self._produce(self.topics.site_stats, raw, name.encode())
             for topic, record_key, record_value, headers in out.records:
                 self._produce(topic, record_value, record_key, headers)
             # Delivered before the offsets go in: send_offsets_to_transaction blocks while the
@@ -602,7 +603,7 @@ class Runtime:
         the end offset (the high watermark of the consumer's last fetch, or of its assignment)
         is past where it has read. Records of a transaction still open upstream count too:
         the watermark waits for them, until that producer commits or aborts."""
-        kinds = self.channels.input_kinds
+        kinds = self.topics.input_kinds
         unread: dict[int, set[str]] = {}
         try:
             positions = self.consumer.position([TopicPartition(topic, p) for topic in kinds
@@ -692,7 +693,7 @@ class Runtime:
         reads it all), and the models up to date before learning any of their sites."""
         self._ready = False
         inputs = [TopicPartition(tp.topic, tp.partition) for tp in assigned
-                  if tp.topic in self.channels.join_inputs]
+                  if tp.topic in self.topics.join_inputs]
         mine = {tp.partition for tp in inputs}
         started = time.monotonic()
         if inputs:
@@ -746,7 +747,7 @@ class Runtime:
         for tp in revoked:
             self._read_to.pop((tp.topic, tp.partition), None)
             self._end_at_assign.pop((tp.topic, tp.partition), None)
-        for p in {tp.partition for tp in revoked if tp.topic in self.channels.join_inputs}:
+        for p in {tp.partition for tp in revoked if tp.topic in self.topics.join_inputs}:
             state = self.states.pop(p, None)
             if state is not None:
                 state.close()
@@ -756,7 +757,7 @@ class Runtime:
         self.metrics.records_undecodable.labels(source).inc()
 
     def _restore(self, state: PartitionState, partition: int) -> None:
-        tp = TopicPartition(self.channels.changelog, partition)
+        tp = TopicPartition(self.topics.changelog, partition)
         low, high = self.restorer.get_watermark_offsets(tp, TIMEOUT_S, False)
         plan = restore_plan(state.changelog_offset, state.written_at_ms, low, high,
                             int(time.time() * 1000), LOCAL_STATE_MAX_AGE_MS)
@@ -768,7 +769,7 @@ class Runtime:
         if plan.read_from is None:
             return
         start = plan.read_from
-        self.restorer.assign([TopicPartition(self.channels.changelog, partition, start)])
+        self.restorer.assign([TopicPartition(self.topics.changelog, partition, start)])
         patience = Patience(f"restoring partition {partition} from the changelog")
         last = start
         try:

@@ -21,10 +21,17 @@ import threading
 import time
 from collections.abc import Callable
 
+from app.contract.topics import Topics
 from app.core.catalog import StoreCatalog
 from app.core.engine import Engine
 from app.core.sites import SiteSettings
 from app.core.store import Store
+from app.kafka.topic_admin import (
+    TopicLayoutError,
+    check_copartitioned,
+    ensure_internal_topics,
+    internal_topics,
+)
 from app.observability import health
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import Metrics
@@ -32,10 +39,8 @@ from app.observability.tracing import Tracing, TracingError
 from app.settings import Settings
 from app.stream.agents import Agents
 from app.stream.bandits import BanditModels
-from app.stream.channels import Channels
 from app.stream.loop import Rebuild, Runtime, StuckCalls
 from app.stream.site_stats import SiteStatistics
-from app.stream.topic_admin import TopicLayoutError, check_copartitioned, ensure_internal_topics
 
 log = logging.getLogger("recoloop")
 
@@ -109,7 +114,7 @@ def prepare(settings: Settings) -> int:
     :class:`TopicLayoutError` when the layout is wrong."""
     counts = check_copartitioned(settings)
     partitions = next(iter(counts.values()))
-    ensure_internal_topics(settings, Channels.of(settings).internal_topics(partitions))
+    ensure_internal_topics(settings, internal_topics(Topics.of(settings), partitions))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return partitions
 
@@ -117,12 +122,12 @@ def prepare(settings: Settings) -> int:
 def supervisor(settings: Settings, partitions: int, metrics: Metrics,
                tracing: Tracing) -> Supervisor:
     """The loop of one worker process and what it runs on (also built by tests in-process)."""
-    channels = Channels.of(settings)
+    topics = Topics.of(settings)
 
     def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics,
                    sites: SiteSettings) -> Agents:
         engine = Engine(settings, models, StoreCatalog(catalog), site_stats, sites)
-        return Agents(settings, channels, engine, models, site_stats, metrics, partitions,
+        return Agents(settings, topics, engine, models, site_stats, metrics, partitions,
                       tracing)
 
     stuck = StuckCalls()

@@ -17,9 +17,9 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
+from app.kafka import topic_admin
 from app.serve.main import create_key
 from app.settings import Settings
-from app.stream import topic_admin
 from tests.worker_process import WorkerProcess
 
 # Short read limits, so a test of them takes about a second.

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from app.contract.topics import REWARDS
+from app.contract.topics import REWARDS, Topics
 from app.core.experiment import Experiment, Variant, model_key
 from app.settings import Settings
-from app.stream.channels import Channels
 from tests.kafka_io import TopicReader, now_ms, values
 from tests.serve.test_service import call, click, key_for
 
@@ -78,7 +77,7 @@ def test_an_experiment_splits_sessions_and_every_record_names_the_variant(
             shown[display] = [variant]
 
     # Every display's reward names its session's variant; a control's arm is shown for sure.
-    models = Channels.of(s).models
+    models = Topics.of(s).models
     wanted = {model_key("shop", None).encode(), model_key("shop", "candidate").encode()}
     reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS), models])
 

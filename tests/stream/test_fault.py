@@ -27,13 +27,20 @@ import pytest
 from confluent_kafka import Producer
 
 from app.contract.codec import decode_model, decode_state
-from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, REWARDS, SERVED
+from app.contract.topics import (
+    BASKET_ADDS,
+    CLICKS,
+    DETAIL_VIEWS,
+    RANKINGS,
+    REWARDS,
+    SERVED,
+    Topics,
+)
 from app.core.events import Reaction, Served
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import ENGAGEMENT_WEIGHT
 from app.core.stats import STAT_SHAPES, stat_key
 from app.settings import Settings
-from app.stream.channels import Channels
 from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, event, produce
 from tests.worker_process import WorkerProcess as Worker
@@ -146,7 +153,7 @@ def assert_each_site_learned_once(s: Settings, displays: list[Served], worker: W
     positions = Counter()
     for d in displays:
         positions[d.site_id] += min(len(d.items), POSITIONS_LEARNED)
-    models = TopicReader(s.bootstrap_servers, [Channels.of(s).models])
+    models = TopicReader(s.bootstrap_servers, [Topics.of(s).models])
     models.read_until(lambda ms: latest_model_versions(models) == per_site, timeout_s=60)
     models.read_until(lambda ms: False, timeout_s=3)
     models.close()
@@ -174,7 +181,7 @@ def assert_each_reaction_learned_once(s: Settings, by_kind: dict, worker: Worker
     """Each site's shared statistics (the site-statistics topic, committed only) learned every
     distinct reaction once, whichever partition and worker it came through."""
     expected = expected_popularity(by_kind, T0)
-    reader = TopicReader(s.bootstrap_servers, [Channels.of(s).site_stats])
+    reader = TopicReader(s.bootstrap_servers, [Topics.of(s).site_stats])
 
     def learned(messages: list) -> dict[tuple[str, str], float]:
         latest = {m.key().decode(): m.value() for m in messages}

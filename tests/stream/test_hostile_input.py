@@ -20,10 +20,10 @@ from app.contract.topics import (
     RANKINGS,
     REWARDS,
     SERVED,
+    Topics,
 )
+from app.kafka.topic_admin import ensure_internal_topics, internal_topics
 from app.settings import Settings
-from app.stream.channels import Channels
-from app.stream.topic_admin import ensure_internal_topics
 from tests.kafka_io import TopicReader, event, every_kind_at, now_ms, produce
 from tests.stream.test_state import Exploit
 
@@ -62,13 +62,13 @@ def test_crafted_pickles_on_the_models_and_changelog_topics_never_run(
         start_worker, worker_settings, tmp_path):
     s: Settings = worker_settings
     marker = tmp_path / "pwned"
-    channels = Channels.of(s)
-    ensure_internal_topics(s, channels.internal_topics(s.partitions))
+    topics = Topics.of(s)
+    ensure_internal_topics(s, internal_topics(topics, s.partitions))
     crafted = pickle.dumps(Exploit(str(marker)))
-    produce(s.bootstrap_servers, [(channels.models, b"shop", b"7\n" + crafted),
-                                  (channels.models, b"other", crafted)])
+    produce(s.bootstrap_servers, [(topics.models, b"shop", b"7\n" + crafted),
+                                  (topics.models, b"other", crafted)])
     # A fresh worker restores every partition's changelog.
-    send(s.bootstrap_servers, [(channels.changelog, b"clock", crafted, p)
+    send(s.bootstrap_servers, [(topics.changelog, b"clock", crafted, p)
                                for p in range(s.partitions)])
 
     worker = start_worker(reward_window_s="2", grace_s="1")

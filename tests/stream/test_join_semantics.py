@@ -36,8 +36,8 @@ from app.contract.topics import (
     REWARDS,
     SERVED,
 )
+from app.kafka import topic_admin
 from app.settings import Settings
-from app.stream import topic_admin
 from tests.kafka_io import TopicReader, collect, now_ms, values
 from tests.worker_process import WorkerProcess
 

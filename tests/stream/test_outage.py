@@ -35,11 +35,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.contract.topics import CLICKS, RANKINGS, REWARDS
+from app.contract.topics import CLICKS, RANKINGS, REWARDS, Topics
 from app.dev import local_kafka
+from app.kafka import topic_admin
 from app.settings import Settings
-from app.stream import topic_admin
-from app.stream.channels import Channels
 from app.stream.loop import Rebuild, StuckCalls
 from tests.core.test_join_order import T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, collect, event, now_ms, produce
@@ -254,12 +253,12 @@ def fence(s: Settings, impostor: str, worker_id: str) -> None:
                              "transactional.id": f"{s.app_id}-{worker_id}"})
         producer.init_transactions(30)
         return
-    ch = Channels.of(s)
+    topics = Topics.of(s)
     consumer = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.app_id,
                          "group.instance.id": worker_id, "enable.auto.commit": False,
                          "partition.assignment.strategy": "range",
                          "session.timeout.ms": 10_000})
-    consumer.subscribe([*ch.join_inputs, ch.decisions, ch.catalog])
+    consumer.subscribe([*topics.join_inputs, topics.decisions, topics.catalog])
     deadline = time.monotonic() + 30
     while not consumer.assignment() and time.monotonic() < deadline:
         consumer.poll(0.2)  # until it replaced the worker's member (or was fenced back)

@@ -50,10 +50,9 @@ import pytest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Message, TopicPartition
 
 from app.contract.topics import RANKINGS, REWARDS
-from app.kafka import clients
+from app.kafka import clients, topic_admin
 from app.kafka.reader import TopicReader as Reader
 from app.settings import Settings
-from app.stream import topic_admin
 from tests.core.test_join_order import KINDS, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, event, produce
 from tests.stream.test_fault import (

@@ -46,8 +46,8 @@ from app.contract.topics import (
     SERVED,
 )
 from app.dev import local_kafka
+from app.kafka import topic_admin
 from app.settings import Settings
-from app.stream import topic_admin
 from tests.kafka_io import collect, event, now_ms, produce, values
 from tests.worker_process import WorkerProcess
 

@@ -1,5 +1,5 @@
-"""Create the contract's topics from ``app/contract/topic_specs/*.json`` and check the layout
-the worker needs.
+"""Create the contract's topics from ``app/contract/topic_specs/*.json`` and the worker's own
+topics (:func:`internal_topics`), and check the layout the worker needs.
 
 ``apply`` only ever creates missing topics. Existing topics are never altered (partitions
 cannot shrink, and adding some moves sessions to other partitions), so differences from the
@@ -25,9 +25,8 @@ from confluent_kafka.admin import (
 )
 
 from app.contract.specs import TopicSpec, load_specs
-from app.contract.topics import JOIN_INPUT_TOPICS
+from app.contract.topics import JOIN_INPUT_TOPICS, Topics
 from app.settings import Settings
-from app.stream.channels import InternalTopic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,11 @@ REFUSAL_CHECK_S = 1.0
 _FIX = ("run `recoloop topics apply` to create missing topics; a topic with the wrong "
         "partition count must be deleted and recreated (Kafka cannot shrink partitions, and "
         "adding some would move existing sessions to other partitions)")
+DAY_MS = 86_400_000
+# Compaction keeps a deleted key's tombstone this long; local state older than
+# LOCAL_STATE_MAX_AGE_MS may have missed one, so it is rebuilt rather than caught up.
+CHANGELOG_TOMBSTONE_RETENTION_MS = 7 * DAY_MS
+LOCAL_STATE_MAX_AGE_MS = 6 * DAY_MS
 
 
 class TopicLayoutError(RuntimeError):
@@ -277,6 +281,25 @@ def _duration(ms: int) -> str:
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def internal_topics(topics: Topics, partitions: int) -> dict[str, InternalTopic]:
+    """The worker's own topics; ``partitions`` is the join inputs' partition count."""
+    compacted = {"cleanup.policy": "compact"}
+    return {
+        topics.decisions: InternalTopic(partitions, {"retention.ms": str(DAY_MS)}),
+        topics.changelog: InternalTopic(partitions, {
+            **compacted, "delete.retention.ms": str(CHANGELOG_TOMBSTONE_RETENTION_MS)}),
+        topics.models: InternalTopic(1, compacted),
+        topics.site_stats: InternalTopic(1, compacted),
+        topics.api_keys: InternalTopic(1, compacted),
+    }
 
 
 def ensure_internal_topics(settings: Settings, topics: Mapping[str, InternalTopic],

@@ -9,10 +9,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from app.contract import topics as contract
 from app.contract.specs import load_specs
+from app.kafka import topic_admin
+from app.kafka.topic_admin import TopicLayoutError, apply, check_copartitioned, internal_topics
 from app.settings import Settings
-from app.stream import topic_admin
-from app.stream.channels import Channels
-from app.stream.topic_admin import TopicLayoutError, apply, check_copartitioned
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +178,7 @@ def test_unreachable_broker_is_a_problem_not_a_crash(topic_prefix: str,
 
 def test_internal_topics_are_created_once_and_must_match_the_inputs(
         settings: Settings, admin: AdminClient) -> None:
-    topics = Channels.of(settings).internal_topics(4)
+    topics = internal_topics(contract.Topics.of(settings), 4)
     topic_admin.ensure_internal_topics(settings, topics, admin)
     topic_admin.ensure_internal_topics(settings, topics, admin)  # a no-op the second time
     metadata = admin.list_topics(timeout=10).topics
@@ -189,5 +188,5 @@ def test_internal_topics_are_created_once_and_must_match_the_inputs(
     assert policies == {name: spec.config.get("cleanup.policy", "delete")
                         for name, spec in topics.items()}
     with pytest.raises(TopicLayoutError, match="expected"):
-        topic_admin.ensure_internal_topics(settings, Channels.of(settings).internal_topics(6),
-                                           admin)
+        topic_admin.ensure_internal_topics(
+            settings, internal_topics(contract.Topics.of(settings), 6), admin)
