@@ -3,6 +3,8 @@ bootstrap servers and security properties."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.kafka import clients
 from app.settings import Settings
 
@@ -31,3 +33,15 @@ def test_each_call_returns_a_dict_of_its_own() -> None:
     first = clients.committed_consumer(SECURED, "g")
     first["auto.offset.reset"] = "earliest"
     assert "auto.offset.reset" not in clients.committed_consumer(SECURED, "g")
+
+
+def test_only_the_factory_sets_what_exactly_once_depends_on() -> None:
+    """In app and bench, isolation.level, transactional.id and enable.idempotence are set in
+    app.kafka.clients only; bench/faust_compare.py's contender, the loop written out small
+    for that comparison, keeps its own producer."""
+    root = Path(__file__).resolve().parents[2]
+    names = ('"isolation.level"', '"transactional.id"', '"enable.idempotence"')
+    setting = sorted(str(path.relative_to(root)) for folder in ("app", "bench")
+                     for path in (root / folder).rglob("*.py")
+                     if any(name in path.read_text() for name in names))
+    assert setting == ["app/kafka/clients.py", "bench/faust_compare.py"]

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.contract.topics import BASKET_ADDS, CLICKS, RANKINGS, REWARDS, SERVED
+from app.kafka import clients
 from app.observability.metrics import Metrics
 from app.observability.tracing import TRACEPARENT, Tracing, TracingError, exporter_from_env
 from app.settings import Settings
@@ -324,7 +325,7 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
     s, exporter = traced_worker
     t = now_ms()
     common = {"site_id": "shop", "session_id": "s-traced"}
-    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer(clients.idempotent_producer(s))
     for (topic, key, value), parent in (
             (event(s.topic(SERVED), {**common, "event_id": "d1", "ts": t, "items": ["a", "b"],
                                      "arm": s.arms[0], "propensity": 0.5}),

@@ -40,6 +40,7 @@ from app.core.events import Reaction, Served
 from app.core.ranker import POSITIONS_LEARNED
 from app.core.session import ENGAGEMENT_WEIGHT
 from app.core.stats import STAT_SHAPES, stat_key
+from app.kafka import clients
 from app.settings import Settings
 from tests.core.test_join_order import KINDS, T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, event, produce
@@ -74,8 +75,7 @@ def produce_paced(s: Settings, by_kind: dict, rate_per_s: float = RATE_PER_S,
     (what was produced of each topic is the start of its list)."""
     merged = heapq.merge(*([(e.ts, kind, e) for e in by_kind[kind]] for kind in KINDS),
                          key=lambda entry: entry[0])
-    producer = Producer({"bootstrap.servers": s.bootstrap_servers, "enable.idempotence": True,
-                         "linger.ms": 5})
+    producer = Producer({**clients.idempotent_producer(s), "linger.ms": 5})
     start = time.monotonic()
     for n, (_, kind, e) in enumerate(merged):
         topic, key, value = event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))

@@ -36,9 +36,9 @@ from app.contract.topics import (
     REWARDS,
     SERVED,
 )
-from app.kafka import topic_admin
+from app.kafka import clients, topic_admin
 from app.settings import Settings
-from tests.kafka_io import TopicReader, collect, now_ms, values
+from tests.kafka_io import TopicReader, collect, now_ms, settings_of, values
 from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,8 +70,7 @@ def encode(record: Record) -> bytes:
 
 
 def producer_for(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                     "linger.ms": 1})
+    return Producer({**clients.idempotent_producer(settings_of(bootstrap)), "linger.ms": 1})
 
 
 def send(producer: Producer, prefix: str, partition: int, records: list[Record]) -> None:
