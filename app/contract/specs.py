@@ -1,7 +1,7 @@
 """The topic contract, loaded from ``topics/<logical name>.json``, and input validation.
 
 The JSON files are the single source of truth: the topic admin creates topics from them, the
-worker validates every input value against their JSON Schema (draft-07), and the README
+worker validates every input value against their JSON Schema (draft-07), and topics/README.md
 documents them. Validators are compiled once with fastjsonschema (generated Python code),
 because :func:`validation_error` runs on every input event.
 """
