@@ -211,7 +211,10 @@ def create_app(service: Service, docs: bool = False) -> FastAPI:
     app = FastAPI(title="recoloop rank service", version=__version__,
                   description="Rankings per session, read-your-writes; events in. "
                   "Ids in paths are percent-encoded path segments (%2F for /).",
-                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  # Traces are app.observability.tracing's (OTEL_* asks for them); FastAPI's
+                  # own telemetry would look up the global providers on every request.
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
     _bounded_errors(app)
     if service.tracing.enabled:
