@@ -23,7 +23,7 @@ EXPLORATION_RULES = ("epsilon", "squarecb")
 # The default arms, one set for every site (docs/learning.md says how it was chosen); every
 # arm of the registry can be chosen with RECOLOOP_ARMS.
 DEFAULT_ARMS = ("session_knn", "recent", "coview", "learned")
-# Reward per reaction type (DESIGN.md: basket add 3, detail view 1, a click counts as a view).
+# Reward per reaction type (docs/reward-join.md: basket add 3, detail view 1, click 1).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 
 

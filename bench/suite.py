@@ -44,7 +44,7 @@ some; the others keep their figures from the existing results file):
   report sets, per world, the engine beside them, with the goals of issue 24.
 
 Writes ``bench/results/suite.json`` (machine, every figure, the exact command) and
-``bench/results/suite.md`` (a table for the README); ``--quick`` writes ``suite-quick.*``.
+``bench/results/suite.md`` (a table for docs/performance.md); ``--quick`` writes ``suite-quick.*``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The topic contract, loaded from ``topic_specs/<logical name>.json``, and input validation.
 
-The JSON files (``app/contract/topic_specs/``, package data: a wheel carries them) are the
-single source of truth: the topic admin creates topics from them, the worker validates every
-input value against their JSON Schema (draft-07), and the README documents them. Validators
-are compiled once with fastjsonschema (generated Python code), because
-:func:`validation_error` runs on every input event.
+The JSON files (``app/contract/topic_specs/``, package data: a wheel carries them; ``topics/``
+at the repository's root links to them) are the single source of truth: the topic admin
+creates topics from them, the worker validates every input value against their JSON Schema
+(draft-07), and their README documents them. Validators are compiled once with
+fastjsonschema (generated Python code), because :func:`validation_error` runs on every
+input event.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ event time up to which every input topic of the partition has been read (see app
 Decisions are taken only behind the watermark, so their outcome does not depend on how fast
 each topic happened to be read, only on what each topic holds.
 
-Rules (README, "The reward join"):
+Rules (docs/reward-join.md):
 
 - a reaction counts for a display of the same session when
   ``served.ts <= reaction.ts <= served.ts + window``, and its ``served_id`` names the

@@ -12,12 +12,9 @@ percent-encoded path segments, decoded once (:func:`path_id`).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import unquote
 
-import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,23 +27,30 @@ from app import __version__
 from app.contract.decode import InvalidInput, loads_checked
 from app.contract.site_config import checked_site_config
 from app.contract.topics import SITE_CONFIG
-from app.core.experiment import MAIN_VARIANT, NOTHING
 from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.observability.tracing import Tracing
-from app.serve.book import Answer, CatalogItems, RankingBook
+from app.serve.book import CatalogItems, RankingBook
 from app.serve.edge import CALLER, NEED_KEY, Guard, Measured, RawPath, Shielded
 from app.serve.ingest import (
     MAX_EVENTS_PER_REQUEST,
-    MAX_ID_CHARS,
     EventIngest,
     Rejected,
     checked,
 )
 from app.serve.keys import KeyBook, KeyRecord
+from app.serve.ranking import (
+    MAX_EVENT_ID_CHARS,
+    MAX_PATH_ID_CHARS,
+    MAX_SEGMENT_CHARS,
+    MAX_WAIT_MS,
+    ROUTE,
+    RankingFastPath,
+    path_id,
+    ranking_body,
+)
 from app.settings import Settings
 
-MAX_WAIT_MS = 10_000
 # An error answer lists at most this many refused events (rejected_count says how many).
 MAX_REJECTED_LISTED = 32
 MAX_REASON_CHARS = 300
@@ -164,19 +168,6 @@ def own(caller: KeyRecord, site_id: str) -> None:
         raise HTTPException(403, "this key does not open this site")
 
 
-def path_id(segment: str, name: str) -> str:
-    """An id from its path segment, percent-decoded once as UTF-8: ``a%2Fb`` is ``a/b``
-    (every id the contract allows is addressable: ``/``, ``%``, ``?``, ``#`` and spaces
-    escaped as ``%2F``, ``%25``, ``%3F``, ``%23`` and ``%20``)."""
-    try:
-        value = unquote(segment, errors="strict")
-    except UnicodeDecodeError:
-        raise HTTPException(422, f"{name}: percent-escapes that are not UTF-8") from None
-    if not 1 <= len(value) <= MAX_ID_CHARS:
-        raise HTTPException(422, f"{name}: 1 to {MAX_ID_CHARS} characters once decoded")
-    return value
-
-
 async def json_body(request: Request) -> Any:
     """The request's body as JSON that re-encodes exactly; 422 naming the field if not.
     Guard has already checked the key, the content type and the length."""
@@ -220,11 +211,11 @@ def create_app(service: Service, docs: bool = False) -> FastAPI:
     app = FastAPI(title="recoloop rank service", version=__version__,
                   description="Rankings per session, read-your-writes; events in. "
                   "Ids in paths are percent-encoded path segments (%2F for /).",
-                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  # Traces are app.observability.tracing's (OTEL_* asks for them); FastAPI's
+                  # own telemetry would look up the global providers on every request.
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
-    app.add_middleware(Guard, keys=service.keys)
-    app.add_middleware(RawPath)  # outside Guard: a key opens what the raw path names
-    app.add_middleware(Measured, metrics=service.metrics)  # counts what Guard refuses too
     _bounded_errors(app)
     if service.tracing.enabled:
         # A span per request, continuing the caller's traceparent; posted events carry it on.
@@ -235,6 +226,12 @@ def create_app(service: Service, docs: bool = False) -> FastAPI:
     _events_route(app, service)
     _config_route(app, service)
     _plain_routes(app, service)
+    # The first added is the innermost: the fast path sees the key Guard found.
+    route = next(r for r in app.routes if getattr(r, "path", None) == ROUTE)
+    app.add_middleware(RankingFastPath, service=service, route=route)
+    app.add_middleware(Guard, keys=service.keys)
+    app.add_middleware(RawPath)  # outside Guard: a key opens what the raw path names
+    app.add_middleware(Measured, metrics=service.metrics)  # counts what Guard refuses too
     return app
 
 
@@ -247,21 +244,20 @@ ENCODED = "percent-encoded (RFC 3986): %2F for /, %25 for %, %3F for ?, %23 for 
 
 
 def _ranking_route(app: FastAPI, service: Service) -> None:
-    metrics = service.metrics
-
-    @app.get("/v1/sites/{site_id}/sessions/{session_id}/ranking",
-             response_model=RankingAnswer, response_class=JSONResponse)
+    @app.get(ROUTE, response_model=RankingAnswer, response_class=JSONResponse)
     async def ranking(
             caller: Caller,
-            site_id: Annotated[str, Path(max_length=3 * MAX_ID_CHARS, description=ENCODED)],
-            session_id: Annotated[str, Path(max_length=3 * MAX_ID_CHARS,
+            site_id: Annotated[str, Path(max_length=MAX_PATH_ID_CHARS, description=ENCODED)],
+            session_id: Annotated[str, Path(max_length=MAX_PATH_ID_CHARS,
                                             description=ENCODED)],
             segment: Annotated[str, Query(
-                max_length=1024, description="The session's context segment for a default "
-                "ranking: sorted key=value pairs joined by '|', e.g. device=mobile|region=eu"
+                max_length=MAX_SEGMENT_CHARS, description="The session's context segment for a "
+                "default ranking: sorted key=value pairs joined by '|', e.g. "
+                "device=mobile|region=eu"
             )] = "",
             after_event_id: Annotated[str | None, Query(
-                max_length=512, description="Wait for the ranking this event triggered.")]
+                max_length=MAX_EVENT_ID_CHARS,
+                description="Wait for the ranking this event triggered.")]
             = None,
             wait_ms: Annotated[int, Query(ge=0, le=MAX_WAIT_MS)] = 0,
             explain: Annotated[bool, Query(
@@ -270,31 +266,9 @@ def _ranking_route(app: FastAPI, service: Service) -> None:
             ) -> Response:
         site_id, session_id = path_id(site_id, "site_id"), path_id(session_id, "session_id")
         own(caller, site_id)
-        book = service.book
-        reached: bool | None = None
-        if after_event_id is not None:
-            reached = await _wait_for(book, site_id, session_id, after_event_id, wait_ms)
-        placement = service.sites.variant_for(site_id, session_id)
-        variant = "" if placement is None or placement[1].name == MAIN_VARIANT \
-            else placement[1].name
-        if placement is not None and placement[1].baseline == NOTHING:
-            answer = Answer("none", None)  # the site shows its own list to this variant
-        else:
-            answer = book.answer(site_id, session_id, segment, service.catalog, variant)
-        metrics.answers.labels(answer.source).inc()
-        # The ranking's JSON as the worker published it, spliced in: the hot path neither
-        # parses nor re-validates it (RankingAnswer documents the shape).
-        head = orjson.dumps({
-            "source": answer.source,
-            "age_ms": None if answer.ts is None else int(time.time() * 1000) - answer.ts,
-            "after_event_reached": reached, "stale": service.readiness.broker_away(),
-            **({"experiment": placement[0], "variant": placement[1].name}
-               if placement is not None else {}),
-            **({"catalog_items": answer.items} if answer.items else {})})
-        body = head[:-1] + b',"ranking":' + (answer.raw or b"null")
-        if explain:
-            body += b',"explain":' + (answer.explain or b"null")
-        return Response(body + b"}", media_type="application/json")
+        body = await ranking_body(service, site_id, session_id, segment, after_event_id,
+                                  wait_ms, explain)
+        return Response(body, media_type="application/json")
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -347,7 +321,7 @@ def _config_route(app: FastAPI, service: Service) -> None:
                                   "app/contract/topic_specs/reco.site-config.json (site_id "
                                   "may be left out)."}))
     async def site_config(caller: Caller, request: Request, site_id: Annotated[
-            str, Path(max_length=3 * MAX_ID_CHARS, description=ENCODED)]) -> dict[str, str]:
+            str, Path(max_length=MAX_PATH_ID_CHARS, description=ENCODED)]) -> dict[str, str]:
         """Set the site's settings and rules (``app/contract/topic_specs/reco.site-config.json``);
         admin keys only. 202 once the broker has the record: every worker applies it within
         seconds."""
@@ -396,33 +370,6 @@ def _plain_routes(app: FastAPI, service: Service) -> None:
     async def prometheus() -> Response:
         metrics.sessions_in_memory.set(len(service.book))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _wait_for(book: RankingBook, site: str, session: str, event_id: str,
-                    wait_ms: int) -> bool:
-    """Until the ranking ``event_id`` triggered (or a later one) is in ``book``, at most
-    ``wait_ms``; whether it came."""
-    deadline = time.monotonic() + wait_ms / 1000
-    loop = asyncio.get_running_loop()
-    while not book.has_answered(site, session, event_id):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        arrived = asyncio.Event()
-
-        def wake(arrived: asyncio.Event = arrived) -> None:
-            loop.call_soon_threadsafe(arrived.set)
-
-        book.on_next(site, session, wake)
-        try:
-            if book.has_answered(site, session, event_id):  # came while registering
-                return True
-            await asyncio.wait_for(arrived.wait(), left)
-        except TimeoutError:
-            return book.has_answered(site, session, event_id)
-        finally:  # also when the client went away (a cancellation)
-            book.forget_waiter(site, session, wake)
-    return True
 
 
 def openapi_document() -> dict[str, Any]:

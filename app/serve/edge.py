@@ -125,7 +125,7 @@ class Guard:
 class RawPath:
     """Routes ``/v1`` requests by their path as sent, still percent-encoded, so an id
     holding ``/`` (sent as ``%2F``) stays one path segment; the routes decode each id once
-    (:func:`app.serve.api.path_id`). Other paths route as decoded."""
+    (:func:`app.serve.ranking.path_id`). Other paths route as decoded."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -53,7 +53,7 @@ BUY_BY_DEVICE = {"mobile": 0.8, "desktop": 1.25, "tablet": 1.0}
 # a basket add. The reward of a display is the best reaction inside the window.
 CHAIN = ("click", "detail_view", "basket_add")
 GROUPS = ("engine", "control", "fallback")
-# Every top-level field of the summary (documented in the README's "The simulator" section).
+# Every top-level field of the summary (documented in docs/simulator.md, "The summary").
 SUMMARY_FIELDS = ("run", "events", "sessions", "rankings", "decisions", "reward_per_decision",
                   "uplift_vs_control", "regret", "arm_share", "per_site", "timeline", "ctr",
                   "by_fifth", "standard_error")
@@ -631,7 +631,7 @@ class World:
 
     def summary(self) -> dict[str, Any]:
         """Everything measured so far; :data:`SUMMARY_FIELDS` are its keys, documented in
-        the README's "The simulator" section."""
+        docs/simulator.md, "The summary"."""
         elapsed_ms = self.clock() - self.start_ms
         elapsed_s = elapsed_ms / 1000.0
         total = self.events_produced()

@@ -26,7 +26,7 @@ BUILDS = {"base": KUBE / "base", "production": KUBE / "overlays" / "production"}
 K8S_VERSIONS = ("1.31", kubernetes_validate.utils.latest_version())
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 NAMED_LISTS = {"containers", "initContainers", "env", "volumes", "volumeMounts"}
-SHUTDOWN_S = 30  # the worker's SIGTERM-to-exit bound (README, Tests)
+SHUTDOWN_S = 30  # the worker's SIGTERM-to-exit bound (docs/testing.md)
 Obj = dict[str, Any]
 
 

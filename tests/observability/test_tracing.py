@@ -162,7 +162,7 @@ def trace_id(span: ReadableSpan) -> str:
 
 
 def render(spans: list[ReadableSpan], trace: str) -> str:
-    """One trace as an indented tree (the README shows one from this test)."""
+    """One trace as an indented tree (docs/operations.md, Traces, shows one from this test)."""
     ours = [s for s in spans if trace_id(s) == trace]
     children: dict[int | None, list[ReadableSpan]] = {}
     ids = {s.context.span_id for s in ours}
@@ -259,11 +259,11 @@ exporters:
 def jaeger(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """Jaeger v2 (an OpenTelemetry Collector build) on loopback, traces in memory: its OTLP
     HTTP port and its query API's port. Built from the Go module registry, which takes
-    minutes, so not in the default run: ``RECOLOOP_TEST_JAEGER`` names the binary (README,
-    Traces)."""
+    minutes, so not in the default run: ``RECOLOOP_TEST_JAEGER`` names the binary
+    (docs/operations.md, Traces)."""
     binary = os.environ.get("RECOLOOP_TEST_JAEGER") or shutil.which("jaeger")
     if not binary:
-        pytest.skip("no Jaeger binary: set RECOLOOP_TEST_JAEGER (README, Traces)")
+        pytest.skip("no Jaeger binary: set RECOLOOP_TEST_JAEGER (docs/operations.md, Traces)")
     ports = {"otlp": free_port(), "query": free_port(), "grpc": free_port()}
     config = tmp_path / "jaeger.yaml"
     config.write_text(JAEGER_CONFIG % ports)

@@ -5,22 +5,26 @@ HTTP client that says when the server dropped its connection."""
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import uvicorn
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, SERVED
 from app.kafka import topic_admin
+from app.serve.edge import timed_protocol
 from app.serve.main import create_key
 from app.settings import Settings
-from tests.worker_process import WorkerProcess
+from tests.worker_process import WorkerProcess, free_port
 
 # Short read limits, so a test of them takes about a second.
 HEAD_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 1.0
@@ -152,3 +156,23 @@ def event_ids(messages: list[Message]) -> set[str]:
 
 def log_of(edge: EdgeService) -> str:
     return Path(edge.process.log_path).read_text(errors="replace")
+
+
+@contextmanager
+def served(app: Any) -> Iterator[int]:
+    """``app`` on a real uvicorn with the service's protocol, in this process."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           http=timed_protocol(HEAD_TIMEOUT_S, 5.0),
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

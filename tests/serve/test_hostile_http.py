@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
-import uvicorn
 
 from app.cli import main as cli_main
 from app.contract.topics import CLICKS, RANKINGS
@@ -26,7 +22,7 @@ from app.core.sites import SiteSettings
 from app.observability.metrics import ServeMetrics
 from app.serve.api import Readiness, Service, asgi_app, create_app
 from app.serve.book import RankingBook
-from app.serve.edge import Shielded, timed_protocol
+from app.serve.edge import Shielded
 from app.serve.keys import KeyBook
 from app.serve.main import key_records
 from app.settings import Settings
@@ -40,8 +36,8 @@ from tests.serve.conftest import (
     event_ids,
     log_of,
     read_to_end,
+    served,
 )
-from tests.worker_process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -122,26 +118,6 @@ def test_nesting_within_the_limit_is_taken(edge: EdgeService):
     status, answer, _ = edge.connection().request(
         "POST", "/v1/events", edge.key, raw=hostile({"events": [click("nested", x=DEEP)]}, 29))
     assert status == 202, answer
-
-
-@contextmanager
-def served(app: Any) -> Iterator[int]:
-    """``app`` on a real uvicorn with the service's protocol, in this process."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           http=timed_protocol(HEAD_TIMEOUT_S, 5.0),
-                                           log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def idle_service() -> Service:

@@ -106,7 +106,7 @@ def test_records_too_large_for_kafka_are_dead_lettered_and_the_partition_goes_on
     ], **{"message.max.bytes": 2_000_000})
     # Each too_large input costs a redo of its batch; on a loaded machine the redos can stall
     # the worker for longer than the default 5 s, after which a quiet partition's displays
-    # close by the wall clock (a known cost of the backstop, see the README's limits).
+    # close by the wall clock (a known cost of the backstop, see docs/contract.md, Limits).
     worker = start_worker(idle_close_s="30")
     reader = TopicReader(s.bootstrap_servers, [s.topic(DEAD_LETTER)])
     reasons = {}

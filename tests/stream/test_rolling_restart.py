@@ -32,7 +32,7 @@ redone). On this 2-core machine a worker under this load is ready 8 to 15 s afte
 the test sets the timeout to :data:`GROUP_SESSION_TIMEOUT_S` as the Kubernetes manifests do
 (at the default 10 s, about half the restarts passed it: every partition then paused for two
 rebalances, and the longest gap was 13 to 24 s over a run, 34 s beside a full test run).
-The gaps measured are in the README ("Rolling restarts"); 60 s leaves a margin over them.
+The gaps measured are in docs/operations.md ("Rolling restarts"); 60 s leaves a margin over them.
 """
 
 from __future__ import annotations
