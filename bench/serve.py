@@ -39,6 +39,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,8 @@ def rank_latency(port: int, key: str, sessions: int, rate: float, seconds: float
     started = time.monotonic()
     latencies, failures = asyncio.run(open_loop(port, key, rate, seconds, one))
     return {"target_rate_per_s": rate, "achieved_rate_per_s":
-            round(len(latencies) / (time.monotonic() - started), 1), "failures": failures,
+            round(len(latencies) / (time.monotonic() - started), 1), "answered": len(latencies),
+            "failures": failures,
             **latency_summary(latencies)}
 
 
@@ -301,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: _answers(port, f"/v1/sites/{SITE}/sessions/s0/ranking", key),
                    "the key")
         rss_mb = round(service.rss_bytes() / 2**20, 1)
-        rank = [rank_latency(port, key, args.sessions, float(rate), args.seconds)
+        rank = [with_cpu(service, partial(rank_latency, port, key, args.sessions,
+                                          float(rate), args.seconds))
                 for rate in args.rates.split(",")]
         worker = start_worker(settings)
         wait_until(lambda: freshness(port, key, 1, 1)["failures"] == 0, "the worker's start")
@@ -318,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         "service_start_to_all_sessions_s": round(caught_up_s, 1),
         "rank_api": rank, "freshness": fresh, "ingest": taken}, args.out or RESULTS / "serve.json")
     return 0
+
+
+def with_cpu(service: BenchWorker, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s result with the service's CPU time per answered request."""
+    before = service.cpu_seconds()
+    result = run()
+    requests = result["answered"] + result["failures"]
+    result["service_cpu_ms_per_request"] = round(
+        1000 * (service.cpu_seconds() - before) / max(requests, 1), 3)
+    return result
 
 
 def start_service(settings: Any, port: int, sessions: int) -> BenchWorker:
@@ -348,7 +361,16 @@ def main_mixed(args: argparse.Namespace, argv: list[str]) -> int:
             wait_until(lambda: freshness(port, key, 1, 1)["failures"] == 0,
                        "the worker's start")
         rate = float(args.rates.split(",")[0])
+        named = dict(zip(("service", "worker"), processes, strict=False))
+        started = {name: p.cpu_seconds() for name, p in named.items()}
+        began = time.monotonic()
         result = mixed(port, key, args.sessions, rate, args.post_rate, args.seconds)
+        elapsed = time.monotonic() - began
+        # What each of ours took of one core meanwhile (the broker and this load
+        # generator share the same cores).
+        result["cpu_share_of_one_core"] = {
+            name: round((p.cpu_seconds() - started[name]) / elapsed, 3)
+            for name, p in named.items()}
     finally:
         for process in processes:
             process.stop(remove_data=True)
