@@ -9,10 +9,9 @@ shares the page's category) and its position, so the position's own pull on clic
 learned apart and does not credit the items placed first. An item's own id is a feature
 too, for the first ``max_items`` items of the site: what it earns beyond its signals.
 
-River's online logistic regression is the learner (its factorization machine was measured
-first: 330 µs per update and 133 µs per score at 12 features, against 9 µs and 2 µs here, and
-a ranking scores some 30 candidates). Its state round-trips through plain numbers
-(:class:`RankerState`), for the models topic.
+River's online logistic regression is the learner: a ranking scores some 30 candidates, and
+the logistic model scores and learns in microseconds (docs/learning.md, "Choices measured").
+Its state round-trips through plain numbers (:class:`RankerState`), for the models topic.
 """
 
 from __future__ import annotations
