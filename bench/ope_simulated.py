@@ -22,8 +22,8 @@ from typing import Any
 from app.core.shadow import candidate
 from app.evaluation.offline import evaluate
 from app.settings import DEFAULT_REWARDS, Settings
+from app.sim.arm_table import Simulator
 from app.sim.common import SimClock, run_simulated
-from app.sim.world import Simulator
 from app.sim.worlds import build_world
 from bench.engine_inprocess import InProcessEngine
 

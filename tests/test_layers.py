@@ -27,7 +27,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.kafka": ("app.kafka", "app.contract", "app.settings", "confluent_kafka"),
     "app.settings": ("app.contract.topics", "app.core.arms"),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
-    "app.sim.world": ("app.core", "app.contract", "app.settings", "app.sim.common"),
+    "app.sim.arm_table": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     # The item world's variants: pure like it, built on it.
     "app.sim.variant": ("app.sim.common", "app.sim.items"),
@@ -35,7 +35,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.sim.longtail": ("app.sim.common", "app.sim.items"),
     "app.sim.slots": ("app.sim.common", "app.sim.items", "app.sim.variant"),
     "app.sim.shifting": ("app.sim.common", "app.sim.items"),
-    "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.world", "app.sim.variant",
+    "app.sim.worlds": ("app.sim.common", "app.sim.items", "app.sim.arm_table", "app.sim.variant",
                        "app.sim.returns", "app.sim.longtail", "app.sim.slots",
                        "app.sim.shifting"),
     "app.serve": ("app.contract", "app.core.events", "app.core.experiment", "app.core.sites",

@@ -1,7 +1,7 @@
 """What the simulated worlds share: shoppers' timeline, the engine's rankings, the contract's
 settlement of displays and the summary.
 
-:mod:`app.sim.world` (a hidden reward table per arm and context) and :mod:`app.sim.items`
+:mod:`app.sim.arm_table` (a hidden reward table per arm and context) and :mod:`app.sim.items`
 (items with latent vectors, shoppers with latent tastes) are both a :class:`World`: they draw
 shoppers and what they do, and this module plays the rest the same way for both. Pure and
 synchronous: no Kafka, no I/O. Time comes from an injected clock (milliseconds).

@@ -1,7 +1,7 @@
 """The item world (``recoloop simulate --world items``, the default): shops where the items shown
 decide the reward.
 
-Pure and synchronous like :mod:`app.sim.world`: no Kafka, no I/O; :mod:`app.sim.common` plays
+Pure and synchronous like :mod:`app.sim.arm_table`: no Kafka, no I/O; :mod:`app.sim.common` plays
 the timeline, the engine's rankings and the contract's settlement the same way for both. The
 model, per site (``D`` = ``dim``, ``sigma`` the logistic function):
 

@@ -1,7 +1,7 @@
 """``recoloop simulate``: plays a simulated world's shops against a running engine.
 
 The world is the item world (:mod:`app.sim.items`, ``--world items``, the default), the
-arm-table world (:mod:`app.sim.world`, ``--world arms``) or one of the item world's variants
+arm-table world (:mod:`app.sim.arm_table`, ``--world arms``) or one of the item world's variants
 (``returns``, ``longtail``, ``slots``, ``shifting``; :mod:`app.sim.worlds`). This is the
 thin Kafka side of the simulator: it produces the catalog, then, in real time, the displays
 and reactions the model emits (keyed by session, in event-time order), and feeds every

@@ -8,13 +8,13 @@ import random
 from collections.abc import Callable, Mapping
 from typing import TypedDict
 
+from app.sim.arm_table import SimConfig, Simulator
 from app.sim.common import World
 from app.sim.items import ItemConfig, ItemWorld
 from app.sim.longtail import LongTailConfig, LongTailWorld
 from app.sim.returns import ReturnsConfig, ReturnsWorld
 from app.sim.shifting import ShiftingConfig, ShiftingWorld
 from app.sim.slots import SlotsConfig, SlotsWorld
-from app.sim.world import SimConfig, Simulator
 
 # The worlds of items and shoppers, each with its config; "arms" (a reward table per arm)
 # is built apart.
@@ -53,7 +53,7 @@ def build_world(world: str, seed: int, clock: Callable[[], int], *, sites: tuple
                 rate: float, control_share: float, window_ms: int,
                 rewards: Mapping[str, float], arms: Mapping[str, tuple[str, ...]],
                 run_tag: str) -> World:
-    """A fresh world: ``arms`` (:mod:`app.sim.world`) or one of :data:`ITEM_WORLDS`
+    """A fresh world: ``arms`` (:mod:`app.sim.arm_table`) or one of :data:`ITEM_WORLDS`
     (``items``, :mod:`app.sim.items`; ``returns``, ``longtail``, ``slots`` and ``shifting``,
     the modules of those names).
 

@@ -16,6 +16,7 @@ from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERV
 from app.core.engine import segment_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
+from app.sim.arm_table import HiddenModel, SimConfig, Simulator, all_contexts, context_weight
 from app.sim.common import (
     CHAIN,
     GROUPS,
@@ -25,7 +26,6 @@ from app.sim.common import (
     Shopper,
     window_shares,
 )
-from app.sim.world import HiddenModel, SimConfig, Simulator, all_contexts, context_weight
 
 START_MS = 1_800_000_000_000
 WINDOW_MS = 20_000
