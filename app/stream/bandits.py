@@ -35,7 +35,7 @@ from app.core.experiment import site_of_model_key
 from app.core.policy import ContextualBandit
 from app.core.sites import SiteSettings
 from app.settings import Settings
-from app.stream.state import rocksdb_options
+from app.stream.runtime.store import rocksdb_options
 
 log = logging.getLogger(__name__)
 
