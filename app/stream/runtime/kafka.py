@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,14 @@ READER_PREFETCH_KB = 4_096
 @dataclass
 class Clients:
     """A runtime's clients: the transactional producer, the group's consumer, the changelog's
-    restorer, and the configuration of the replicas' readers."""
+    restorer, and the configuration of the replicas' readers and how their consumers are
+    built."""
 
     producer: Producer
     consumer: Consumer
     restorer: Consumer
     reader_config: dict[str, Any]
+    new_consumer: Callable[[dict[str, Any]], Consumer] = Consumer
 
 
 def kafka_clients(settings: Settings) -> Clients:

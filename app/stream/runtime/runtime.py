@@ -85,7 +85,8 @@ class Runtime:
                                      Path(settings.data_dir) / "worker" / "state", metrics,
                                      self._beat)
         self.oversized = Oversized(app.max_record_bytes)
-        self.tails = [Tail(kafka.reader_config, replica) for replica in app.replicas]
+        self.tails = [Tail(kafka.reader_config, replica, kafka.new_consumer)
+                      for replica in app.replicas]
 
     @property
     def states(self) -> dict[int, Any]:

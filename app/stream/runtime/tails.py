@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message
 
 from app.kafka.reader import TopicReader
 from app.stream.runtime.calls import TIMEOUT_S, Patience, raise_if_fatal
@@ -23,10 +23,12 @@ class Tail:
     """A replica's topic, read into it: fatal errors and waits without progress raise
     :class:`app.stream.runtime.calls.Rebuild`."""
 
-    def __init__(self, config: dict[str, Any], replica: Replica) -> None:
+    def __init__(self, config: dict[str, Any], replica: Replica,
+                 new_consumer: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
         self.replica = replica
         self.topic = replica.topic
-        self.reader = TopicReader(config, replica.topic, self._apply, on_error=self._error)
+        self.reader = TopicReader(config, replica.topic, self._apply, on_error=self._error,
+                                  new_consumer=new_consumer)
 
     def open(self) -> None:
         if not self.reader.assign(timeout_s=TIMEOUT_S):
