@@ -16,7 +16,7 @@ Contenders:
 - ``faust_eos``: the same with ``exactly_once``, as shipped;
 - ``faust_eos_patched``: the same with bench/faust_jobs/patch.py applied (transactions routed
   by the source partition, see there);
-- ``ours``: the way app/stream/loop.py works, written out small for this job (the worker's
+- ``ours``: the way app/stream/runtime/ works, written out small for this job (the worker's
   own state codec takes only the engine's keys), with confluent-kafka: one transaction per
   consumed batch carries the outputs, a changelog record per changed key (to a compacted
   topic) and the input offsets; RocksDB (rocksdict) takes the changes only once it committed;

@@ -50,6 +50,7 @@ from app.stream.runtime.kafka import Clients, kafka_clients, next_batch, receive
 from app.stream.runtime.oversize import Oversized
 from app.stream.runtime.partitions import Partitions, Where
 from app.stream.runtime.protocol import Application, Poison, Record, RecordTooLarge, Staged
+from app.stream.runtime.store import ChangelogStore
 from app.stream.runtime.tails import Tail
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Runtime:
                       for replica in app.replicas]
 
     @property
-    def states(self) -> dict[int, Any]:
+    def states(self) -> dict[int, ChangelogStore]:
         return self.partitions.states
 
     # -- status (read from the health server's threads) ----------------------------------
