@@ -10,7 +10,7 @@ offsets after every batch, until SIGTERM. No parsing, no state, no join.
 - default: offsets committed asynchronously after each batch, without waiting for the
   batch's deliveries (the loosest loop, a true ceiling);
 - ``--transactional``: each batch is one transaction (produce, ``send_offsets_to_transaction``,
-  commit), batched and tuned exactly as the worker's loop is (``app.stream.loop``:
+  commit), batched and tuned exactly as the worker's loop is (``app.stream.runtime.kafka``:
   :func:`next_batch`, up to ``MAX_BATCH`` records; ``app.kafka.clients``: the transactional
   producer): the ceiling the worker is measured against, the same loop without the worker's
   own work.
@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Message, Producer
 from app.contract.topics import JOIN_INPUT_TOPICS
 from app.kafka import clients
 from app.settings import Settings
-from app.stream.loop import next_batch
+from app.stream.runtime.kafka import next_batch
 
 
 def produce(producer: Producer, topic: str, message: Message) -> None:

@@ -16,7 +16,7 @@ Contenders:
 - ``faust_eos``: the same with ``exactly_once``, as shipped;
 - ``faust_eos_patched``: the same with bench/faust_jobs/patch.py applied (transactions routed
   by the source partition, see there);
-- ``ours``: the way app/stream/loop.py works, written out small for this job (the worker's
+- ``ours``: the way app/stream/runtime/ works, written out small for this job (the worker's
   own state codec takes only the engine's keys), with confluent-kafka: one transaction per
   consumed batch carries the outputs, a changelog record per changed key (to a compacted
   topic) and the input offsets; RocksDB (rocksdict) takes the changes only once it committed;
@@ -77,7 +77,7 @@ PARTITIONS = 8
 CONTENDERS = ("faust_alo", "faust_eos", "faust_eos_patched", "ours", "bare", "bare_tx")
 STALL_S = 120.0  # no new output for this long: the contender is stuck (or lost inputs)
 SESSION_TIMEOUT_MS = 10_000  # every contender's, so a killed member leaves the group soon
-OFFSET_KEY = b"\x00changelog-offset"  # as app.stream.state: the last changelog offset held
+OFFSET_KEY = b"\x00changelog-offset"  # as app.stream.runtime.store: the last changelog offset held
 WRITTEN_AT_KEY = b"\x00written-at-ms"
 
 
@@ -118,7 +118,7 @@ def run_ours(bootstrap: str, group: str, source: str, sink: str, changelog: str,
     states: dict[int, Rdict] = {}
 
     def restore(p: int) -> Rdict:
-        from app.stream.state import restore_plan
+        from app.stream.runtime.store import restore_plan
         db = Rdict(str(data_dir / str(p)), options=Options(raw_mode=True))
         stored, written = db.get(OFFSET_KEY), db.get(WRITTEN_AT_KEY)
         tp = TopicPartition(changelog, p)

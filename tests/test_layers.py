@@ -48,6 +48,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                        "confluent_kafka", "orjson", "matplotlib"),
     "app.stream": ("app.core", "app.contract", "app.kafka", "app.observability", "app.settings",
                    "app.stream", "confluent_kafka", "rocksdict", "orjson"),
+    # The exactly-once runtime: generic, it knows no recommendation (see the test below).
+    "app.stream.runtime": ("app.stream.runtime", "app.kafka", "app.observability", "app.settings",
+                           "confluent_kafka", "rocksdict"),
 }
 
 
@@ -105,6 +108,16 @@ def test_the_service_the_evaluation_and_the_kafka_plumbing_never_import_the_stre
     importers = {module_name(p): sorted(name for name in imported_modules(p.read_text())
                                         if _within(name, "app.stream"))
                  for p in app_modules() if _within(module_name(p), layer)}
+    assert importers and {module: names for module, names in importers.items() if names} == {}
+
+
+def test_the_runtime_imports_nothing_of_the_core_the_contract_or_the_application() -> None:
+    """app.stream.runtime runs any processor: the recoloop one imports it, never the reverse."""
+    importers = {module_name(p): sorted(name for name in imported_modules(p.read_text())
+                                        if any(_within(name, layer) for layer in (
+                                            "app.core", "app.contract", "app.stream"))
+                                        and not _within(name, "app.stream.runtime"))
+                 for p in app_modules() if _within(module_name(p), "app.stream.runtime")}
     assert importers and {module: names for module, names in importers.items() if names} == {}
 
 

@@ -2,8 +2,8 @@
 
 Pure and synchronous: state comes in through a :class:`Store` (a partition's RocksDB state
 in the worker, a dict in unit tests), the bandits through :class:`Policies`, and time only
-from the events themselves. The agents in :mod:`app.stream.agents` decode, call
-:meth:`Engine.handle`, and stage what to send.
+from the events themselves. The worker's processor (:mod:`app.stream.processor`) decodes,
+calls :meth:`Engine.handle`, and stages what to send.
 
 Stream time is a per-partition *watermark*: the largest event time read on each input topic
 of the partition (displays, clicks, detail views, basket adds), and the smallest of those.

@@ -32,12 +32,14 @@ class TopicReader:
     """Reads every partition of ``topic`` and hands each committed record to ``on_record``,
     in partition order (no order across partitions). Errors other than a partition's end go
     to ``on_error`` (a warning is logged when there is none); ``on_end(partition)`` hears of
-    each end reached. Not thread-safe: one thread polls it."""
+    each end reached; ``new_consumer`` builds its consumer from a config. Not thread-safe:
+    one thread polls it."""
 
     def __init__(self, config: Mapping[str, Any], topic: str, on_record: OnRecord,
                  on_error: OnError | None = None,
-                 on_end: Callable[[int], None] | None = None) -> None:
-        self.consumer = Consumer({**config, "enable.partition.eof": True})
+                 on_end: Callable[[int], None] | None = None,
+                 new_consumer: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
+        self.consumer = new_consumer({**config, "enable.partition.eof": True})
         self.topic = topic
         self._on_record = on_record
         self._on_error = on_error or self._log_error

@@ -56,7 +56,7 @@ DEAD_LETTER_REASONS = ("empty_value", "invalid_json", "schema", "key_mismatch",
 UNDECODABLE_SOURCES = ("changelog", "models", "site_stats", "decisions", "local_state",
                        "site_config")
 # Why a worker rebuilt its Kafka clients and partition state in-process
-# (app.stream.loop.Rebuild); created at zero like the dead-letter reasons.
+# (app.stream.runtime.calls.Rebuild); created at zero like the dead-letter reasons.
 RESTART_REASONS = ("fatal", "membership_lost", "timed_out", "stuck_call", "kafka_error")
 
 # The text format would carry a `*_created` series beside every counter and histogram:

@@ -1,3 +1,4 @@
-"""The stream runtime: transactional loop, partition state, changelogs, bandit models.
-Talks to Kafka (through app.kafka) and RocksDB; imports core, contract, kafka, observability,
-settings."""
+"""The worker: the exactly-once runtime (``runtime``, generic) running the recoloop
+application (``application``: the ``processor``, its ``replicas``, ``bandits``,
+``site_stats`` and the engine's partition ``state``). Imports core, contract, kafka,
+observability, settings."""

@@ -16,8 +16,8 @@ Memory does not grow with the number of sites: a site unused for ``site_idle_s``
 memory for a local RocksDB copy (:class:`SpilledModels`, rebuilt from the models topic at
 every start) and comes back from it when the site returns.
 
-No Kafka here: :mod:`app.stream.loop` feeds :meth:`offer` from the topic and sends
-:meth:`changes`.
+No Kafka here: the models replica (:mod:`app.stream.replicas`) feeds :meth:`offer` from the
+topic, and the runtime sends :meth:`changes` (:mod:`app.stream.processor`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from app.core.experiment import site_of_model_key
 from app.core.policy import ContextualBandit
 from app.core.sites import SiteSettings
 from app.settings import Settings
-from app.stream.state import rocksdb_options
+from app.stream.runtime.store import rocksdb_options
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,15 @@
 """``recoloop worker``: check the topic layout, then run the exactly-once loop until stopped
 (SIGTERM or Ctrl-C finish the current batch first).
 
-When the loop's Kafka clients cannot go on (:class:`app.stream.loop.Rebuild`: a fatal error, a
-lost group membership, a broker unreachable past a step's time budget, a transactional call
-that did not return), the worker builds a new loop in the same process after a bounded
-backoff, with a log line and ``recoloop_worker_restarts_total{reason}`` each time. Calls left
-behind end by themselves once the broker answers again; only when more than
-:data:`MAX_STUCK_CALLS` of them are still blocked at once (their clients can be freed by a new
-process alone) does the worker exit, with status :data:`EXIT_STUCK`, for a supervisor to
-restart it.
+The loop is the exactly-once runtime (:mod:`app.stream.runtime`) running the recoloop
+application (:mod:`app.stream.application`). When its Kafka clients cannot go on
+(:class:`app.stream.runtime.calls.Rebuild`: a fatal error, a lost group membership, a broker
+unreachable past a step's time budget, a transactional call that did not return), the worker
+builds a new runtime and application in the same process after a bounded backoff, with a log
+line and ``recoloop_worker_restarts_total{reason}`` each time. Calls left behind end by
+themselves once the broker answers again; only when more than :data:`MAX_STUCK_CALLS` of them
+are still blocked at once (their clients can be freed by a new process alone) does the worker
+exit, with status :data:`EXIT_STUCK`, for a supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ import time
 from collections.abc import Callable
 
 from app.contract.topics import Topics
-from app.core.catalog import StoreCatalog
-from app.core.engine import Engine
-from app.core.sites import SiteSettings
-from app.core.store import Store
 from app.kafka.topic_admin import (
     TopicLayoutError,
     check_copartitioned,
@@ -37,10 +34,9 @@ from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import Metrics
 from app.observability.tracing import Tracing, TracingError
 from app.settings import Settings
-from app.stream.agents import Agents
-from app.stream.bandits import BanditModels
-from app.stream.loop import Rebuild, Runtime, StuckCalls
-from app.stream.site_stats import SiteStatistics
+from app.stream.application import recoloop
+from app.stream.runtime.calls import Rebuild, StuckCalls
+from app.stream.runtime.runtime import Runtime
 
 log = logging.getLogger("recoloop")
 
@@ -122,17 +118,13 @@ def prepare(settings: Settings) -> int:
 def supervisor(settings: Settings, partitions: int, metrics: Metrics,
                tracing: Tracing) -> Supervisor:
     """The loop of one worker process and what it runs on (also built by tests in-process)."""
-    topics = Topics.of(settings)
-
-    def agents_for(models: BanditModels, catalog: Store, site_stats: SiteStatistics,
-                   sites: SiteSettings) -> Agents:
-        engine = Engine(settings, models, StoreCatalog(catalog), site_stats, sites)
-        return Agents(settings, topics, engine, models, site_stats, metrics, partitions,
-                      tracing)
-
     stuck = StuckCalls()
-    return Supervisor(lambda heartbeat: Runtime(settings, partitions, metrics, agents_for,
-                                                heartbeat, stuck, tracing), metrics, stuck)
+
+    def build(heartbeat: float | None) -> Runtime:
+        return Runtime(settings, recoloop(settings, partitions, metrics, tracing), metrics,
+                       heartbeat, stuck, tracing)
+
+    return Supervisor(build, metrics, stuck)
 
 
 def run(settings: Settings, stop: threading.Event) -> int:

@@ -39,7 +39,7 @@ from app.contract.topics import CLICKS, RANKINGS, REWARDS, Topics
 from app.dev import local_kafka
 from app.kafka import topic_admin
 from app.settings import Settings
-from app.stream.loop import Rebuild, StuckCalls
+from app.stream.runtime.calls import Rebuild, StuckCalls
 from tests.core.test_join_order import T0, reference_join, seeded_stream
 from tests.kafka_io import TopicReader, collect, event, now_ms, produce
 from tests.serve.test_service import call, key_for

@@ -8,7 +8,8 @@ import pickle
 
 from app.contract.codec import encode_state
 from app.core.keys import state_key
-from app.stream.state import PartitionState, RestorePlan, restore_plan
+from app.stream.runtime.store import RestorePlan, restore_plan
+from app.stream.state import PartitionState
 
 
 def wake(n: int) -> str:

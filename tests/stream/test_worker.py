@@ -12,7 +12,7 @@ import pytest
 from app.observability.health import STUCK_AFTER_S
 from app.observability.metrics import Metrics
 from app.stream import worker
-from app.stream.loop import Rebuild, StuckCalls
+from app.stream.runtime.calls import Rebuild, StuckCalls
 from app.stream.worker import EXIT_STUCK, MAX_STUCK_CALLS, Supervisor
 
 

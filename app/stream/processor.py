@@ -1,30 +1,32 @@
-"""What the worker does with each record: decode it, call the core, stage what to send.
+"""The recoloop processor: what the worker does with each record, in the runtime's
+:class:`app.stream.runtime.protocol.Processor` protocol. It decodes each input, runs it through
+the engine or the learner, and stages what to send; the runtime sends it in the same Kafka
+transaction as the state changes and input offsets. Metrics are staged too and counted only
+once that transaction commits, so a batch redone after an abort is not counted twice.
 
-No logic of their own and no Kafka client: :mod:`app.stream.loop` hands records in and sends
-what they staged in the same Kafka transaction as the state changes and input offsets.
-Metrics are staged too and counted only once that transaction commits, so a batch retried
-after an abort is not counted twice.
+- the join inputs go through :class:`app.core.engine.Engine`, which stages rankings, rewards,
+  dead letters and closed decisions (keyed by site) for the learner;
+- ticks: the worker's clock, so idle partitions still close their decisions;
+- the decisions topic: each closed decision teaches its site's bandit (the engine's own and
+  an experiment's variants), scores the site's candidate policies on it, and each engagement
+  goes into the site's shared statistics;
+- the catalog: its records are validated here (every worker applies the valid ones to its
+  own copy, :mod:`app.stream.replicas`).
 
-- :meth:`Agents.join_input`: the join inputs through :class:`app.core.engine.Engine`; stages
-  rankings, rewards, dead letters and closed decisions (keyed by site) for the learner.
-- :meth:`Agents.tick`: the worker's clock, so idle partitions still close their decisions.
-- :meth:`Agents.decision`: one closed decision into its site's River bandit.
-- :meth:`Agents.catalog_record`: validates catalog records (every worker applies the valid
-  ones to its own copy of the catalog, see :mod:`app.stream.loop`).
+The bandits and site statistics it changes go out as records of the models and
+site-statistics topics (:meth:`RecoProcessor.changes`), and are kept once they committed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import orjson
 
-from app.contract.codec import check_size
 from app.contract.decode import (
     InvalidInput,
     dead_letter_key,
@@ -41,35 +43,31 @@ from app.core.shadow import ShadowScores, candidate
 from app.core.stats import Engagement
 from app.core.store import Store
 from app.observability.metrics import Metrics
-from app.observability.tracing import Headers, Span, Tracing
+from app.observability.tracing import Span, Tracing
 from app.settings import Settings
 from app.stream.bandits import BanditModels
+from app.stream.runtime.protocol import Poison, Record, Staged
 from app.stream.site_stats import SiteStatistics
 
 log = logging.getLogger(__name__)
 
+
+def origin_of(record: Record) -> Origin:
+    return Origin(record.topic, record.partition, record.offset, record.key, record.value,
+                  trace=record.trace)
+
+
 @dataclass
-class Staged:
-    """What one transaction sends (besides state changes), and counts once it commits."""
+class SharedChanges:
+    """The bandits and site statistics a batch changed, until it commits."""
 
-    # (topic, key, value, headers), each sent to the partition of its key
-    records: list[tuple[str, bytes | None, bytes, Headers | None]] = field(default_factory=list)
-    counts: list[Callable[[], None]] = field(default_factory=list)
-    span: Span | None = None  # the transaction's, when tracing is on
-
-    def send(self, topic: str, key: bytes | None, value: bytes,
-             headers: Headers | None = None) -> None:
-        """Stage a record; :class:`RecordTooLarge` if it could not be sent (the loop then
-        dead-letters the input that caused it). ``headers`` hold one traceparent at most
-        (66 bytes), well within the margin between MAX_RECORD_BYTES and the broker's limit."""
-        check_size(topic, key, value)
-        self.records.append((topic, key, value, headers))
-
-    def count(self, update: Callable[[], None]) -> None:
-        self.counts.append(update)
+    models: list[tuple[str, bytes]]
+    site_stats: list[tuple[str, bytes]]
 
 
-class Agents:
+class RecoProcessor:
+    """Dispatches each record by its topic; the engine and the learner do the work."""
+
     def __init__(self, settings: Settings, topics: Topics, engine: Engine,
                  models: BanditModels, site_stats: SiteStatistics, metrics: Metrics,
                  partitions: int, tracing: Tracing | None = None) -> None:
@@ -84,6 +82,57 @@ class Agents:
         self._skew_ms = int(settings.max_clock_skew_s * 1000)
         # Live scores of each site's candidate policies, since this worker took its learning.
         self._shadow_scores: dict[str, ShadowScores] = {}
+        self._shared = SharedChanges([], [])
+
+    # -- the runtime's protocol -----------------------------------------------------------
+
+    def process(self, record: Record, state: Store | None, out: Staged) -> None:
+        origin = origin_of(record)
+        if record.topic == self.topics.decisions:
+            self.decision(origin, out)
+        elif record.topic == self.topics.catalog:
+            self.catalog_record(origin, out)
+        elif state is None:
+            raise KeyError(f"partition {record.partition} is not assigned")
+        else:
+            self.join_input(origin, record.timestamp_ms, state, out)
+
+    def failed(self, record: Record, poison: Poison, out: Staged) -> None:
+        """An input the engine failed on (``processing_error``: a bug) or whose effects would
+        not fit a record (``too_large``): kept, with why, so it blocks nothing."""
+        origin = origin_of(record)
+        topic = self.topics.logical.get(origin.topic, origin.topic)
+        self.reject(origin, topic, InvalidInput(poison.reason, poison.detail), out)
+
+    def unread(self, state: Store, topics: frozenset[str]) -> None:
+        self.engine.note_unread(state, frozenset(self.topics.input_kinds[t] for t in topics))
+
+    def tick_due(self) -> None:
+        self.models.retire_idle()
+        self.metrics.bandit_models_in_memory.set(self.models.in_memory())
+
+    def changes(self) -> list[tuple[str, bytes, bytes]]:
+        self._shared = SharedChanges(self.models.changes(), self.site_stats.changes())
+        return [*((self.topics.models, site_id.encode(), raw)
+                  for site_id, raw in self._shared.models),
+                *((self.topics.site_stats, name.encode(), raw)
+                  for name, raw in self._shared.site_stats)]
+
+    def committed(self) -> None:
+        self.models.committed(self._shared.models)
+        self.site_stats.committed(self._shared.site_stats)
+        self._shared = SharedChanges([], [])
+
+    def aborted(self) -> None:
+        self.models.aborted()
+        self.site_stats.aborted()
+        self._shared = SharedChanges([], [])
+
+    def revoked(self) -> None:
+        self.metrics.forget_assignment()
+
+    def close(self) -> None:
+        self.models.spill.close()
 
     # -- the join inputs ------------------------------------------------------------------
 
@@ -115,9 +164,6 @@ class Agents:
         if isinstance(event, Served) and not effects.duplicate:
             arm = event.arm or "unknown"
             out.count(lambda: m.displays_served.labels(site, arm).inc())
-
-    def unread(self, state: Store, kinds: frozenset[str]) -> None:
-        self.engine.note_unread(state, kinds)
 
     def tick(self, partition: int, wall_ms: int, state: Store, out: Staged) -> None:
         effects = self.engine.handle(state, Tick(wall_ms, partition, self.partitions))
@@ -297,9 +343,3 @@ class Agents:
         out.count(m.dead_letters.labels(error.reason).inc)
         if consumed:
             out.count(m.events_consumed.labels(topic, site, "invalid").inc)
-
-    def failed(self, origin: Origin, error: InvalidInput, out: Staged) -> None:
-        """An input the engine failed on (``processing_error``: a bug) or whose effects would
-        not fit a record (``too_large``): kept, with why, so it blocks nothing."""
-        topic = self.topics.logical.get(origin.topic, origin.topic)
-        self.reject(origin, topic, error, out)
