@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from app.contract.topics import app_id_of, real_name
-from app.core.arms import KNOWN_ARMS
+from app.core.arms import DEFAULT_ARMS, KNOWN_ARMS
 
 # The bandit's exploration rules (app.core.policy implements them; not imported here, as it
 # would load River into every command; tests/test_settings.py checks they agree).
 EXPLORATION_RULES = ("epsilon", "squarecb")
-# The default arms, one set for every site (docs/learning.md says how it was chosen); every
-# arm of the registry can be chosen with RECOLOOP_ARMS.
-DEFAULT_ARMS = ("session_knn", "recent", "coview", "learned")
 # Reward per reaction type (docs/reward-join.md: basket add 3, detail view 1, click 1).
 DEFAULT_REWARDS = {"basket_add": 3.0, "detail_view": 1.0, "click": 1.0}
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app.core import join
-from app.core.arms import ARMS
+from app.core.arms import ARMS, uses_item_model
 from app.core.candidates import ItemSignals, arm_items
 from app.core.catalog import CatalogView
 from app.core.events import Apprentice, ClosedDecision, Context, Ranking, Reaction, Served, Tick
@@ -267,7 +267,7 @@ class Engine:
         placement = self._placement(event.site_id, event.session_id)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            if "learned" in self.sites.arms_for(session.site_id, _model_of(placement[1])):
+            if uses_item_model(self.sites.arms_for(session.site_id, _model_of(placement[1]))):
                 # A display changes neither the session's items nor the statistics: the
                 # signals it is learned with also serve the ranking it triggers.
                 signals = ItemSignals(session, stats, self.catalog, event.ts)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.core.arms import ARMS, KNOWN_ARMS
+from app.core.arms import ARMS, ITEM_MODEL_ARMS, KNOWN_ARMS
 from app.core.experiment import FIXED_ITEMS, MAIN_VARIANT, NOTHING, Experiment, Variant
 from app.core.rules import NO_RULES, Rules
 
@@ -200,9 +200,10 @@ def _experiment_problem(experiment: Experiment) -> str | None:
         if problem is not None:
             return problem
         if variant.baseline is not None and variant.baseline not in (FIXED_ITEMS, NOTHING) \
-                and (variant.baseline not in KNOWN_ARMS or variant.baseline == "learned"):
+                and (variant.baseline not in KNOWN_ARMS or ARMS[variant.baseline].item_model):
+            listing = sorted(ITEM_MODEL_ARMS)
             return (f"variant {variant.name!r}: the baseline must be an arm other than "
-                    f"'learned', {FIXED_ITEMS!r} or {NOTHING!r}")
+                    f"{', '.join(map(repr, listing))}, {FIXED_ITEMS!r} or {NOTHING!r}")
         if variant.name == MAIN_VARIANT and (variant.control or variant.arms is not None
                                              or variant.exploration is not None):
             return (f"the variant {MAIN_VARIANT!r} is the site's own engine: it takes no "
