@@ -23,7 +23,7 @@ Figures: hit rate at ``k`` (the next item in the top ``k``) and MRR at ``k`` (1 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from app.contract.topics import CLICKS
@@ -63,7 +63,7 @@ class NextItemOptions:
 
 
 def engine_ranker(arm: str, options: NextItemOptions) -> Ranker:
-    settings = replace(Settings.from_env(), arms=(arm,), site_arms={},
+    settings = Settings.from_env().replace(arms=(arm,), site_arms={},
                        ranking_size=options.k, partitions=options.partitions)
     engine = InProcessEngine(settings, options.partitions)
 

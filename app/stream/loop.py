@@ -271,13 +271,14 @@ class Runtime:
         self.metrics = metrics
         self.sites = SiteSettings(settings)  # follows the site-config topic
         self.models = BanditModels(settings, lambda: self._count_undecodable("models"),
-                                   SpilledModels(Path(settings.data_dir) / "worker" / "models"),
+                                   SpilledModels(
+                                       Path(settings.worker.data_dir) / "worker" / "models"),
                                    sites=self.sites)
         self.catalog = MemoryStore()
         self.site_stats = SiteStatistics(lambda: self._count_undecodable("site_stats"))
         self.agents = agents_for(self.models, self.catalog, self.site_stats, self.sites)
         self.states: dict[int, PartitionState] = {}
-        self.state_dir = Path(settings.data_dir) / "worker" / "state"
+        self.state_dir = Path(settings.worker.data_dir) / "worker" / "state"
         self._ready = False
         self.became_ready = False  # since it was built
         # The loop's last turn, for /health; a rebuilt Runtime carries on its predecessor's,
@@ -302,7 +303,7 @@ class Runtime:
             "auto.offset.reset": "earliest", "queued.max.messages.kbytes": READER_PREFETCH_KB}
         self.producer = Producer(clients.transactional_producer(
             settings, f"{settings.app_id}-{worker_id}"))
-        session_timeout_ms = int(settings.group_session_timeout_s * 1000)
+        session_timeout_ms = int(settings.kafka.group_session_timeout_s * 1000)
         self.consumer = Consumer({
             **clients.committed_consumer(settings, settings.app_id),
             "group.instance.id": worker_id,
@@ -358,7 +359,7 @@ class Runtime:
                     tail.poll()
                 # A tick stays due until a transaction holding it commits (an aborted one,
                 # redone without it, would otherwise skip ticks for as long as it recurs).
-                tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
+                tick = time.monotonic() - self._last_tick >= self.settings.join.tick_interval_s
                 if tick:
                     self.models.retire_idle()
                     self.metrics.bandit_models_in_memory.set(self.models.in_memory())
