@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from app.contract.topics import CLICKS
-from app.settings import KNOWN_ARMS, Settings
+from app.core.arms import KNOWN_ARMS
+from app.settings import Settings
 from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
 from app.sim.worlds import build_world, site_ids
 from bench.contenders import SessionKnn
