@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "kafka":
         from app.dev import local_kafka
 
-        data_dir = args.data_dir or settings.data_dir / "kafka"
+        data_dir = args.data_dir or settings.worker.data_dir / "kafka"
         if args.kafka_command == "up":
             print(local_kafka.up(port=args.port, data_dir=data_dir))
             return 0

@@ -48,7 +48,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def play(name: str, options: Options) -> World:
 def _play_engine(world: World, clock: SimClock, options: Options) -> World:
     """The engine's own core in-process (:mod:`bench.engine_inprocess`), with the settings of
     ``RECOLOOP_*`` variables (arms, exploration), as ``recoloop worker`` would have them."""
-    engine = InProcessEngine(replace(Settings.from_env(), partitions=options.partitions),
+    engine = InProcessEngine(Settings.from_env().replace(partitions=options.partitions),
                              options.partitions)
     engine.respond(list(world.catalog_records()), clock.now)
 

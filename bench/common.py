@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ def free_port() -> int:
 def bootstrap_servers() -> str:
     """RECOLOOP_BOOTSTRAP_SERVERS, or the local broker on 9092 (started when needed)."""
     external = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS")
-    if not external and Settings.from_env().kafka_security:
+    if not external and Settings.from_env().kafka.security:
         raise SystemExit("RECOLOOP_KAFKA_* security settings need RECOLOOP_BOOTSTRAP_SERVERS: "
                          "the local broker is plaintext")
     return external or local_kafka.up(port=9092, data_dir=Path("var/kafka"))
@@ -54,7 +54,7 @@ def bootstrap_servers() -> str:
 
 def settings_for(bootstrap: str) -> Settings:
     """The RECOLOOP_* settings (Kafka security included) on ``bootstrap``."""
-    return replace(Settings.from_env(), bootstrap_servers=bootstrap)
+    return Settings.from_env().replace(bootstrap_servers=bootstrap)
 
 
 def kafka_config(bootstrap: str) -> dict[str, str]:
@@ -64,7 +64,7 @@ def kafka_config(bootstrap: str) -> dict[str, str]:
 
 def fresh_topics(bootstrap: str, partitions: int = 8) -> Settings:
     """Settings under a new topic prefix, with the contract topics created."""
-    settings = replace(settings_for(bootstrap), topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
+    settings = settings_for(bootstrap).replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
                        partitions=partitions)
     report = topic_admin.apply(settings)
     assert report.ok, report.describe()
@@ -76,8 +76,8 @@ def delete_topics(settings: Settings) -> None:
     so repeated runs do not fill the broker."""
     admin = topic_admin.admin_client(settings)
     names = [name for name in admin.list_topics(timeout=30).topics
-             if name.startswith(settings.topic_prefix)]
-    if settings.topic_prefix and names:
+             if name.startswith(settings.kafka.topic_prefix)]
+    if settings.kafka.topic_prefix and names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             future.result(60)
 
@@ -143,8 +143,8 @@ def start_worker(settings: Settings, command: Sequence[str] = WORKER_COMMAND,
     ``cwd`` is the checkout whose ``app`` package runs (``python -m`` imports from it)."""
     data_dir = Path(tempfile.mkdtemp(prefix="recoloop-bench-"))
     metrics_port = free_port()
-    env = {**os.environ, "RECOLOOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "RECOLOOP_TOPIC_PREFIX": settings.topic_prefix, "RECOLOOP_DATA_DIR": str(data_dir),
+    env = {**os.environ, "RECOLOOP_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+           "RECOLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix, "RECOLOOP_DATA_DIR": str(data_dir),
            "RECOLOOP_METRICS_PORT": str(metrics_port), "RECOLOOP_WEB_PORT": str(free_port()),
            "RECOLOOP_LOG_LEVEL": "warn", **extra_env}
     log = open(data_dir / "worker.log", "wb")

@@ -40,7 +40,7 @@ BATCH = 500
 
 class Policies:
     def __init__(self, settings: Settings) -> None:
-        self.policy = ContextualBandit(settings.arms, settings.exploration, seed=1)
+        self.policy = ContextualBandit(settings.bandit.arms, settings.bandit.exploration, seed=1)
 
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, self.policy.n_updates
@@ -66,9 +66,9 @@ def measure() -> dict[str, Any]:
     # ... and the bandit has learned something: the same rewards for every arm, so it
     # chooses them uniformly and the figures are the mix's, not one arm's (each arm's own
     # cost is reported apart).
-    k = len(settings.arms)
+    k = len(settings.bandit.arms)
     for n in range(2_000 * k):
-        policies.policy.update(settings.arms[n % k], {"season": "winter"}, float(n // k % 3))
+        policies.policy.update(settings.bandit.arms[n % k], {"season": "winter"}, float(n // k % 3))
 
     start = time.perf_counter()
     for n, event in enumerate(events[30_000:]):
@@ -86,15 +86,15 @@ def measure() -> dict[str, Any]:
         engine._rank(session, stats, f"bench-{n}", session.last_ts, placement)
     per_decision_us = (time.perf_counter() - start) / rounds * 1e6
     per_arm_us = {}
-    for arm in settings.arms:  # the items of one arm alone
+    for arm in settings.bandit.arms:  # the items of one arm alone
         start = time.perf_counter()
         for _ in range(rounds // 4):
             arm_items(arm, session, stats, engine.catalog, session.last_ts,
-                      settings.ranking_size, policies.policy.ranker)
+                      settings.ranking.ranking_size, policies.policy.ranker)
         per_arm_us[arm] = round((time.perf_counter() - start) / (rounds // 4) * 1e6, 1)
 
     return {"ranking_decision_us": round(per_decision_us, 1), "arm_items_us": per_arm_us,
-            "arms": list(settings.arms), "engine_event_us": round(per_event_us, 1)}
+            "arms": list(settings.bandit.arms), "engine_event_us": round(per_event_us, 1)}
 
 
 def main() -> int:

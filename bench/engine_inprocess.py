@@ -23,6 +23,7 @@ from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Engine
 from app.core.events import Origin, Tick
 from app.core.policy import ContextualBandit, learn_decision
+from app.core.sites import SiteSettings
 from app.core.stats import learn_into
 from app.core.store import MemoryStore
 from app.settings import Settings
@@ -43,9 +44,10 @@ class SitePolicies:
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         bandit = self.bandits.get(site_id)
         if bandit is None:
-            rule, epsilon, gamma = self.settings.exploration_for(site_id)
+            sites = SiteSettings(self.settings)
+            rule, epsilon, gamma = sites.exploration_for(site_id)
             bandit = self.bandits[site_id] = ContextualBandit(
-                self.settings.arms_for(site_id), epsilon=epsilon, seed=self.settings.seed,
+                sites.arms_for(site_id), epsilon=epsilon, seed=self.settings.bandit.seed,
                 rule=rule, squarecb_gamma=gamma)
         return bandit, bandit.n_updates
 

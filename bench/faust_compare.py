@@ -50,7 +50,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +336,7 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random) 
     tail = log.read_text(errors="replace").strip().splitlines()[-12:]
     if "error" in result or any("Error" in line or "Traceback" in line for line in tail):
         result["log_tail"] = tail
-    delete_topics(replace(settings_for(bootstrap), topic_prefix=prefix))
+    delete_topics(settings_for(bootstrap).replace(topic_prefix=prefix))
     shutil.rmtree(data_dir, ignore_errors=True)
     return result
 

@@ -23,11 +23,12 @@ Figures: hit rate at ``k`` (the next item in the top ``k``) and MRR at ``k`` (1 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from app.contract.topics import CLICKS
-from app.settings import KNOWN_ARMS, Settings
+from app.core.arms import KNOWN_ARMS
+from app.settings import Settings
 from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
 from app.sim.worlds import build_world, site_ids
 from bench.contenders import SessionKnn
@@ -63,7 +64,7 @@ class NextItemOptions:
 
 
 def engine_ranker(arm: str, options: NextItemOptions) -> Ranker:
-    settings = replace(Settings.from_env(), arms=(arm,), site_arms={},
+    settings = Settings.from_env().replace(arms=(arm,), site_arms={},
                        ranking_size=options.k, partitions=options.partitions)
     engine = InProcessEngine(settings, options.partitions)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from dataclasses import replace
 from typing import Any
 
 from app.core.shadow import candidate
@@ -38,7 +37,7 @@ def logged_run(duration_s: float, seed: int) -> tuple[list[dict[str, Any]], Simu
                         window_ms=20_000, rewards=DEFAULT_REWARDS, arms={SITE: ARMS},
                         run_tag="ope")
     assert isinstance(world, Simulator)
-    engine = InProcessEngine(replace(Settings.from_env(), arms=ARMS))
+    engine = InProcessEngine(Settings.from_env().replace(arms=ARMS))
     decisions: list[dict[str, Any]] = []
     engine.on_decision = decisions.append
     engine.respond(list(world.catalog_records()), clock.now)

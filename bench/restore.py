@@ -70,7 +70,7 @@ def session_values(settings: Settings, events: int = 20_000) -> list[bytes]:
 def fill_changelog(settings: Settings, partitions: int, records: int) -> None:
     """``records`` distinct session keys spread over the changelog's partitions."""
     values = session_values(settings)
-    producer = Producer({**kafka_config(settings.bootstrap_servers), "linger.ms": 50,
+    producer = Producer({**kafka_config(settings.kafka.bootstrap_servers), "linger.ms": 50,
                          "queue.buffering.max.messages": 500_000, "compression.type": "lz4"})
     topic = Topics.of(settings).changelog
     for n in range(records):

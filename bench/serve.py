@@ -126,7 +126,7 @@ async def open_loop(port: int, key: str, rate: float, seconds: float,
 
 
 def fill_rankings(settings: Any, sessions: int) -> None:
-    producer = Producer({**kafka_config(settings.bootstrap_servers), "linger.ms": 20})
+    producer = Producer({**kafka_config(settings.kafka.bootstrap_servers), "linger.ms": 20})
     now = int(time.time() * 1000)
     for n in range(sessions):
         value = {"ranking_id": f"rk-e{n}", "site_id": SITE, "session_id": f"s{n}", "ts": now,

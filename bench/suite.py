@@ -142,7 +142,7 @@ def measure_group(settings: Settings, command: Sequence[str], group: str,
                   expected_events: int, cwd: Path = REPO) -> dict[str, Any]:
     """Start ``python command`` in ``cwd`` and time it by the committed offsets of ``group``
     on the join's input topics until they reach the end offsets; its memory on the way."""
-    offsets = CommittedOffsets(settings.bootstrap_servers, group,
+    offsets = CommittedOffsets(settings.kafka.bootstrap_servers, group,
                                [settings.topic(t) for t in JOIN_INPUT_TOPICS])
     total = offsets.total
     if total != expected_events:
@@ -175,7 +175,8 @@ def measure_worker(bootstrap: str, options: Options, sessions: int, items: int
     settings = prepare_inputs(bootstrap, options, sessions, items)
     figures = measure_group(settings, WORKER_COMMAND, settings.app_id, options.events,
                             Path(options.worker_checkout))
-    return settings, {"topic_prefix": settings.topic_prefix, "sessions": sessions, "items": items,
+    return settings, {"topic_prefix": settings.kafka.topic_prefix, "sessions": sessions,
+                      "items": items,
                       **figures}
 
 
@@ -220,7 +221,7 @@ def throughput_round(bootstrap: str, options: Options) -> dict[str, Any]:
                                  if options.bare_transactional else {})
     ceilings = {}
     for name, flags in loops.items():
-        group = f"{settings.topic_prefix}{name}"
+        group = f"{settings.kafka.topic_prefix}{name}"
         command = ("-m", "bench.bare_loop", "--group", group, "--output", output, *flags)
         ceilings[name] = measure_group(settings, command, group, options.events)
     delete_topics(settings)

@@ -94,7 +94,7 @@ def topic_prefix() -> str:
 @pytest.fixture
 def worker_settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
     """Settings of the test's worker; its contract topics exist (4 partitions)."""
-    settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
+    settings = Settings.of(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
                         partitions=4)
     report = topic_admin.apply(settings)
     assert report.ok, report.describe()
@@ -111,7 +111,8 @@ def start_worker(worker_settings: Settings, tmp_path: Path
 
     def start(data_dir: str = "worker-data", log_name: str = "worker.log",
               **settings: str) -> WorkerProcess:
-        process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
+        process = WorkerProcess(worker_settings.kafka.bootstrap_servers,
+                                worker_settings.kafka.topic_prefix,
                                 tmp_path / data_dir, tmp_path / log_name, **settings)
         started.append(process.start())
         return process
@@ -129,7 +130,8 @@ def start_service(worker_settings: Settings, tmp_path: Path
     started: list[WorkerProcess] = []
 
     def start(**settings: str) -> WorkerProcess:
-        process = WorkerProcess(worker_settings.bootstrap_servers, worker_settings.topic_prefix,
+        process = WorkerProcess(worker_settings.kafka.bootstrap_servers,
+                                worker_settings.kafka.topic_prefix,
                                 tmp_path / "serve-data", tmp_path / "serve.log", "serve",
                                 **settings)
         started.append(process.start())

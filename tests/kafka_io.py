@@ -22,7 +22,7 @@ ASSIGN_TIMEOUT_S = 10.0
 
 
 def settings_of(target: Target) -> Settings:
-    return Settings(bootstrap_servers=target) if isinstance(target, str) else target
+    return Settings.of(bootstrap_servers=target) if isinstance(target, str) else target
 
 
 def produce(bootstrap: Target, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:

@@ -4,7 +4,6 @@ resolving, and the README's test command the one CI runs. No broker needed."""
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 
 from app.settings import KAFKA_CONFIG_FILE_VAR, Settings
@@ -26,8 +25,7 @@ def section(text: str, title: str) -> str:
 
 def test_the_configuration_table_lists_every_setting():
     table = section(README.read_text(), "Configuration")
-    variables = {f"RECOLOOP_{f.name.upper()}" for f in fields(Settings)
-                 if f.name != "kafka_security"} | {KAFKA_CONFIG_FILE_VAR}
+    variables = {*Settings.variables(), KAFKA_CONFIG_FILE_VAR}
     missing = sorted(v for v in variables if f"`{v}`" not in table)
     assert not missing, f"not in the README's Configuration table: {missing}"
 

@@ -25,7 +25,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app.dev": ("app.dev", "confluent_kafka"),
     # Kafka plumbing shared by the worker, the service, the CLI and the simulator.
     "app.kafka": ("app.kafka", "app.contract", "app.settings", "confluent_kafka"),
-    "app.settings": ("app.contract.topics", "app.core.arms"),
+    "app.settings": ("app.contract.topics", "app.core.arms", "app.core.sites", "app.settings"),
     "app.sim.common": ("app.core", "app.contract", "app.settings"),
     "app.sim.arm_table": ("app.core", "app.contract", "app.settings", "app.sim.common"),
     "app.sim.items": ("app.core", "app.contract", "app.settings", "app.sim.common"),

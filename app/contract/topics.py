@@ -47,11 +47,16 @@ def app_id_of(prefix: str) -> str:
     return f"{prefix}recoloop"
 
 
+class Prefixed(Protocol):
+    @property
+    def topic_prefix(self) -> str: ...
+
+
 class Deployment(Protocol):
     """What names a deployment's topics (:class:`app.settings.Settings` is one)."""
 
     @property
-    def topic_prefix(self) -> str: ...
+    def kafka(self) -> Prefixed: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Topics:
 
     @classmethod
     def of(cls, deployment: Deployment) -> Topics:
-        prefix = deployment.topic_prefix
+        prefix = deployment.kafka.topic_prefix
         own = app_id_of(prefix)
 
         def real(logical_name: str) -> str:

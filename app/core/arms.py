@@ -2,8 +2,9 @@
 
 An arm is a name, the items it ranks for a session (best first, with scores) and whether it
 has items of its own for that session at all. Adding an arm is one entry in :data:`ARMS`:
-the settings, the site-config check, the bandit and the ``learned`` arm's candidate pool all
-read this table.
+the settings, the site-config check (the topic schema's arm pattern is tested against it),
+the bandit, the candidate generator and the ``learned`` arm's candidate pool all read this
+table; :data:`DEFAULT_ARMS` names the arms a site has without settings of its own.
 
 The simple arms are the strategies a shop would build itself: re-show what the visitor
 viewed (``recent``), what others viewed next (``coview``), the site's most engaged items
@@ -16,6 +17,8 @@ leading items with an item model learned from what visitors clicked.
 True
 >>> [arm for arm in KNOWN_ARMS if ARMS[arm].session_index]
 ['session_knn', 'learned']
+>>> [arm for arm in KNOWN_ARMS if ARMS[arm].item_model]
+['learned']
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class Arm:
     items: Items  # (session, stats, ts, n) -> the arm's own items, best first
     has_items: Has  # whether the arm has items of its own for this session
     session_index: bool = False  # needs the site's session index (session kNN)
+    # Ranks the other arms' leading items with the site's item model (app.core.candidates'
+    # ItemSignals) instead of listing items of its own; never a control's fixed baseline.
+    item_model: bool = False
 
 
 def category(rank: int) -> Items:
@@ -158,7 +164,16 @@ _ARMS = (
         session_knn, _page_indexed, session_index=True),
     Arm("learned", "the site's item model ranks the other arms' leading items by the "
         "signals the counters use, learned online from each closed display", _no_items,
-        lambda session, stats: True, session_index=True),
+        lambda session, stats: True, session_index=True, item_model=True),
 )
 ARMS: dict[str, Arm] = {arm.name: arm for arm in _ARMS}
 KNOWN_ARMS: tuple[str, ...] = tuple(ARMS)
+# The arms of a site without settings of its own, in the bandit's order (docs/learning.md
+# says how they were chosen); RECOLOOP_ARMS and site configs may choose any of ARMS.
+DEFAULT_ARMS: tuple[str, ...] = ("session_knn", "recent", "coview", "learned")
+ITEM_MODEL_ARMS = frozenset(arm.name for arm in _ARMS if arm.item_model)
+
+
+def uses_item_model(arms: tuple[str, ...]) -> bool:
+    """Whether one of ``arms`` ranks with the item model (it needs the session's signals)."""
+    return not ITEM_MODEL_ARMS.isdisjoint(arms)

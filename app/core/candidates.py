@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 
-from app.core.arms import ARMS, similar_votes
+from app.core.arms import ARMS, ITEM_MODEL_ARMS, similar_votes
 from app.core.catalog import CatalogItem, CatalogView
 from app.core.decay import DecayedScores
 from app.core.ranker import ItemRanker
@@ -43,7 +43,8 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
     ``popular``, ``catalog``) or a promotion (``pinned``, ``boosted``)."""
     picked: list[tuple[str, float]] = []
     seen: set[str] = set()
-    if arm == "learned" and signals is None:
+    item_model = arm in ITEM_MODEL_ARMS  # not a registered arm: a control's fixed list
+    if item_model and signals is None:
         signals = ItemSignals(session, stats, catalog, ts)
     # The learned arm has looked its candidates up already: its lookups are reused.
     lookup = signals.known if signals is not None else catalog.item
@@ -70,7 +71,7 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
 
     # Ask for more than needed: some candidates are in the basket or unavailable.
     wanted = 2 * size + len(session.basket)
-    if signals is not None and arm == "learned":
+    if signals is not None and item_model:
         candidates = signals.candidates(stats, size + len(session.basket))
         take((ranker or ItemRanker()).rank((item, signals.of(item)) for item in candidates),
              arm)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app.core import join
-from app.core.arms import ARMS
+from app.core.arms import ARMS, uses_item_model
 from app.core.candidates import ItemSignals, arm_items
 from app.core.catalog import CatalogView
 from app.core.events import Apprentice, ClosedDecision, Context, Ranking, Reaction, Served, Tick
@@ -57,25 +57,39 @@ JOIN_RULES_CACHED = 1_000
 INPUT_KINDS = ("served", "click", "detail_view", "basket_add")
 
 
-class EngineSettings(Defaults, Protocol):
-    """What the engine reads of the worker's settings; :class:`app.settings.Settings` is one.
-
-    A protocol rather than an import keeps the core free of the settings layer."""
-
+class JoinPart(Protocol):
     @property
     def idle_close_s(self) -> float: ...
     @property
     def tick_interval_s(self) -> float: ...
     @property
     def session_timeout_s(self) -> float: ...
+
+
+class RankingPart(Protocol):
     @property
     def ranking_size(self) -> int: ...
     @property
     def default_ranking_interval_s(self) -> float: ...
     @property
-    def seed(self) -> int: ...
-    @property
     def site_idle_s(self) -> float: ...
+
+
+class BanditPart(Protocol):
+    @property
+    def seed(self) -> int: ...
+
+
+class EngineSettings(Defaults, Protocol):
+    """What the engine reads of the worker's settings' sections; :class:`app.settings.Settings`
+    is one. A protocol rather than an import keeps the core free of the settings layer."""
+
+    @property
+    def join(self) -> JoinPart: ...
+    @property
+    def ranking(self) -> RankingPart: ...
+    @property
+    def bandit(self) -> BanditPart: ...
 
 
 class Policies(Protocol):
@@ -211,10 +225,11 @@ class Engine:
         self.site_stats = site_stats
         self._rules: dict[tuple[float, float, tuple[tuple[str, float], ...]], JoinRules] = {}
         self._site_rules: dict[str, tuple[object, JoinRules]] = {}
-        self._site_idle_ms = int(settings.site_idle_s * 1000)
-        self._idle_ms = int(settings.idle_close_s * 1000)
-        self._quiet_ticks = max(1, round(settings.idle_close_s / settings.tick_interval_s))
-        self._session_timeout_ms = int(settings.session_timeout_s * 1000)
+        self._site_idle_ms = int(settings.ranking.site_idle_s * 1000)
+        self._idle_ms = int(settings.join.idle_close_s * 1000)
+        join = settings.join
+        self._quiet_ticks = max(1, round(join.idle_close_s / join.tick_interval_s))
+        self._session_timeout_ms = int(settings.join.session_timeout_s * 1000)
 
     def rules_for(self, site_id: str) -> JoinRules:
         """The site's join rules: the settings, with the site's overrides (one object per
@@ -267,7 +282,7 @@ class Engine:
         placement = self._placement(event.site_id, event.session_id)
         if isinstance(event, Served):
             clock.pending_displays += 1
-            if "learned" in self.sites.arms_for(session.site_id, _model_of(placement[1])):
+            if uses_item_model(self.sites.arms_for(session.site_id, _model_of(placement[1]))):
                 # A display changes neither the session's items nor the statistics: the
                 # signals it is learned with also serve the ranking it triggers.
                 signals = ItemSignals(session, stats, self.catalog, event.ts)
@@ -341,10 +356,10 @@ class Engine:
         """What the site's engine would have shown instead of an apprentice control's list."""
         policy = self.policies.current(model_key(session.site_id, None))[0]
         probabilities = policy.probabilities(session.context)
-        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.seed,
+        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.bandit.seed,
                                                                     served.event_id))
         items = arm_items(arm, session, stats, self.catalog, served.ts,
-                          self.settings.ranking_size, policy.ranker,
+                          self.settings.ranking.ranking_size, policy.ranker,
                           rules=self.sites.rules_for(session.site_id))
         return Apprentice(arm, propensity, probabilities.get(shown_arm or "", 0.0),
                           tuple(item for item, _ in items))
@@ -368,10 +383,10 @@ class Engine:
         eligible = {arm: value for arm, value in estimates.items()
                     if arm not in ARMS or ARMS[arm].has_items(session, stats)}
         probabilities = policy.spread(eligible or estimates)
-        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.seed,
+        arm, propensity = policy.pick(probabilities, stable_uniform(self.settings.bandit.seed,
                                                                     ranking_id))
         placed_by: dict[str, str] = {}
-        items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking_size,
+        items = arm_items(arm, session, stats, self.catalog, ts, self.settings.ranking.ranking_size,
                           policy.ranker, signals, self.sites.rules_for(session.site_id),
                           placed_by)
         # Why: what the bandit knew of every arm in this context, and what placed each item.
@@ -395,7 +410,8 @@ class Engine:
             return None
         placed_by: dict[str, str] = {}
         items = arm_items(variant.baseline, session, stats, self.catalog, ts,
-                          self.settings.ranking_size, rules=self.sites.rules_for(session.site_id),
+                          self.settings.ranking.ranking_size,
+                          rules=self.sites.rules_for(session.site_id),
                           placed_by=placed_by, fixed=variant.items)
         context = dict(session.context)
         self._remember(session, ranking_id, IssuedRanking(variant.baseline, 1.0, context, 0, ts,
@@ -482,7 +498,7 @@ class Engine:
         and segments without traffic for ``site_idle_s`` are forgotten (a thousand one-visit
         sites must not be ranked forever). Time is the stream time, which follows the wall
         clock when the partition is quiet."""
-        interval_ms = self.settings.default_ranking_interval_s * 1000
+        interval_ms = self.settings.ranking.default_ranking_interval_s * 1000
         now = max(max(clock.kind_times.values()), clock.stream_time or 0)
         for site_id, seen_ts in list(clock.sites.items()):
             home = home_partition(site_id, clock.partitions) == clock.partition

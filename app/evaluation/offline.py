@@ -26,6 +26,7 @@ from app.contract.topics import REWARDS, Topics
 from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import ContextualBandit
 from app.core.shadow import Chooser, candidate
+from app.core.sites import SiteSettings
 from app.evaluation.ope import Estimate, Logged, estimate_all
 from app.kafka import clients
 from app.kafka.reader import TopicReader
@@ -130,7 +131,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     decisions = site_decisions(settings, args.site)
     variant = getattr(args, "variant", None)
     current = site_model(settings, args.site, variant)
-    arms = current.arms if current is not None else tuple(settings.arms_for(args.site))
+    arms = current.arms if current is not None else SiteSettings(settings).arms_for(args.site)
     # One logging policy's decisions: a control's list or another variant's bandit would
     # leave the candidates' other arms without support.
     own = {None, MAIN_VARIANT} if variant in (None, MAIN_VARIANT) else {variant}

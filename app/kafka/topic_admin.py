@@ -114,7 +114,7 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
     try:
         _apply(settings, admin or admin_client(settings), report)
     except KafkaException as exc:
-        problem = f"talking to Kafka at {settings.bootstrap_servers} failed: {exc.args[0]}"
+        problem = f"talking to Kafka at {settings.kafka.bootstrap_servers} failed: {exc.args[0]}"
         report._add(report.problems, problem, f"problem: {problem}")
     return report
 
@@ -131,7 +131,7 @@ def _apply(settings: Settings, admin: AdminClient, report: ApplyReport) -> None:
         # min(3, brokers): 1 on a development broker, 3 in production.
         replication = min(MAX_REPLICATION, len(metadata.brokers))
         raced = _create(admin, settings, {n: specs[n] for n in missing}, replication, report)
-        counts.update({name: specs[name].partition_count(settings.partitions)
+        counts.update({name: specs[name].partition_count(settings.kafka.partitions)
                        for name in report.created})
         if raced:
             existing.update(_wait_for_topics(admin, raced))
@@ -164,7 +164,7 @@ def _create(admin: AdminClient, settings: Settings, specs: Mapping[str, TopicSpe
     to exist already (broker metadata lags topic creation, and applies may run concurrently),
     which are then treated like topics that existed all along."""
     futures = admin.create_topics(
-        [NewTopic(name, spec.partition_count(settings.partitions), replication,
+        [NewTopic(name, spec.partition_count(settings.kafka.partitions), replication,
                   config=_configs(spec)) for name, spec in specs.items()],
         operation_timeout=TIMEOUT_S, request_timeout=TIMEOUT_S)
     raced = []
@@ -178,7 +178,7 @@ def _create(admin: AdminClient, settings: Settings, specs: Mapping[str, TopicSpe
                 problem = f"could not create {name}: {exc.args[0]}"
                 report._add(report.problems, problem, f"problem: {problem}")
             continue
-        summary = _summary(spec.partition_count(settings.partitions), spec)
+        summary = _summary(spec.partition_count(settings.kafka.partitions), spec)
         report._add(report.created, name, f"created {name} ({summary})")
     return raced
 
@@ -191,7 +191,7 @@ def check_copartitioned(settings: Settings, admin: AdminClient | None = None) ->
         # Waits a little for missing ones: `topics apply` may have created them a moment ago.
         existing = _wait_for_topics(admin, names, METADATA_WAIT_S)
     except KafkaException as exc:
-        raise TopicLayoutError(f"cannot reach Kafka at {settings.bootstrap_servers} to check "
+        raise TopicLayoutError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers} to check "
                                f"the topic layout: {exc.args[0]}") from exc
     counts = {name: existing.get(name) for name in names}
     found = {name: count for name, count in counts.items() if count is not None}
@@ -253,7 +253,7 @@ def _read_configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, s
 
 def _differences(spec: TopicSpec, settings: Settings, partitions: int,
                  configs: dict[str, str] | str) -> list[str]:
-    wanted = spec.partition_count(settings.partitions)
+    wanted = spec.partition_count(settings.kafka.partitions)
     source = "RECOLOOP_PARTITIONS" if spec.partitions is None else f"topic_specs/{spec.name}.json"
     found = [] if partitions == wanted else [
         f"{partitions} partitions, {source} wants {wanted}"]

@@ -229,8 +229,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for the rank service: its address, the timed protocol, no access
     log (requests are counted in /metrics)."""
-    return {"host": settings.bind_host, "port": settings.serve_port,
-            "http": timed_protocol(settings.serve_head_timeout_s, settings.serve_body_timeout_s),
+    return {"host": settings.worker.bind_host, "port": settings.serve.port,
+            "http": timed_protocol(settings.serve.head_timeout_s, settings.serve.body_timeout_s),
             "log_level": logging.getLevelName(logging.getLogger().level).lower(),
             "access_log": False}
 

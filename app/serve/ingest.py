@@ -93,7 +93,7 @@ class EventIngest:
         self._producer.flush(10)
 
     def latest_ts(self) -> int:
-        return int(time.time() * 1000) + int(self.settings.max_clock_skew_s * 1000)
+        return int(time.time() * 1000) + int(self.settings.join.max_clock_skew_s * 1000)
 
     async def send(self, records: Sequence[tuple[str, bytes, bytes]],
                    headers: Headers | None = None) -> list[str | None]:

@@ -85,7 +85,7 @@ def offer_ranking(book: RankingBook, message: Message) -> None:
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=settings.worker.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         tracing = Tracing.from_env("recoloop-serve")
@@ -93,10 +93,10 @@ def run(settings: Settings) -> int:
         print(f"recoloop serve: {exc}", file=sys.stderr)
         return 2
     keys_topic = _ensure_keys_topic(settings)
-    book = RankingBook(settings.serve_max_sessions)
-    keys = KeyBook(settings.serve_key_rate_per_s)
+    book = RankingBook(settings.serve.max_sessions)
+    keys = KeyBook(settings.serve.key_rate_per_s)
     # A session's ranking matters while the session may come back.
-    lookback_ms = int(settings.session_timeout_s * 1000)
+    lookback_ms = int(settings.join.session_timeout_s * 1000)
     rankings = TopicFeed(settings, Topics.of(settings).rankings,
                          lambda m: offer_ranking(book, m), lookback_ms).start()
     key_feed = TopicFeed(settings, keys_topic, lambda m: offer_key(keys, m)).start()
@@ -110,7 +110,7 @@ def run(settings: Settings) -> int:
     service = Service(book, keys, ingest, ServeMetrics(),
                       FeedReadiness(rankings, key_feed, catalog_feed, config_feed), sites,
                       catalog, tracing)
-    app = asgi_app(service, settings.serve_docs)
+    app = asgi_app(service, settings.serve.docs)
     # What is imported and built by now lives as long as the process: kept out of the
     # collector's full passes, each of which stops the event loop while it walks the heap.
     gc.freeze()

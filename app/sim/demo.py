@@ -23,7 +23,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +85,8 @@ class DemoWorker:
     def __init__(self, settings: Settings, out: Path) -> None:
         self.web_port, self.metrics_port = free_port(), free_port()
         self.log_path = out / "worker.log"
-        env = {**os.environ, "RECOLOOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-               "RECOLOOP_TOPIC_PREFIX": settings.topic_prefix,
+        env = {**os.environ, "RECOLOOP_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+               "RECOLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
                "RECOLOOP_DATA_DIR": str(out / "worker-data"),
                "RECOLOOP_WEB_PORT": str(self.web_port),
                "RECOLOOP_METRICS_PORT": str(self.metrics_port),
@@ -133,14 +132,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     try:
         external = os.environ.get("RECOLOOP_BOOTSTRAP_SERVERS")
-        if not external and settings.kafka_security:
+        if not external and settings.kafka.security:
             raise DemoError("RECOLOOP_KAFKA_* security settings need RECOLOOP_BOOTSTRAP_SERVERS:"
                             " the demo's local broker is plaintext")
-        bootstrap = external or local_kafka.up(port=9092, data_dir=settings.data_dir / "kafka")
+        bootstrap = external or local_kafka.up(port=9092,
+                                               data_dir=settings.worker.data_dir / "kafka")
         # A fresh prefix is also a fresh consumer group and state (app_id derives from it).
-        run_settings = replace(settings, bootstrap_servers=bootstrap,
-                               topic_prefix=f"{settings.topic_prefix}demo{uuid.uuid4().hex[:6]}-")
-        print(f"broker {bootstrap}; topics {run_settings.topic_prefix}reco.*", flush=True)
+        run_settings = settings.replace(bootstrap_servers=bootstrap,
+                               topic_prefix=f"{settings.kafka.topic_prefix}demo{uuid.uuid4().hex[:6]}-")
+        print(f"broker {bootstrap}; topics {run_settings.kafka.topic_prefix}reco.*", flush=True)
         report = topic_admin.apply(run_settings)
         if not report.ok:
             raise DemoError(report.describe())
@@ -186,7 +186,7 @@ def _finish(out: Path, settings: Settings | None, worker: DemoWorker | None,
             deleted = delete_topics(settings)
             # The worker's local state belongs to those topics: useless without them.
             shutil.rmtree(out / "worker-data", ignore_errors=True)
-            print(f"deleted the run's {deleted} topics ({settings.topic_prefix}*) and the "
+            print(f"deleted the run's {deleted} topics ({settings.kafka.topic_prefix}*) and the "
                   "worker's state", flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -196,7 +196,7 @@ def delete_topics(settings: Settings) -> int:
     """Delete every topic under the run's prefix: the contract's and the worker's own."""
     admin = topic_admin.admin_client(settings)
     names = [name for name in admin.list_topics(timeout=topic_admin.TIMEOUT_S).topics
-             if name.startswith(settings.topic_prefix)]
+             if name.startswith(settings.kafka.topic_prefix)]
     if not names:
         return 0
     futures = admin.delete_topics(names, operation_timeout=topic_admin.TIMEOUT_S)

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from app.contract.topics import RANKINGS
+from app.core.sites import SiteSettings
 from app.kafka import clients, topic_admin
 from app.settings import Settings
 from app.sim.common import GROUPS, Outgoing
@@ -124,16 +125,19 @@ def run(settings: Settings, options: SimOptions,
     producer = Producer({**clients.idempotent_producer(settings), "linger.ms": 5,
                          "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
+    defaults = SiteSettings(settings)  # each site's arms, from the environment
     sim = build_world(options.world, options.seed, _now_ms, sites=sites, rate=options.rate,
                       control_share=options.control_share,
-                      window_ms=int(settings.reward_window_s * 1000), rewards=settings.rewards,
-                      arms={site: settings.arms_for(site) for site in sites},
+                      window_ms=int(settings.join.reward_window_s * 1000),
+                      rewards=settings.join.rewards,
+                      arms={site: defaults.arms_for(site) for site in sites},
                       run_tag=f"sim{uuid.uuid4().hex[:6]}")
     interrupted = False
     try:
         _send(producer, settings, sim.catalog_records(), delivered)
         if producer.flush(FLUSH_TIMEOUT_S) or failures:
-            raise SimulatorError(f"could not produce to Kafka at {settings.bootstrap_servers}: "
+            raise SimulatorError("could not produce to Kafka at "
+                                 f"{settings.kafka.bootstrap_servers}: "
                                  f"{failures[:1] or 'timed out'}")
         deadline = sim.start_ms + options.duration_s * 1000
         next_progress = time.monotonic() + progress_every_s
@@ -156,7 +160,7 @@ def run(settings: Settings, options: SimOptions,
         consumer.close()
     summary = sim.summary()
     summary["run"].update(world=options.world, seed=options.seed, duration_s=options.duration_s,
-                          topic_prefix=settings.topic_prefix, interrupted=interrupted,
+                          topic_prefix=settings.kafka.topic_prefix, interrupted=interrupted,
                           delivery_failures=len(failures) + undelivered)
     if options.summary is not None:
         write_json(options.summary, summary)
@@ -186,11 +190,11 @@ def _rankings_consumer(settings: Settings, since_ms: int) -> Consumer:
     try:  # through the admin client: it says so when the broker refuses our login
         found = topic_admin.cluster_metadata(topic_admin.admin_client(settings)).topics
     except KafkaException as exc:
-        raise SimulatorError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+        raise SimulatorError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
                              f"{exc.args[0]}") from None
     metadata = found.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise SimulatorError(f"topic {topic} is missing on {settings.bootstrap_servers}: "
+        raise SimulatorError(f"topic {topic} is missing on {settings.kafka.bootstrap_servers}: "
                              "run `recoloop topics apply` with the same RECOLOOP_TOPIC_PREFIX")
     consumer = Consumer({**settings.kafka_config(),
                          "group.id": f"{settings.app_id}-simulator-{uuid.uuid4().hex[:8]}",

@@ -32,7 +32,7 @@ def recoloop(settings: Settings, partitions: int, metrics: Metrics,
 
     sites = SiteSettings(settings)  # follows the site-config topic
     models = BanditModels(settings, lambda: undecodable("models"),
-                          SpilledModels(Path(settings.data_dir) / "worker" / "models"),
+                          SpilledModels(Path(settings.worker.data_dir) / "worker" / "models"),
                           sites=sites)
     catalog = MemoryStore()
     site_stats = SiteStatistics(lambda: undecodable("site_stats"))

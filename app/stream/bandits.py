@@ -80,7 +80,7 @@ class BanditModels:
     """The :class:`app.core.engine.Policies` of a worker.
 
     >>> from app.settings import Settings
-    >>> models = BanditModels(Settings(arms=("category1", "trending")))
+    >>> models = BanditModels(Settings.of(arms=("category1", "trending")))
     >>> models.current("shop")[1]  # never learned: a fresh bandit, version 0
     0
     >>> models.learning("shop").update("trending", {}, 1.0)
@@ -161,7 +161,7 @@ class BanditModels:
 
     def retire_idle(self) -> int:
         """Move the sites unused for ``site_idle_s`` to the spill; how many moved."""
-        idle_before = self.clock() - self.settings.site_idle_s
+        idle_before = self.clock() - self.settings.ranking.site_idle_s
         idle = [site for site, used in self._used_at.items()
                 if used < idle_before and site not in self._learning]
         for site_id in idle:
@@ -188,7 +188,7 @@ class BanditModels:
     def _fresh(self, key: str) -> ContextualBandit:
         site_id, variant = site_of_model_key(key)
         return self._fit(key, ContextualBandit(self.sites.arms_for(site_id, variant),
-                                               seed=self.settings.seed))
+                                               seed=self.settings.bandit.seed))
 
     def _fit(self, key: str, policy: ContextualBandit) -> ContextualBandit:
         """The policy under its site's (or experiment variant's) current settings: its arms

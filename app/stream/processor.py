@@ -79,7 +79,7 @@ class RecoProcessor:
         self.site_stats = site_stats
         self.metrics = metrics
         self.partitions = partitions
-        self._skew_ms = int(settings.max_clock_skew_s * 1000)
+        self._skew_ms = int(settings.join.max_clock_skew_s * 1000)
         # Live scores of each site's candidate policies, since this worker took its learning.
         self._shadow_scores: dict[str, ShadowScores] = {}
         self._shared = SharedChanges([], [])

@@ -111,7 +111,7 @@ def prepare(settings: Settings) -> int:
     counts = check_copartitioned(settings)
     partitions = next(iter(counts.values()))
     ensure_internal_topics(settings, internal_topics(Topics.of(settings), partitions))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     return partitions
 
 
@@ -129,7 +129,7 @@ def supervisor(settings: Settings, partitions: int, metrics: Metrics,
 
 def run(settings: Settings, stop: threading.Event) -> int:
     """Run until ``stop`` is set (by SIGTERM or SIGINT, see app.cli); 0 after a clean stop."""
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=settings.worker.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Before the loop runs there is nothing to commit: a stop signal ends the start at once,
     # even while prepare() waits for a broker that does not answer.
@@ -150,11 +150,11 @@ def run(settings: Settings, stop: threading.Event) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     metrics = Metrics()
-    metrics.serve(settings.metrics_port, settings.bind_host)
+    metrics.serve(settings.worker.metrics_port, settings.worker.bind_host)
     loop = supervisor(settings, partitions, metrics, tracing)
-    server = health.serve(loop, settings.bind_host, settings.web_port, metrics)
+    server = health.serve(loop, settings.worker.bind_host, settings.worker.web_port, metrics)
     log.info("worker %s: partitions=%d metrics=:%d web=:%d tracing=%s", settings.instance_id,
-             partitions, settings.metrics_port, settings.web_port,
+             partitions, settings.worker.metrics_port, settings.worker.web_port,
              "on" if tracing.enabled else "off")
     try:
         status = loop.run(stop)

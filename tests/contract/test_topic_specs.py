@@ -12,6 +12,7 @@ import pytest
 from app.contract import specs as specs_module
 from app.contract import topics
 from app.contract.specs import TOPICS_DIR, TopicSpec, load_specs, validation_error
+from app.core.arms import KNOWN_ARMS
 
 CONTRACT_TOPICS = {topics.SERVED, *topics.REACTION_TOPICS, topics.CATALOG, topics.SITE_CONFIG,
                    topics.RANKINGS, topics.REWARDS, topics.DEAD_LETTER}
@@ -60,6 +61,25 @@ def test_a_site_config_with_a_misspelt_field_is_refused_not_half_applied() -> No
     config = example(topics.SITE_CONFIG)
     config["rules"]["exclude_item"] = ["sku-1"]
     assert "exclude_item" in (validation_error(topics.SITE_CONFIG, config) or "")
+
+
+def test_the_site_config_schema_takes_every_registered_arm_by_its_pattern() -> None:
+    """The arm registry (app/core/arms.py) is the one list of arms: the schema checks only
+    their form, and each registered name fits every place the schema takes an arm."""
+    config = {"site_id": "shop", "arms": list(KNOWN_ARMS), "shadow": [f"arm:{KNOWN_ARMS[0]}"],
+              "experiment": {"name": "e", "variants": [
+                  {"name": "a", "share": 1, "arms": list(KNOWN_ARMS[:8])}]}}
+    assert validation_error(topics.SITE_CONFIG, config) is None
+    for arm in KNOWN_ARMS:
+        variant = {"name": "c", "share": 1, "baseline": arm}
+        config = {"site_id": "shop", "arms": [arm], "shadow": [f"arm:{arm}"],
+                  "experiment": {"name": "e", "variants": [variant]}}
+        assert validation_error(topics.SITE_CONFIG, config) is None, arm
+    schema = load_specs()[topics.SITE_CONFIG].value_schema
+    arm_schema = {"$ref": "#/definitions/arm"}
+    assert schema["properties"]["arms"]["items"] == arm_schema
+    variant = schema["properties"]["experiment"]["properties"]["variants"]["items"]
+    assert variant["properties"]["arms"]["items"] == arm_schema
 
 
 def test_optional_fields_may_be_left_out() -> None:

@@ -8,7 +8,7 @@ from app.settings import Settings
 
 
 def test_a_deployment_names_every_topic_under_its_prefix() -> None:
-    settings = Settings(topic_prefix="staging.")
+    settings = Settings.of(topic_prefix="staging.")
     topics = Topics.of(settings)
     assert topics.rankings == settings.topic(RANKINGS) == "staging.reco.rankings"
     assert topics.join_inputs == tuple(settings.topic(t) for t in JOIN_INPUT_TOPICS)

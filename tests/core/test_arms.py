@@ -105,8 +105,8 @@ def test_fill_ins_leave_out_the_page_item_unless_nothing_else_is_known(store):
 
 
 def test_the_bandit_chooses_only_among_arms_with_items_of_their_own(store):
-    settings = Settings(arms=("category1", "bestsellers", "recent", "popular"))
-    bandit = ContextualBandit(settings.arms, seed=1, rule="squarecb")
+    settings = Settings.of(arms=("category1", "bestsellers", "recent", "popular"))
+    bandit = ContextualBandit(settings.bandit.arms, seed=1, rule="squarecb")
 
     class Policies:
         def current(self, key):
@@ -116,7 +116,7 @@ def test_the_bandit_chooses_only_among_arms_with_items_of_their_own(store):
     ranking = engine.handle(store, Reaction("e1", "click", "shop", "s", T0, "shoe")).rankings[0]
     # The click names no category and nobody has added to a basket yet: category1 and
     # bestsellers would show fill-ins only, so they get no probability.
-    assert set(ranking.explain["arms"]) == set(settings.arms)
+    assert set(ranking.explain["arms"]) == set(settings.bandit.arms)
     chosen = {a for a, v in ranking.explain["arms"].items() if v["probability"] > 0}
     assert chosen == {"recent", "popular"}
     assert ranking.propensity == pytest.approx(ranking.explain["arms"][ranking.arm]["probability"])
@@ -126,6 +126,6 @@ def test_the_bandit_chooses_only_among_arms_with_items_of_their_own(store):
 def test_every_registered_arm_has_a_summary_and_the_settings_know_it():
     assert set(KNOWN_ARMS) == set(ARMS)
     assert all(arm.summary for arm in ARMS.values())
-    Settings(arms=KNOWN_ARMS[:8])  # every arm is a valid setting
+    Settings.of(arms=KNOWN_ARMS[:8])  # every arm is a valid setting
     with pytest.raises(ValueError, match="RECOLOOP_ARMS"):
-        Settings(arms=("recent", "no_such_arm"))
+        Settings.of(arms=("recent", "no_such_arm"))

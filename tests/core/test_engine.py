@@ -9,6 +9,7 @@ from app.core.catalog import StoreCatalog, apply_record
 from app.core.engine import Effects, Engine, session_key
 from app.core.events import Reaction, Served, Tick
 from app.core.policy import ContextualBandit
+from app.core.sites import SiteConfig
 from app.core.store import MemoryStore
 from app.settings import Settings
 
@@ -17,7 +18,7 @@ T0 = 1_700_000_000_000
 
 class FixedPolicies:
     def __init__(self, settings: Settings) -> None:
-        self.policy = ContextualBandit(settings.arms, settings.exploration, seed=1)
+        self.policy = ContextualBandit(settings.bandit.arms, settings.bandit.exploration, seed=1)
 
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, self.policy.n_updates
@@ -25,7 +26,7 @@ class FixedPolicies:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(reward_window_s=20, grace_s=5, idle_close_s=5)
+    return Settings.of(reward_window_s=20, grace_s=5, idle_close_s=5)
 
 
 @pytest.fixture
@@ -232,7 +233,7 @@ def test_inactive_sessions_expire(engine, settings):
     engine.handle(store, reaction("r1", "click", T0))
     read_all_kinds_up_to(engine, store, T0 + 1_000)
     assert store.get(session_key("shop", "s1")) is not None
-    later = T0 + int(settings.session_timeout_s * 1000) + 120_000
+    later = T0 + int(settings.join.session_timeout_s * 1000) + 120_000
     read_all_kinds_up_to(engine, store, later)
     assert store.get(session_key("shop", "s1")) is None
 
@@ -264,7 +265,7 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
     assert eu.context == {"region": "eu", "device": "mobile"}
     # Not again until the interval passes or the model changes.
     assert engine.handle(store, Tick(3_000, home, 4)).rankings == []
-    interval_ms = int(settings.default_ranking_interval_s * 1000)
+    interval_ms = int(settings.ranking.default_ranking_interval_s * 1000)
     assert len(engine.handle(store, Tick(2_000 + interval_ms, home, 4)).rankings) == 2
 
     elsewhere = EncodedStore()
@@ -274,8 +275,8 @@ def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine,
 
 
 def test_a_site_can_override_the_window_and_the_rewards():
-    settings = Settings(site_join={"quick": {"reward_window_s": 2, "grace_s": 1,
-                                             "basket_add": 5}})
+    settings = Settings.of(site_join={"quick": SiteConfig("quick", reward_window_s=2,
+                                                          grace_s=1, rewards={"basket_add": 5})})
     engine = Engine(settings, FixedPolicies(settings), StoreCatalog(MemoryStore()))
     store = EncodedStore()
     engine.handle(store, served("q1", T0, site="quick", session="a"))
@@ -296,7 +297,7 @@ def test_a_site_can_override_the_window_and_the_rewards():
 def test_idle_sites_get_no_more_default_rankings_and_leave_the_clock():
     from app.core.engine import CLOCK_KEY, home_partition
 
-    settings = Settings(site_idle_s=60)
+    settings = Settings.of(site_idle_s=60)
     engine = Engine(settings, FixedPolicies(settings), StoreCatalog(MemoryStore()))
     store = EncodedStore()
     sites = [f"one-visit-{n}" for n in range(40)]

@@ -51,7 +51,7 @@ def config(**fields) -> bytes:
 
 @pytest.fixture
 def setup():
-    settings = Settings(reward_window_s=20, grace_s=5, idle_close_s=5,
+    settings = Settings.of(reward_window_s=20, grace_s=5, idle_close_s=5,
                         arms=("similar", "category1", "bestsellers", "learned"))
     sites = SiteSettings(settings)
     assert sites.offer(decode_site_config(SITE.encode(), config(experiment=EXPERIMENT))) is None
@@ -175,7 +175,7 @@ def test_an_apprentice_control_records_what_the_engine_would_have_shown(setup):
     shadow = decision.to_value()["apprentice"]
     assert shadow["arm"] in ("similar", "category1", "bestsellers", "learned")
     assert 0 < shadow["propensity"] <= 1 and shadow["shown_arm_probability"] == 0.0
-    assert len(shadow["items"]) == engine.settings.ranking_size
+    assert len(shadow["items"]) == engine.settings.ranking.ranking_size
     # It teaches the site's item model (the list is no arm: the bandit learns nothing).
     policy = ContextualBandit(("similar",), seed=1)
     assert len(decision.signals) == 2  # the items shown, with their signals at display time

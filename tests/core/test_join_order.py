@@ -29,7 +29,7 @@ KINDS = ("served", "click", "detail_view", "basket_add")
 
 class Policies:
     def __init__(self) -> None:
-        self.policy = ContextualBandit(Settings().arms, seed=1)
+        self.policy = ContextualBandit(Settings().bandit.arms, seed=1)
 
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, 0

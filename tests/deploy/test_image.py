@@ -89,7 +89,7 @@ def test_the_image_runs_recoloop_as_the_manifests_user():
     assert entrypoint == ["recoloop"] and "recoloop" in scripts and command == ["worker"]
     exposed = {int(port) for name, args in final if name == "EXPOSE" for port in args.split()}
     defaults = Settings()
-    assert exposed == {defaults.web_port, defaults.metrics_port, defaults.serve_port}
+    assert exposed == {defaults.worker.web_port, defaults.worker.metrics_port, defaults.serve.port}
     env = " ".join(args for name, args in final if name == "ENV")
     assert "RECOLOOP_BIND_HOST=0.0.0.0" in env  # reachable from outside the container
 

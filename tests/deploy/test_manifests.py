@@ -4,7 +4,6 @@ validated against the official schemas, and checked for what a deployment relies
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -237,8 +236,7 @@ def pod_env(objects: list[Obj], workload: Obj, tmp_path: Path) -> dict[str, str]
 
 
 def test_every_variable_is_a_setting(objects: list[Obj], tmp_path: Path) -> None:
-    known = {f"RECOLOOP_{f.name.upper()}" for f in dataclasses.fields(Settings)
-             if f.name != "kafka_security"}
+    known = set(Settings.variables())
     for workload in workloads(objects):
         env = pod_env(objects, workload, tmp_path)
         for var in (v for v in env if v.startswith("RECOLOOP_")):
@@ -247,14 +245,15 @@ def test_every_variable_is_a_setting(objects: list[Obj], tmp_path: Path) -> None
                 is_kafka_security_property(prop), f"{var} is no setting (it would be ignored)"
         assert not [v for v in env if not v.startswith(("RECOLOOP_", "OTEL_"))]
         settings = Settings.from_env(env)
-        assert settings.bind_host == "0.0.0.0"
-        assert settings.kafka_security["sasl.password"] == "CHANGE-ME"
+        assert settings.worker.bind_host == "0.0.0.0"
+        assert settings.kafka.security["sasl.password"] == "CHANGE-ME"
         assert exporter_from_env(env) is None  # tracing off, and the OTEL_* values valid
         ports = {p["name"]: p["containerPort"] for c in containers(workload) for p in c["ports"]}
         if workload["kind"] == "Deployment":
-            assert ports["http"] == settings.serve_port
+            assert ports["http"] == settings.serve.port
         else:
-            assert (ports["web"], ports["metrics"]) == (settings.web_port, settings.metrics_port)
+            assert (ports["web"], ports["metrics"]) == (settings.worker.web_port,
+                                                          settings.worker.metrics_port)
 
 
 def alert_jobs() -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import orjson
 import pytest
@@ -21,14 +20,14 @@ pytestmark = pytest.mark.integration
 
 def test_evaluate_reads_a_sites_decisions_and_estimates_each_candidate(worker_settings: Settings,
                                                                        capsys):
-    s = replace(worker_settings, arms=tuple(LOGGING))
+    s = worker_settings.replace(arms=tuple(LOGGING))
     decisions = logged_decisions(4_000)
     records = [(s.topic(REWARDS), f"s{n}".encode(), orjson.dumps(
         {**d, "site_id": "shop", "session_id": f"s{n}", "served_id": f"d{n}"}))
         for n, d in enumerate(decisions)]
     records.append((s.topic(REWARDS), b"x", orjson.dumps(  # another site's: not counted
         {**decisions[0], "site_id": "other", "session_id": "x", "reward": 100.0})))
-    produce(s.bootstrap_servers, records)
+    produce(s.kafka.bootstrap_servers, records)
 
     args = argparse.Namespace(site="shop", policy=["arm:category1", "uniform"])
     assert offline.main(args, s) == 0

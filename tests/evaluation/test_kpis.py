@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -106,12 +105,12 @@ def test_since_takes_iso_times_and_durations():
 @pytest.mark.integration
 def test_report_reads_the_sites_decisions_and_its_interval_covers_the_truth(
         worker_settings: Settings, tmp_path: Path, capsys):
-    s = replace(worker_settings)
+    s = worker_settings
     log = simulated_log(7, 4_000)
     records = [(s.topic(REWARDS), d["session_id"].encode(), orjson.dumps(d)) for d in log]
     records.append((s.topic(REWARDS), b"x", orjson.dumps(  # another site's: not counted
         {**log[0], "site_id": "other", "reward": 100.0})))
-    produce(s.bootstrap_servers, records)
+    produce(s.kafka.bootstrap_servers, records)
 
     args = argparse.Namespace(site="shop", since=None, control="control", mde=0.05,
                               periods=4, out=tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 from app.kafka import clients
 from app.settings import Settings
 
-SECURED = Settings(bootstrap_servers="broker:9093",
+SECURED = Settings.of(bootstrap_servers="broker:9093",
                    kafka_security={"security.protocol": "SASL_PLAINTEXT",
                                    "sasl.mechanism": "PLAIN", "sasl.username": "u",
                                    "sasl.password": "p"})

@@ -22,12 +22,12 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture
 def settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
-    return Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    return Settings.of(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
 
 
 @pytest.fixture
 def topic(settings: Settings) -> str:
-    name = f"{settings.topic_prefix}reader"
+    name = f"{settings.kafka.topic_prefix}reader"
     admin = AdminClient(settings.kafka_config())
     for future in admin.create_topics([NewTopic(name, PARTITIONS, 1)]).values():
         future.result(timeout=30)
@@ -114,7 +114,7 @@ def test_a_lookback_starts_at_the_first_record_of_its_window(
 
 def test_a_topic_that_does_not_exist_is_not_assigned(settings: Settings) -> None:
     read: list[Message] = []
-    reader = reader_of(settings, f"{settings.topic_prefix}missing", read)
+    reader = reader_of(settings, f"{settings.kafka.topic_prefix}missing", read)
     try:
         assert not reader.assign(timeout_s=10)
         assert not reader.assigned and not reader.caught_up

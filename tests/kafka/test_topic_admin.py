@@ -20,17 +20,17 @@ PARTITIONS = 4
 
 @pytest.fixture
 def settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
-    return Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
+    return Settings.of(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
                     partitions=PARTITIONS)
 
 
 @pytest.fixture
 def admin(settings: Settings) -> Iterator[AdminClient]:
-    client = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    client = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     yield client
     # Leave the shared broker as we found it: delete this test's topics.
     ours = [t for t in client.list_topics(timeout=10).topics
-            if t.startswith(settings.topic_prefix)]
+            if t.startswith(settings.kafka.topic_prefix)]
     if ours:
         for future in client.delete_topics(ours, operation_timeout=15).values():
             future.result()
@@ -167,8 +167,8 @@ def test_check_copartitioned_passes_after_a_clean_apply(settings: Settings,
 def test_unreachable_broker_is_a_problem_not_a_crash(topic_prefix: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(topic_admin, "TIMEOUT_S", 0.5)
-    dead = Settings(bootstrap_servers="127.0.0.1:1", topic_prefix=topic_prefix)
-    admin = AdminClient({"bootstrap.servers": dead.bootstrap_servers, "log_level": 0})
+    dead = Settings.of(bootstrap_servers="127.0.0.1:1", topic_prefix=topic_prefix)
+    admin = AdminClient({"bootstrap.servers": dead.kafka.bootstrap_servers, "log_level": 0})
 
     report = apply(dead, admin)
     assert not report.ok and "Kafka at 127.0.0.1:1" in report.describe()

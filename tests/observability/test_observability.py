@@ -65,9 +65,9 @@ def drive_events(s: Settings) -> None:
     t = int(time.time() * 1000)
     shop = {"site_id": "shop"}
     # Candidate policies scored in the shadow of the site's bandit (recoloop_shadow_value).
-    produce(s.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
+    produce(s.kafka.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
         {**shop, "shadow": ["uniform", "arm:recent"]}))])
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         # A display from a known arm that earns the maximum reward: closed at once, learned.
         event(s.topic(SERVED), {**shop, "event_id": "d1", "session_id": "s1", "ts": t,
                                 "items": ["a", "b"], "arm": "recent", "propensity": 0.5,

@@ -4,7 +4,6 @@ in-memory exporter (app.observability.tracing)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -104,7 +103,7 @@ def test_a_record_s_traceparent_is_continued_and_a_malformed_one_ignored():
 def traced_worker(worker_settings: Settings, tmp_path: Path
                   ) -> Iterator[tuple[Settings, InMemorySpanExporter]]:
     """The worker's loop in a thread of this process, its spans in memory."""
-    settings = dataclasses.replace(worker_settings, data_dir=tmp_path / "traced",
+    settings = worker_settings.replace(data_dir=tmp_path / "traced",
                                    worker_id="traced")
     tracing, exporter = in_memory()
     loop = supervisor(settings, prepare(settings), Metrics(), tracing)
@@ -197,11 +196,11 @@ def post_traced_visit(s: Settings, serve_port: int) -> dict[str, list[Message]]:
     posted = traceparent(SITE_TRACE, SITE_SPAN)
     status, _, _ = call(serve_port, "POST", "/v1/events", key, {"events": [
         {"type": "served", **common, "event_id": "d-posted", "ts": t, "items": ["a"],
-         "arm": s.arms[0], "propensity": 0.5},
+         "arm": s.bandit.arms[0], "propensity": 0.5},
         {"type": "basket_add", **common, "event_id": "b-posted", "ts": t + 500,
          "item_id": "a"}]}, headers={TRACEPARENT: posted})
     assert status == 202
-    messages = collect(s.bootstrap_servers, [s.topic(SERVED), s.topic(RANKINGS),
+    messages = collect(s.kafka.bootstrap_servers, [s.topic(SERVED), s.topic(RANKINGS),
                                              s.topic(REWARDS)],
                        lambda ms: any(m.topic() == s.topic(REWARDS) for m in ms))
     by_topic: dict[str, list[Message]] = {}
@@ -328,7 +327,7 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
     producer = Producer(clients.idempotent_producer(s))
     for (topic, key, value), parent in (
             (event(s.topic(SERVED), {**common, "event_id": "d1", "ts": t, "items": ["a", "b"],
-                                     "arm": s.arms[0], "propensity": 0.5}),
+                                     "arm": s.bandit.arms[0], "propensity": 0.5}),
              (SITE_TRACE, SITE_SPAN)),
             (event(s.topic(CLICKS), {**common, "event_id": "c1", "ts": t + 1_000,
                                      "item_id": "a"}), (CLICK_TRACE, "00f067aa0ba902b8")),
@@ -373,7 +372,7 @@ def test_a_display_its_reactions_its_reward_and_the_model_update_share_one_trace
 
     # The records the worker wrote carry the trace on: the ranking each traced event caused,
     # and the reward.
-    reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS), s.topic(REWARDS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS), s.topic(REWARDS)])
     messages = reader.read_until(lambda ms: any(m.topic() == s.topic(REWARDS) for m in ms))
     reader.close()
     [reward_record] = [m for m in messages if m.topic() == s.topic(REWARDS)]

@@ -99,11 +99,11 @@ def wait_for_key(port: int, key: str, site: str) -> None:
 @pytest.fixture(scope="package")
 def edge(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[EdgeService]:
-    settings = Settings(bootstrap_servers=bootstrap_servers,
+    settings = Settings.of(bootstrap_servers=bootstrap_servers,
                         topic_prefix=f"t{uuid.uuid4().hex[:8]}-", partitions=4)
     assert topic_admin.apply(settings).ok
     where = tmp_path_factory.mktemp("edge")
-    process = WorkerProcess(bootstrap_servers, settings.topic_prefix, where / "data",
+    process = WorkerProcess(bootstrap_servers, settings.kafka.topic_prefix, where / "data",
                             where / "serve.log", "serve", serve_key_rate_per_s="100000",
                             serve_head_timeout_s=str(HEAD_TIMEOUT_S),
                             serve_body_timeout_s=str(BODY_TIMEOUT_S))

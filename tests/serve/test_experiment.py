@@ -79,7 +79,7 @@ def test_an_experiment_splits_sessions_and_every_record_names_the_variant(
     # Every display's reward names its session's variant; a control's arm is shown for sure.
     models = Topics.of(s).models
     wanted = {model_key("shop", None).encode(), model_key("shop", "candidate").encode()}
-    reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS), models])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS), models])
 
     def done(messages: list) -> bool:
         closed = {r["served_id"] for r in values(messages, s.topic(REWARDS))}

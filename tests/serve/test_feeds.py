@@ -26,7 +26,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
 @pytest.mark.integration
 def test_a_feed_catches_up_and_a_bad_record_does_not_stop_it(bootstrap_servers: str,
                                                              topic_prefix: str) -> None:
-    settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    settings = Settings.of(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     topic = f"{topic_prefix}feed"
     admin = AdminClient(settings.kafka_config())
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
@@ -54,7 +54,7 @@ def test_a_feed_without_a_broker_is_not_caught_up_and_stops_cleanly() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    feed = TopicFeed(Settings(bootstrap_servers=f"127.0.0.1:{port}"), "reco.rankings",
+    feed = TopicFeed(Settings.of(bootstrap_servers=f"127.0.0.1:{port}"), "reco.rankings",
                      lambda message: None).start()
     try:
         assert not wait_for(lambda: feed.caught_up, 3)

@@ -244,8 +244,8 @@ def test_error_answers_are_short_and_never_echo_the_input(edge: EdgeService):
 
 def test_keys_create_refuses_an_empty_or_malformed_site(edge: EdgeService, monkeypatch,
                                                           capsys):
-    monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", edge.settings.bootstrap_servers)
-    monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", edge.settings.topic_prefix)
+    monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", edge.settings.kafka.bootstrap_servers)
+    monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", edge.settings.kafka.topic_prefix)
     refused = ["", " shop", "shop\n", "a\tb", "x" * 257, "bad\udcff"]
     for site in refused:
         assert cli_main(["keys", "create", "--site", site]) == 2, site

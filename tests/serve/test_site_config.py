@@ -37,7 +37,7 @@ def ranking_after_click(port: int, key: str, site: str, n: int, item: str) -> di
 def test_a_site_config_set_over_http_is_applied_by_the_running_worker(
         worker_settings: Settings, start_worker, start_service):
     s = worker_settings
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         (s.topic(CATALOG), catalog_key("shop", item).encode(), orjson.dumps({
             "site_id": "shop", "item_id": item, "category": category, "available": True,
             "price": price, "ts": now_ms()})) for item, (category, price)
@@ -84,7 +84,7 @@ def test_a_site_config_set_over_http_is_applied_by_the_running_worker(
         assert "promo" not in [entry["item_id"] for entry in ranking["items"]]
 
     # A record written past the checks is refused by the worker; the previous config stays.
-    produce(s.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
+    produce(s.kafka.bootstrap_servers, [(s.topic(SITE_CONFIG), b"shop", orjson.dumps(
         {"site_id": "shop", "arms": ["nonsense"]}))])
     deadline = time.monotonic() + 30
     while worker.metric("recoloop_records_undecodable_total", source="site_config") < 1:

@@ -289,7 +289,7 @@ def test_control_and_fallback_blocks_are_random_available_items() -> None:
 
 class Policies:
     def __init__(self) -> None:
-        self.policy = ContextualBandit(Settings().arms, seed=1)
+        self.policy = ContextualBandit(Settings().bandit.arms, seed=1)
 
     def current(self, site_id: str) -> tuple[ContextualBandit, int]:
         return self.policy, 0

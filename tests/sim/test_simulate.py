@@ -32,8 +32,8 @@ def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
     worker: WorkerProcess = start_worker(reward_window_s="5", grace_s="1")
     monkeypatch.setenv("RECOLOOP_REWARD_WINDOW_S", "5")
     wait_ready(int(worker.env["RECOLOOP_WEB_PORT"]), worker.process, 90, worker.log_tail)
-    monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", s.bootstrap_servers)
-    monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", s.topic_prefix)
+    monkeypatch.setenv("RECOLOOP_BOOTSTRAP_SERVERS", s.kafka.bootstrap_servers)
+    monkeypatch.setenv("RECOLOOP_TOPIC_PREFIX", s.kafka.topic_prefix)
     path = tmp_path / "summary.json"
     code = cli.main(["simulate", "--world", world, "--duration-s", "12", "--rate", "80",
                      "--sites", "2", "--seed", "3", "--summary", str(path)])
@@ -66,7 +66,7 @@ def test_simulate_shows_the_engines_rankings_and_reports_what_it_produced(
         return all(v["ranking_id"] in published for v in values(messages, s.topic(SERVED))
                    if "ranking_id" in v)
 
-    messages = collect(s.bootstrap_servers, [*wanted, s.topic(RANKINGS)],
+    messages = collect(s.kafka.bootstrap_servers, [*wanted, s.topic(RANKINGS)],
                        lambda ms: produced(ms) >= sum(wanted.values()) and shown_all_read(ms),
                        timeout_s=30)
     for topic, count in wanted.items():

@@ -38,13 +38,13 @@ def test_displays_read_long_before_their_clicks_still_get_them(worker_settings: 
     t0 = now_ms() - 600_000
     if before == "a_quiet_spell":  # every kind seen on every partition, then quiet
         sessions = [f"pre{k}" for k in range(40)]
-        produce(s.bootstrap_servers, [record for session in sessions
+        produce(s.kafka.bootstrap_servers, [record for session in sessions
                                       for record in every_kind_at(s, "shop", session, t0)])
         worker = start_worker(**WORKER)
         # Those displays answer nothing, and close "idle" only once every kind of their
         # partition is counted quiet: then stop the worker, its clocks saved so.
         wanted = {f"{session}-at-{t0}" for session in sessions}
-        collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: wanted <= {
+        collect(s.kafka.bootstrap_servers, [s.topic(REWARDS)], lambda ms: wanted <= {
             v["served_id"] for v in values(ms, s.topic(REWARDS)) if v["closed_by"] == "idle"})
         assert worker.stop() == 0
         t0 += 60_000
@@ -53,13 +53,13 @@ def test_displays_read_long_before_their_clicks_still_get_them(worker_settings: 
         session, ts = f"s{n % 2_500}", t0 + n * STEP_MS
         displays.append(event(s.topic(SERVED), {
             "event_id": f"d{n}", "site_id": "shop", "session_id": session, "ts": ts,
-            "items": ["a", "b", "c"], "propensity": 0.2, "arm": s.arms[0]}))
+            "items": ["a", "b", "c"], "propensity": 0.2, "arm": s.bandit.arms[0]}))
         clicks.append(event(s.topic(CLICKS), {
             "event_id": f"c{n}", "site_id": "shop", "session_id": session,
             "ts": ts + CLICK_DELAY_MS, "item_id": "b", "served_id": f"d{n}"}))
-    produce(s.bootstrap_servers, [*displays, *clicks])  # all of it before the worker starts
+    produce(s.kafka.bootstrap_servers, [*displays, *clicks])  # all of it before the worker starts
 
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
     worker = start_worker(**WORKER)
 
     def backlog(messages: list) -> list[float]:

@@ -13,7 +13,7 @@ from app.settings import Settings
 from app.stream.bandits import BanditModels
 from tests.stream.test_state import Exploit
 
-SETTINGS = Settings(arms=("category1", "trending"))
+SETTINGS = Settings.of(arms=("category1", "trending"))
 
 
 def learn(models: BanditModels, site: str, times: int) -> list[tuple[str, bytes]]:
@@ -48,7 +48,7 @@ def test_models_round_trip_through_the_plain_encoding_and_follow_reconfigured_ar
     models = BanditModels(SETTINGS)
     raw = dict(learn(models, "shop", 2))["shop"]
     assert decode_model(raw).n_updates == 2
-    wider = BanditModels(Settings(arms=("category1", "trending", "similar")))
+    wider = BanditModels(Settings.of(arms=("category1", "trending", "similar")))
     wider.offer("shop", raw)
     policy, version = wider.current("shop")
     assert policy.arms == ("category1", "trending", "similar") and version == 2
@@ -70,7 +70,7 @@ def test_idle_sites_leave_memory_and_come_back_from_disk(tmp_path):
     from app.stream.bandits import SpilledModels
 
     now = [0.0]
-    models = BanditModels(Settings(arms=("category1", "trending"), site_idle_s=60),
+    models = BanditModels(Settings.of(arms=("category1", "trending"), site_idle_s=60),
                           spill=SpilledModels(tmp_path / "models"), clock=lambda: now[0])
     for n in range(100):
         learn(models, f"site-{n}", 2)

@@ -50,7 +50,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 TOPIC_OF_KIND = {"served": SERVED, "click": CLICKS, "detail_view": DETAIL_VIEWS,
                  "basket_add": BASKET_ADDS}
-ARMS = Settings().arms
+ARMS = Settings().bandit.arms
 RATE_PER_S = 1_000
 KILLS = 3
 GROUP_SESSION_TIMEOUT_S = 6  # the two workers' (the broker allows no less): partitions move soon
@@ -153,7 +153,7 @@ def assert_each_site_learned_once(s: Settings, displays: list[Served], worker: W
     positions = Counter()
     for d in displays:
         positions[d.site_id] += min(len(d.items), POSITIONS_LEARNED)
-    models = TopicReader(s.bootstrap_servers, [Topics.of(s).models])
+    models = TopicReader(s.kafka.bootstrap_servers, [Topics.of(s).models])
     models.read_until(lambda ms: latest_model_versions(models) == per_site, timeout_s=60)
     models.read_until(lambda ms: False, timeout_s=3)
     models.close()
@@ -181,7 +181,7 @@ def assert_each_reaction_learned_once(s: Settings, by_kind: dict, worker: Worker
     """Each site's shared statistics (the site-statistics topic, committed only) learned every
     distinct reaction once, whichever partition and worker it came through."""
     expected = expected_popularity(by_kind, T0)
-    reader = TopicReader(s.bootstrap_servers, [Topics.of(s).site_stats])
+    reader = TopicReader(s.kafka.bootstrap_servers, [Topics.of(s).site_stats])
 
     def learned(messages: list) -> dict[tuple[str, str], float]:
         latest = {m.key().decode(): m.value() for m in messages}
@@ -231,11 +231,11 @@ def two_workers(start_worker, rng: random.Random, killed: Callable[[], None]) ->
 def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_settings,
                                                          workers):
     s: Settings = worker_settings
-    by_kind = end_of_stream(seeded_stream(seed=11, sessions=3_500), s.partitions)
+    by_kind = end_of_stream(seeded_stream(seed=11, sessions=3_500), s.kafka.partitions)
     assert sum(len(events) for events in by_kind.values()) >= 20_000
     expected = reference_join(by_kind)
     displays_per_site = Counter(d.site_id for d in by_kind["served"])
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
 
     producer = threading.Thread(target=produce_paced, args=(s, by_kind))
     producer.start()
@@ -255,10 +255,10 @@ def test_sigkill_loses_no_decision_and_counts_none_twice(start_worker, worker_se
         worker = start_worker(data_dir="rebuilt")
         worker.wait_ready()
     # ... and in the rankings every worker publishes.
-    reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
     for site, displays in displays_per_site.items():
         probe = f"probe-{site}"
-        produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+        produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": probe, "site_id": site, "session_id": probe,
             "ts": T0 + 86_400_000, "item_id": "x"})])
         messages = reader.read_until(lambda ms, p=probe: any(

@@ -63,23 +63,23 @@ def test_crafted_pickles_on_the_models_and_changelog_topics_never_run(
     s: Settings = worker_settings
     marker = tmp_path / "pwned"
     topics = Topics.of(s)
-    ensure_internal_topics(s, internal_topics(topics, s.partitions))
+    ensure_internal_topics(s, internal_topics(topics, s.kafka.partitions))
     crafted = pickle.dumps(Exploit(str(marker)))
-    produce(s.bootstrap_servers, [(topics.models, b"shop", b"7\n" + crafted),
+    produce(s.kafka.bootstrap_servers, [(topics.models, b"shop", b"7\n" + crafted),
                                   (topics.models, b"other", crafted)])
     # A fresh worker restores every partition's changelog.
-    send(s.bootstrap_servers, [(topics.changelog, b"clock", crafted, p)
-                               for p in range(s.partitions)])
+    send(s.kafka.bootstrap_servers, [(topics.changelog, b"clock", crafted, p)
+                               for p in range(s.kafka.partitions)])
 
     worker = start_worker(reward_window_s="2", grace_s="1")
     worker.wait_ready()
-    reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
-    produce(s.bootstrap_servers, display_and_click(s, "shop", "s1", now_ms()))
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
+    produce(s.kafka.bootstrap_servers, display_and_click(s, "shop", "s1", now_ms()))
     assert [r["reward"] for r in rewards_of(reader, 1)] == [1.0], worker.log_tail()
     reader.close()
     assert not marker.exists()
     assert worker.metric(UNDECODABLE, source="models") == 2
-    assert worker.metric(UNDECODABLE, source="changelog") >= s.partitions
+    assert worker.metric(UNDECODABLE, source="changelog") >= s.kafka.partitions
     assert "skipped" in worker.log_tail(200)
 
 
@@ -91,7 +91,7 @@ def test_records_too_large_for_kafka_are_dead_lettered_and_the_partition_goes_on
     served = {"site_id": "shop", "session_id": "bot", "items": [f"{n:03d}" + "x" * 253
                                                                  for n in range(100)],
               "context": {f"k{n}": "v" * 256 for n in range(32)}}
-    send(s.bootstrap_servers, [
+    send(s.kafka.bootstrap_servers, [
         (s.topic(CLICKS), b"ctl", b"\x01" * 200_000),  # not JSON: escapes six-fold as text
         (s.topic(CLICKS), b"k" * 250_000, b"v" * 250_000),  # a 250 KB key plus value
         event(s.topic(CLICKS), {**big, "event_id": "wide", "session_id": "wide",
@@ -108,7 +108,7 @@ def test_records_too_large_for_kafka_are_dead_lettered_and_the_partition_goes_on
     # the worker for longer than the default 5 s, after which a quiet partition's displays
     # close by the wall clock (a known cost of the backstop, see docs/contract.md, Limits).
     worker = start_worker(idle_close_s="30")
-    reader = TopicReader(s.bootstrap_servers, [s.topic(DEAD_LETTER)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(DEAD_LETTER)])
     reasons = {}
 
     def found(messages: list) -> bool:
@@ -124,9 +124,9 @@ def test_records_too_large_for_kafka_are_dead_lettered_and_the_partition_goes_on
     assert min(int(letter["offset"]) for letter in too_large) > 0  # early displays fit
     reader.close()
     # The partitions go on: new traffic is answered, by the same worker process.
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
     t = now_ms()
-    produce(s.bootstrap_servers, [*display_and_click(s, "shop", "after", t, "after"),
+    produce(s.kafka.bootstrap_servers, [*display_and_click(s, "shop", "after", t, "after"),
                                   *every_kind_at(s, "shop", "after", t + 26_000)])
 
     def after(ms: list) -> list[dict]:
@@ -149,8 +149,8 @@ def test_float_and_out_of_range_times_are_dead_lettered_and_break_nothing(
         raw = orjson.dumps({**display, "event_id": f"bad{n}"})[:-1] + b',"ts":' + \
             repr(bad).encode() + b"}"
         records.append((s.topic(SERVED), b"s1", raw))
-    produce(s.bootstrap_servers, records)
-    reader = TopicReader(s.bootstrap_servers, [s.topic(DEAD_LETTER), s.topic(REWARDS)])
+    produce(s.kafka.bootstrap_servers, records)
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(DEAD_LETTER), s.topic(REWARDS)])
     messages = reader.read_until(lambda ms: len(of(ms, s.topic(DEAD_LETTER))) >= 3
                                  and len(of(ms, s.topic(REWARDS))) >= 1, timeout_s=60)
     reader.close()
@@ -166,18 +166,18 @@ def test_a_producer_clock_ahead_cannot_push_stream_time(start_worker, worker_set
     worker = start_worker(reward_window_s="10", grace_s="1")
     t = now_ms()
     ahead = t + 50 * 60_000  # a producer clock 50 minutes fast sets both times
-    send(s.bootstrap_servers, [
+    send(s.kafka.bootstrap_servers, [
         event(s.topic(SERVED), {"event_id": "d1", "site_id": "shop", "session_id": "s1",
                                 "ts": t, "items": ["i1"]}),
         (*event(s.topic(CLICKS), {"event_id": "future", "site_id": "shop", "session_id": "s1",
                                   "ts": ahead, "item_id": "x"}), None, ahead),
     ])
-    reader = TopicReader(s.bootstrap_servers, [s.topic(DEAD_LETTER), s.topic(REWARDS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(DEAD_LETTER), s.topic(REWARDS)])
     reader.read_until(lambda ms: len(of(ms, s.topic(DEAD_LETTER))) >= 1, timeout_s=60)
     [letter] = of(reader.messages, s.topic(DEAD_LETTER))
     assert letter["reason"].startswith("future_timestamp"), worker.log_tail()
     # The open display was not closed by the future time: a real click still counts.
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+    produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
         "event_id": "c1", "site_id": "shop", "session_id": "s1", "ts": t + 2_000,
         "item_id": "i1"})])
     reader.read_until(lambda ms: len(of(ms, s.topic(REWARDS))) >= 1, timeout_s=60)
@@ -191,7 +191,7 @@ def test_site_ids_with_separators_cannot_touch_each_other(start_worker, worker_s
     worker = start_worker(reward_window_s="2", grace_s="1")
     t = now_ms()
     # Same partition on purpose: the state of both lives in one RocksDB.
-    send(s.bootstrap_servers, [
+    send(s.kafka.bootstrap_servers, [
         (*event(s.topic(SERVED), {"event_id": "d1", "site_id": "shop", "session_id": "a:b",
                                   "ts": t, "items": ["i1"]}), 0),
         (*event(s.topic(BASKET_ADDS), {"event_id": "b1", "site_id": "shop:a",
@@ -203,15 +203,15 @@ def test_site_ids_with_separators_cannot_touch_each_other(start_worker, worker_s
             "site_id": "shop", "item_id": "eu:sku-9", "category": "c", "available": False,
             "ts": 2})),
     ])
-    reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS), s.topic(DEAD_LETTER)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS), s.topic(DEAD_LETTER)])
     reader.read_until(lambda ms: len(of(ms, s.topic(REWARDS))) >= 1, timeout_s=60)
     assert [(r["served_id"], r["reward"]) for r in of(reader.messages, s.topic(REWARDS))] == \
         [("d1", 0.0)], worker.log_tail()  # another site's basket add is not this display's
     assert of(reader.messages, s.topic(DEAD_LETTER)) == []  # both catalog keys were fine
     reader.close()
     # shop:eu's sku-9 stays available: a fresh session there is shown it.
-    rankings = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+    rankings = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
+    produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
         "event_id": "v1", "site_id": "shop:eu", "session_id": "eu1", "ts": t + 1_000,
         "item_id": "other"})])
 
@@ -228,10 +228,10 @@ def test_one_visit_sites_stop_being_ranked_and_leave_memory(start_worker, worker
     worker = start_worker(site_idle_s="3", default_ranking_interval_s="1")
     t = now_ms()
     sites = [f"visit-{n}" for n in range(200)]
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+    produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
         "event_id": f"c{n}", "site_id": site, "session_id": f"s{n}", "ts": t, "item_id": "i"})
         for n, site in enumerate(sites)])
-    reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
 
     def defaults(ms: list) -> set[str]:
         return {r["site_id"] for r in of(ms, s.topic(RANKINGS)) if r["session_id"] == "*"}
@@ -268,15 +268,15 @@ def test_events_stamped_ahead_then_a_quiet_spell_leave_live_traffic_joined_right
     worker = start_worker(reward_window_s="2", grace_s="1", idle_close_s="2")
     ahead = now_ms() + 10_000
     first = {"site_id": "shop", "session_id": "early", "ts": ahead}
-    send(s.bootstrap_servers, [
+    send(s.kafka.bootstrap_servers, [
         (*event(s.topic(SERVED), {**first, "event_id": "e-d", "items": ["a"]}), 0),
         *[(*event(s.topic(topic), {**first, "event_id": f"e-{topic}", "item_id": "z"}), 0)
           for topic in (CLICKS, DETAIL_VIEWS, BASKET_ADDS)]])
-    reader = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
     rewards_of(reader, 1, timeout_s=60)  # the early display closed: the partition is warm
     time.sleep(8)  # a quiet spell: the partition's stream time follows the wall clock
     live = now_ms()
-    send(s.bootstrap_servers, [
+    send(s.kafka.bootstrap_servers, [
         (*event(s.topic(SERVED), {"event_id": "live-d", "site_id": "shop",
                                   "session_id": "live", "ts": live, "items": ["b"]}), 0),
         (*event(s.topic(CLICKS), {"event_id": "live-c", "site_id": "shop",

@@ -124,7 +124,7 @@ class JoinRun:
 
     def send(self, name: str, records: list[Record]) -> None:
         """Queue a scenario's records on its partition; :meth:`flush` sends them."""
-        send(self.producer, self.settings.topic_prefix, SCENARIOS[name].partition, records)
+        send(self.producer, self.settings.kafka.topic_prefix, SCENARIOS[name].partition, records)
         self.produced.setdefault(name, []).extend(records)
 
     def flush(self) -> None:
@@ -170,12 +170,12 @@ class JoinRun:
 @pytest.fixture(scope="module")
 def join_run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[JoinRun]:
-    settings = Settings(bootstrap_servers=bootstrap_servers,
+    settings = Settings.of(bootstrap_servers=bootstrap_servers,
                         topic_prefix=f"t{uuid.uuid4().hex[:8]}-", partitions=PARTITIONS)
     report = topic_admin.apply(settings)
     assert report.ok, report.describe()
     tmp: Path = tmp_path_factory.mktemp("join-semantics")
-    worker = WorkerProcess(bootstrap_servers, settings.topic_prefix, tmp / "worker-data",
+    worker = WorkerProcess(bootstrap_servers, settings.kafka.topic_prefix, tmp / "worker-data",
                            tmp / "worker.log", reward_window_s=str(WINDOW_S),
                            grace_s=str(GRACE_S), idle_close_s=str(IDLE_CLOSE_S),
                            partitions=str(PARTITIONS)).start()
@@ -183,7 +183,7 @@ def join_run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
     try:
         # Live, not a backlog: the scenarios go out once the worker has answered a probe.
         probe = reaction(CLICKS, "probe", "probe", now_ms(), "p")
-        send(run.producer, settings.topic_prefix, PROBE_PARTITION, [probe])
+        send(run.producer, settings.kafka.topic_prefix, PROBE_PARTITION, [probe])
         run.flush()
         def answered(messages: list[Message]) -> bool:
             rankings = values(messages, settings.topic(RANKINGS))

@@ -31,7 +31,7 @@ def test_rewards_3_1_0_and_a_ranking_after_each_session_event(start_worker, work
     worker = start_worker(reward_window_s="5", grace_s="1")  # d-none's idle close comes soon
     t = now_ms()
     site = {"site_id": "shop"}
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         event(s.topic(SERVED), {**site, "event_id": "d-basket", "session_id": "s1", "ts": t,
                                 "items": ["a", "b"], "context": {"region": "eu"}}),
         event(s.topic(BASKET_ADDS), {**site, "event_id": "r-basket", "session_id": "s1",
@@ -45,7 +45,7 @@ def test_rewards_3_1_0_and_a_ranking_after_each_session_event(start_worker, work
                                 "items": ["a"]}),
     ])
     topics = [s.topic(REWARDS), s.topic(RANKINGS)]
-    messages = collect(s.bootstrap_servers, topics,
+    messages = collect(s.kafka.bootstrap_servers, topics,
                        lambda ms: len(values(ms, s.topic(REWARDS))) >= 3, timeout_s=120)
     rewards = {r["served_id"]: r for r in values(messages, s.topic(REWARDS))}
     assert {k: v["reward"] for k, v in rewards.items()} == {
@@ -64,12 +64,12 @@ def test_rewards_3_1_0_and_a_ranking_after_each_session_event(start_worker, work
     assert {"rk-d-basket", "rk-r-basket", "rk-d-view", "rk-r-view", "rk-d-none"} <= set(by_id)
     for ranking in rankings:
         assert set(ranking) == RANKING_FIELDS
-        assert ranking["arm"] in s.arms
+        assert ranking["arm"] in s.bandit.arms
         assert 0 < ranking["propensity"] <= 1
         assert isinstance(ranking["model_version"], int)
         assert all(set(item) == {"item_id", "score"} for item in ranking["items"])
         explain = ranking["explain"]  # why: the arms here, and what placed each item
-        assert set(explain["arms"]) == set(s.arms)
+        assert set(explain["arms"]) == set(s.bandit.arms)
         assert explain["arms"][ranking["arm"]]["probability"] == ranking["propensity"]
         assert len(explain["placed_by"]) == len(ranking["items"])
     assert by_id["rk-r-basket"]["session_id"] == "s1"
@@ -98,9 +98,9 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_stream_goes_on(worker,
     ]
     good = event(s.topic(CLICKS), {"event_id": "ok", "site_id": "shop", "session_id": "s1",
                                    "ts": t, "item_id": "a"})
-    produce(s.bootstrap_servers, [*bad, good])
+    produce(s.kafka.bootstrap_servers, [*bad, good])
     topics = [s.topic(DEAD_LETTER), s.topic(RANKINGS)]
-    messages = collect(s.bootstrap_servers, topics, lambda ms: len(
+    messages = collect(s.kafka.bootstrap_servers, topics, lambda ms: len(
         values(ms, s.topic(DEAD_LETTER))) >= 5 and values(ms, s.topic(RANKINGS)))
     dead = {base64.b64decode(d["value_base64"]): d for d in values(messages, s.topic(DEAD_LETTER))}
     # Every bad record is kept byte for byte, with where it came from and why.
@@ -122,21 +122,22 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_stream_goes_on(worker,
 def test_the_site_bandit_learns_from_closed_decisions(worker, worker_settings):
     s: Settings = worker_settings
     t = now_ms()
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+    produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
         "event_id": "c1", "site_id": "shop", "session_id": "s1", "ts": t, "item_id": "a",
         "context": {"season": "winter"}})])
-    [ranking] = [r for r in values(collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: [
+    bootstrap = s.kafka.bootstrap_servers
+    [ranking] = [r for r in values(collect(bootstrap, [s.topic(RANKINGS)], lambda ms: [
         m for m in ms if m.key() == b"s1"]), s.topic(RANKINGS)) if r["session_id"] != "*"]
     assert ranking["model_version"] == 0
     # The site shows that ranking; the engine's record of it decides arm and propensity.
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         event(s.topic(SERVED), {"event_id": "d1", "site_id": "shop", "session_id": "s1",
                                 "ts": t + 100, "items": ["b"], "arm": "not-this-one",
                                 "ranking_id": ranking["ranking_id"]}),
         event(s.topic(BASKET_ADDS), {"event_id": "b1", "site_id": "shop", "session_id": "s1",
                                      "ts": t + 900, "item_id": "b"}),
     ])
-    [reward] = values(collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: ms),
+    [reward] = values(collect(s.kafka.bootstrap_servers, [s.topic(REWARDS)], lambda ms: ms),
                       s.topic(REWARDS))
     assert (reward["arm"], reward["propensity"]) == (ranking["arm"], ranking["propensity"])
     assert reward["ranking_id"] == ranking["ranking_id"] and reward["reward"] == 3.0
@@ -144,11 +145,11 @@ def test_the_site_bandit_learns_from_closed_decisions(worker, worker_settings):
     # The learner runs beside the engine; later rankings of the site carry the new version.
     versions: list[int] = []
     for probe in range(30):
-        produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+        produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": f"p{probe}", "site_id": "shop", "session_id": f"probe{probe}",
             "ts": t + 1_000, "item_id": "a"})])
         wanted = f"rk-p{probe}"
-        found = values(collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms, w=wanted: any(
+        found = values(collect(bootstrap, [s.topic(RANKINGS)], lambda ms, w=wanted: any(
             orjson.loads(m.value())["ranking_id"] == w for m in ms)), s.topic(RANKINGS))
         versions = [r["model_version"] for r in found if r["ranking_id"] == wanted]
         if versions and versions[0] >= 1:

@@ -111,20 +111,22 @@ def ranked(reader: TopicReader, ranking_id: str, timeout_s: float) -> bool:
 @pytest.mark.parametrize(("down_s", "how"), [(10, "sigterm"), (45, "sigkill")])
 def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         broker: Broker, tmp_path: Path, topic_prefix: str, down_s: int, how: str):
-    s = Settings(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
+    s = Settings.of(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
                  partitions=PARTITIONS)
     report = topic_admin.apply(s)
     assert report.ok, report.describe()
     by_kind = end_of_stream(seeded_stream(seed=23, sessions=700), PARTITIONS)
     expected = reference_join(by_kind)
-    worker = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "worker-data",
+    worker = WorkerProcess(s.kafka.bootstrap_servers, s.kafka.topic_prefix,
+                           tmp_path / "worker-data",
                            tmp_path / "worker.log").start()
     try:
         worker.wait_ready()
         producer = threading.Thread(target=produce_paced, args=(s, by_kind, RATE_PER_S, 120))
         producer.start()
         # A reader whose group session times out in the outage would read it all again.
-        before = collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: len(ms) >= 50, 60)
+        before = collect(s.kafka.bootstrap_servers, [s.topic(REWARDS)],
+                         lambda ms: len(ms) >= 50, 60)
         assert len(before) >= 50, f"no traffic flowing before the outage\n{worker.log_tail()}"
 
         started = time.monotonic()
@@ -135,8 +137,8 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         print(f"\nbroker back {back - started:.1f} s after it was stopped")
 
         # New events after the broker's return: the worker publishes their rankings.
-        rankings = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
-        produce(s.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND["click"]), {
+        rankings = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
+        produce(s.kafka.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND["click"]), {
             "event_id": "probe", "site_id": "probe", "session_id": "probe", "ts": T0,
             "item_id": "x"})])
         resumed = ranked(rankings, "rk-probe", back + RESUME_WITHIN_S - time.monotonic())
@@ -146,7 +148,7 @@ def test_the_worker_resumes_after_a_broker_outage_and_counts_each_display_once(
         print(f"resumed {time.monotonic() - back:.1f} s after the broker returned")
 
         producer.join()
-        rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+        rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
         assert_one_reward_per_display(rewards, expected, worker, timeout_s=90)
         print(f"rewards checked {time.monotonic() - back:.1f} s after the broker's return")
         assert_each_site_learned_once(s, by_kind["served"], worker)
@@ -211,16 +213,16 @@ def test_a_call_the_broker_outage_blocks_is_left_behind_and_ends_once_it_is_back
 @pytest.mark.outage
 def test_the_rank_service_keeps_answering_flagged_stale_while_the_broker_is_away(
         broker: Broker, tmp_path: Path, topic_prefix: str):
-    s = Settings(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
+    s = Settings.of(bootstrap_servers=broker.address, topic_prefix=topic_prefix,
                  partitions=PARTITIONS)
     assert topic_admin.apply(s).ok
-    service = WorkerProcess(s.bootstrap_servers, s.topic_prefix, tmp_path / "serve",
+    service = WorkerProcess(s.kafka.bootstrap_servers, s.kafka.topic_prefix, tmp_path / "serve",
                             tmp_path / "serve.log", "serve").start()
     try:
         service.wait_ready()
         port = service.serve_port
         key = key_for(s, port, "shop")
-        produce(s.bootstrap_servers, [(s.topic(RANKINGS), b"s1", orjson.dumps({
+        produce(s.kafka.bootstrap_servers, [(s.topic(RANKINGS), b"s1", orjson.dumps({
             "ranking_id": "rk-e1", "site_id": "shop", "session_id": "s1", "ts": now_ms(),
             "arm": "similar", "propensity": 1.0, "items": [], "model_version": 1,
             "context": {}, "trigger_event_id": "e1"}))])
@@ -249,12 +251,12 @@ def test_the_rank_service_keeps_answering_flagged_stale_while_the_broker_is_away
 def fence(s: Settings, impostor: str, worker_id: str) -> None:
     """Take over the worker's transactional id or its static group membership."""
     if impostor == "producer":
-        producer = Producer({"bootstrap.servers": s.bootstrap_servers,
+        producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers,
                              "transactional.id": f"{s.app_id}-{worker_id}"})
         producer.init_transactions(30)
         return
     topics = Topics.of(s)
-    consumer = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.app_id,
+    consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap_servers, "group.id": s.app_id,
                          "group.instance.id": worker_id, "enable.auto.commit": False,
                          "partition.assignment.strategy": "range",
                          "session.timeout.ms": 10_000})
@@ -271,10 +273,10 @@ def test_a_fenced_client_is_rebuilt_in_process(start_worker, worker_settings: Se
     s = worker_settings
     worker = start_worker(worker_id="fenced")
     worker.wait_ready()
-    rankings = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+    rankings = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
 
     def ranked_click(event_id: str) -> bool:
-        produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+        produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": event_id, "site_id": "shop", "session_id": event_id, "ts": now_ms(),
             "item_id": "a"})])
         return ranked(rankings, f"rk-{event_id}", timeout_s=60)

@@ -43,22 +43,22 @@ def apply_catalog(s: Settings, records: list[dict]) -> None:
     The barrier: after the records, one unusable record into every catalog partition; once
     all of those are dead-lettered, everything before them in each partition was applied.
     """
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         (s.topic(CATALOG), catalog_key(r['site_id'], r['item_id']).encode(), orjson.dumps(r))
         for r in records])
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": s.bootstrap_servers})
-    for partition in range(s.partitions):
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers})
+    for partition in range(s.kafka.partitions):
         producer.produce(s.topic(CATALOG), key=b"barrier", value=b"barrier",
                          partition=partition)
     assert producer.flush(30) == 0
-    collect(s.bootstrap_servers, [s.topic(DEAD_LETTER)],
-            lambda ms: len(values(ms, s.topic(DEAD_LETTER))) >= s.partitions)
+    collect(s.kafka.bootstrap_servers, [s.topic(DEAD_LETTER)],
+            lambda ms: len(values(ms, s.topic(DEAD_LETTER))) >= s.kafka.partitions)
 
 
 def rankings_of(s: Settings, session_id: str, count: int) -> list[dict]:
-    messages = collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: len(
+    messages = collect(s.kafka.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: len(
         [m for m in ms if m.key() == session_id.encode()]) >= count)
     return [v for v in values(messages, s.topic(RANKINGS)) if v["session_id"] == session_id]
 
@@ -82,9 +82,9 @@ def test_category1_follows_the_session_and_hides_basket_and_unavailable_items(
             crowd.append(event(s.topic(DETAIL_VIEWS), {
                 "event_id": f"v{n}-{i}", "site_id": "shop", "session_id": f"crowd{n}",
                 "ts": t + i, "item_id": item}))
-    produce(s.bootstrap_servers, crowd)
+    produce(s.kafka.bootstrap_servers, crowd)
     wait_until_learned(s, engagements=len(crowd))  # the site's statistics, from every partition
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         event(s.topic(DETAIL_VIEWS), {"event_id": "me1", "site_id": "shop", "session_id": "me",
                                       "ts": t + 10, "item_id": "shoe1"}),
         event(s.topic(DETAIL_VIEWS), {"event_id": "me2", "site_id": "shop", "session_id": "me",
@@ -106,7 +106,7 @@ def test_one_sites_events_never_change_another_sites_rankings(start_worker, work
     start_worker(arms="bestsellers")
     t = now_ms()
     # Same session ids and item ids on both sites; only site b buys "z".
-    produce(s.bootstrap_servers, [
+    produce(s.kafka.bootstrap_servers, [
         event(s.topic(BASKET_ADDS), {"event_id": f"a{n}", "site_id": "a",
                                      "session_id": f"s{n}", "ts": t, "item_id": "x"})
         for n in range(20)] + [
@@ -119,8 +119,8 @@ def test_one_sites_events_never_change_another_sites_rankings(start_worker, work
     wait_until_learned(s, engagements=80)
     probe = event(s.topic(BASKET_ADDS), {"event_id": "probe", "site_id": "a",
                                          "session_id": "new", "ts": t + 5, "item_id": "y"})
-    produce(s.bootstrap_servers, [probe])
-    messages = collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: any(
+    produce(s.kafka.bootstrap_servers, [probe])
+    messages = collect(s.kafka.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: any(
         orjson.loads(m.value())["ranking_id"] == "rk-probe" for m in ms))
     for ranking in values(messages, s.topic(RANKINGS)):
         if ranking["site_id"] == "a":
@@ -145,11 +145,11 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
     records, decisions = [], 3_000
     for n in range(decisions):
         season = rng.choice(sorted(BEST))
-        arm = rng.choice(s.arms)
+        arm = rng.choice(s.bandit.arms)
         ts = t + n
         records.append(event(s.topic(SERVED), {
             "event_id": f"d{n}", "site_id": "shop", "session_id": f"s{n % 300}", "ts": ts,
-            "items": [f"i{n}"], "arm": arm, "propensity": 1 / len(s.arms),
+            "items": [f"i{n}"], "arm": arm, "propensity": 1 / len(s.bandit.arms),
             "context": {"season": season}}))
         if rng.random() < (0.6 if arm == BEST[season] else 0.1):
             records.append(event(s.topic(BASKET_ADDS), {
@@ -160,14 +160,14 @@ def test_the_bandit_learns_the_right_arm_per_context_and_keeps_it_across_restart
     moved_to = t + decisions + 30_000
     for k in range(40):  # sessions on all partitions
         records += every_kind_at(s, "elsewhere", f"tail{k}", moved_to)
-    produce(s.bootstrap_servers, records)
+    produce(s.kafka.bootstrap_servers, records)
 
-    reader = TopicReader(s.bootstrap_servers, [s.topic(RANKINGS)])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(RANKINGS)])
     seen: dict[str, dict] = {}  # ranking_id -> ranking, of everything read so far
 
     def probe(round_: str, season: str, count: int) -> list[dict]:
         """Rankings for ``count`` new sessions in a season, read off reco.rankings."""
-        produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+        produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
             "event_id": f"{round_}-{season}-{k}", "site_id": "shop",
             "session_id": f"new-{round_}-{season}-{k}", "ts": moved_to + 1_000,
             "item_id": "i0", "context": {"season": season}}) for k in range(count)])
@@ -223,8 +223,9 @@ def test_triggers_first_defaults_and_a_burst_that_keeps_the_shown_ranking(
     worker = start_worker(reward_window_s="3", grace_s="1", arms="session_knn,trending,similar")
     t = now_ms()
     click = {"site_id": "brand-new", "session_id": "b1", "item_id": "i1"}
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {**click, "event_id": "c0", "ts": t})])
-    messages = collect(s.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: len(
+    produce(s.kafka.bootstrap_servers,
+            [event(s.topic(CLICKS), {**click, "event_id": "c0", "ts": t})])
+    messages = collect(s.kafka.bootstrap_servers, [s.topic(RANKINGS)], lambda ms: len(
         values(ms, s.topic(RANKINGS))) >= 2)
     first = values(messages, s.topic(RANKINGS))
     session = next(r for r in first if r["session_id"] == "b1")
@@ -233,13 +234,13 @@ def test_triggers_first_defaults_and_a_burst_that_keeps_the_shown_ranking(
     assert (default["site_id"], default["segment"], default["trigger_event_id"]) == \
         ("brand-new", "", None)  # without waiting for a tick
     # A burst of browsing publishes 30 more rankings before the site shows the first one.
-    produce(s.bootstrap_servers, [event(s.topic(CLICKS), {
+    produce(s.kafka.bootstrap_servers, [event(s.topic(CLICKS), {
         **click, "event_id": f"burst{n}", "ts": t + 10 + n, "item_id": f"x{n}"})
         for n in range(30)] + [event(s.topic(SERVED), {
             "event_id": "d1", "site_id": "brand-new", "session_id": "b1", "ts": t + 100,
             "items": [item["item_id"] for item in session["items"]] or ["i1"],
             "ranking_id": "rk-c0", "arm": "made-up", "propensity": 0.99})])
-    rewards = collect(s.bootstrap_servers, [s.topic(REWARDS)], lambda ms: bool(
+    rewards = collect(s.kafka.bootstrap_servers, [s.topic(REWARDS)], lambda ms: bool(
         values(ms, s.topic(REWARDS))), timeout_s=60)
     [reward] = values(rewards, s.topic(REWARDS))
     assert (reward["arm"], reward["propensity"]) == (session["arm"], session["propensity"]), \

@@ -83,7 +83,7 @@ ASSIGNED = "assigned partitions"  # the worker's log line after each assignment
 def produced_part(s: Settings, by_kind: dict) -> dict:
     """What :func:`produce_paced` stopped early produced of ``by_kind``: the start of each
     topic's list, as long as the topic now is (it has no other writer)."""
-    consumer = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": "sizes"})
+    consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap_servers, "group.id": "sizes"})
     try:
         produced = {}
         for kind in KINDS:
@@ -100,7 +100,7 @@ def produced_part(s: Settings, by_kind: dict) -> dict:
 @pytest.fixture
 def worker_settings(bootstrap_servers: str, topic_prefix: str) -> Settings:
     """The contract topics with 6 partitions (conftest's have 4)."""
-    settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
+    settings = Settings.of(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
                         partitions=PARTITIONS)
     report = topic_admin.apply(settings)
     assert report.ok, report.describe()
@@ -172,7 +172,7 @@ class RankingWatch:
 def appended_at(s: Settings, by_kind: dict) -> dict[str, int]:
     """Each input event's first append to its topic (ms, LogAppendTime), by ``event_id``."""
     total = sum(len(by_kind[kind]) for kind in KINDS)
-    reader = TopicReader(s.bootstrap_servers, [s.topic(TOPIC_OF_KIND[k]) for k in KINDS])
+    reader = TopicReader(s.kafka.bootstrap_servers, [s.topic(TOPIC_OF_KIND[k]) for k in KINDS])
     messages = reader.read_until(lambda ms: len(ms) >= total, timeout_s=60)
     reader.close()
     assert len(messages) == total
@@ -215,7 +215,7 @@ def test_rolling_restart_loses_nothing_and_keeps_ranking(start_worker, worker_se
                                                          record_property):
     s: Settings = worker_settings
     stream = seeded_stream(seed=23, sessions=SESSIONS)
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
     watch = RankingWatch(s)
 
     def start(name: str) -> Worker:
@@ -242,7 +242,7 @@ def test_rolling_restart_loses_nothing_and_keeps_ranking(start_worker, worker_se
     produced = time.time()
     part = produced_part(s, stream)
     closing = closing_events(part, PARTITIONS)
-    produce(s.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
+    produce(s.kafka.bootstrap_servers, [event(s.topic(TOPIC_OF_KIND[kind]), value_of(e))
                                   for kind in KINDS for e in closing[kind]])
     by_kind = {kind: [*part[kind], *closing[kind]] for kind in KINDS}
     expected = reference_join(by_kind)

@@ -120,7 +120,7 @@ class World:
                           processor=processor, replicas=(Shared(),), codec=Json(),
                           max_record_bytes=LIMIT)
         clients, producer, consumer = memory_clients(self.broker)
-        runtime = Runtime(Settings(data_dir=self.tmp_path / data_dir), app, Metrics(),
+        runtime = Runtime(Settings.of(data_dir=self.tmp_path / data_dir), app, Metrics(),
                           clients=lambda settings: clients)
         return runtime, processor, producer, consumer
 

@@ -72,7 +72,7 @@ def test_sigterm_exits_0_mid_stream_and_while_starting_and_loses_nothing(start_w
     s: Settings = worker_settings
     by_kind = end_of_stream(seeded_stream(seed=31, sessions=SESSIONS), PARTITIONS)
     expected = reference_join(by_kind)
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
     producer = threading.Thread(target=produce_paced, args=(s, by_kind))
 
     worker = start_worker(log_name="first.log")

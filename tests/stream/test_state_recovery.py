@@ -37,7 +37,7 @@ def test_state_survives_a_clean_restart_and_rebuilds_from_the_changelog(
                                                       "item_id": "y"})]
         return records
 
-    rewards = TopicReader(s.bootstrap_servers, [s.topic(REWARDS)])
+    rewards = TopicReader(s.kafka.bootstrap_servers, [s.topic(REWARDS)])
 
     def rewarded(count: int) -> dict[str, float]:
         """Reward per display of the sessions s*, once ``count`` of them have one."""
@@ -47,7 +47,7 @@ def test_state_survives_a_clean_restart_and_rebuilds_from_the_changelog(
         return mine(rewards.read_until(lambda ms: len(mine(ms)) >= count, timeout_s=60))
 
     first = start_worker(data_dir="kept", reward_window_s="600")
-    produce(s.bootstrap_servers, [event(s.topic(SERVED), {
+    produce(s.kafka.bootstrap_servers, [event(s.topic(SERVED), {
         "event_id": f"d{n}", "site_id": "shop", "session_id": f"s{n}", "ts": t,
         "items": ["i1"]}) for n in range(30)] + step(t + 1_000, range(0, 10)))
     assert rewarded(10) == {f"d{n}": 3.0 for n in range(10)}
@@ -56,7 +56,7 @@ def test_state_survives_a_clean_restart_and_rebuilds_from_the_changelog(
     again = start_worker(data_dir="kept", reward_window_s="600")
     again.wait_ready()
     assert again.metric(RESTORED) == 0  # a clean restart: RocksDB was up to date
-    produce(s.bootstrap_servers, step(t + 2_000, range(0, 20), event_id="again"))
+    produce(s.kafka.bootstrap_servers, step(t + 2_000, range(0, 20), event_id="again"))
     # The displays from before the restart were still open (10..19) or closed (0..9).
     assert rewarded(20) == {f"d{n}": 3.0 for n in range(20)}
     again.stop()
@@ -64,7 +64,8 @@ def test_state_survives_a_clean_restart_and_rebuilds_from_the_changelog(
     rebuilt = start_worker(data_dir="new", reward_window_s="600")
     rebuilt.wait_ready()
     assert rebuilt.metric(RESTORED) > 0  # everything, from the changelog
-    produce(s.bootstrap_servers, step(t + 3_000, range(20, 30)) + step(t + 3_000, range(0, 5)))
+    produce(s.kafka.bootstrap_servers,
+            step(t + 3_000, range(20, 30)) + step(t + 3_000, range(0, 5)))
     got = rewarded(30)
     rewards.read_until(lambda ms: False, timeout_s=3)  # nothing more: repeats are repeats
     assert got == {f"d{n}": 3.0 for n in range(30)}

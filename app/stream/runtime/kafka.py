@@ -52,7 +52,7 @@ def kafka_clients(settings: Settings) -> Clients:
         "auto.offset.reset": "earliest", "queued.max.messages.kbytes": READER_PREFETCH_KB}
     producer = Producer(clients.transactional_producer(
         settings, f"{settings.app_id}-{worker_id}"))
-    session_timeout_ms = int(settings.group_session_timeout_s * 1000)
+    session_timeout_ms = int(settings.kafka.group_session_timeout_s * 1000)
     consumer = Consumer({
         **clients.committed_consumer(settings, settings.app_id),
         "group.instance.id": worker_id,

@@ -83,7 +83,7 @@ class Runtime:
         self.producer, self.consumer = kafka.producer, kafka.consumer
         self.restorer = kafka.restorer
         self.partitions = Partitions(app, kafka.restorer,
-                                     Path(settings.data_dir) / "worker" / "state", metrics,
+                                     Path(settings.worker.data_dir) / "worker" / "state", metrics,
                                      self._beat)
         self.oversized = Oversized(app.max_record_bytes)
         self.tails = [Tail(kafka.reader_config, replica, kafka.new_consumer)
@@ -134,7 +134,7 @@ class Runtime:
             tail.poll()
         # A tick stays due until a transaction holding it commits (an aborted one, redone
         # without it, would otherwise skip ticks for as long as it recurs).
-        tick = time.monotonic() - self._last_tick >= self.settings.tick_interval_s
+        tick = time.monotonic() - self._last_tick >= self.settings.join.tick_interval_s
         if tick:
             self.processor.tick_due()
         if messages or (tick and self.states):
