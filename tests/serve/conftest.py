@@ -160,10 +160,15 @@ def log_of(edge: EdgeService) -> str:
 
 @contextmanager
 def served(app: Any) -> Iterator[int]:
-    """``app`` on a real uvicorn with the service's protocol, in this process."""
+    """``app`` on a real uvicorn with the service's protocol, in this process. Its limits
+    are long: the tests that serve this way test routes, not read limits, and keep one
+    connection per server while the other server answers (a ranking request may wait up to
+    10 s for its event; uvicorn closes a connection idle for its keep-alive, 5 s by
+    default, and the client here never reconnects)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           http=timed_protocol(HEAD_TIMEOUT_S, 5.0),
+                                           http=timed_protocol(30.0, 30.0),
+                                           timeout_keep_alive=60,
                                            log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
