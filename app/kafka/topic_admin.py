@@ -133,6 +133,13 @@ def _apply(settings: Settings, admin: AdminClient, report: ApplyReport) -> None:
         raced = _create(admin, settings, {n: specs[n] for n in missing}, replication, report)
         counts.update({name: specs[name].partition_count(settings.kafka.partitions)
                        for name in report.created})
+        # Created is committed by the controller; a broker's metadata shows it a moment
+        # later. Whoever comes after `topics apply` (a worker, a listing) finds them all.
+        shown = _wait_for_topics(admin, report.created)
+        for name in report.created:
+            if name not in shown:
+                problem = f"{name} was created but its metadata did not show up in time"
+                report._add(report.problems, problem, f"problem: {problem}")
         if raced:
             existing.update(_wait_for_topics(admin, raced))
             for name in raced:
