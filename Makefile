@@ -23,6 +23,7 @@ run: install
 	$(BIN)/recoloop worker
 
 check: install
+	deploy/prometheus/ensure-prometheus.sh
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
 	$(BIN)/pytest -q -n 2 -m "not integration and not slow and not fault and not outage"

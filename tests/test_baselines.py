@@ -103,6 +103,7 @@ def short_run() -> dict[str, Any]:
     return baselines.run(Options(duration_s=90, rate=50, world="returns"))
 
 
+@pytest.mark.slow
 def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> None:
     assert short_run["same_shoppers"]
     contenders = short_run["contenders"]
@@ -117,10 +118,12 @@ def test_every_contender_plays_the_same_shoppers(short_run: dict[str, Any]) -> N
         assert len(c["by_fifth"]) == 5
 
 
+@pytest.mark.slow
 def test_the_returns_world_s_stated_baseline_is_its_best(short_run: dict[str, Any]) -> None:
     assert short_run["stated_best"] == short_run["best"] == "recent"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("world", "seconds"), [("slots", 90), ("shifting", 120)])
 def test_each_world_s_stated_baseline_is_its_best(world: str, seconds: float) -> None:
     """The best of the baselines is the one the world's docstring names. Random lists are
@@ -180,6 +183,7 @@ def test_next_item_scores_each_ranking_against_the_session_s_next_view() -> None
                       "next_is_a_return": 1, "hits_on_returns": 1}
 
 
+@pytest.mark.slow
 def test_next_item_plays_the_same_sessions_for_every_ranker() -> None:
     options = next_item.NextItemOptions(world="returns", duration_s=60, test_share=0.7)
     start, views = next_item.play(lambda: next_item.sknn_ranker(options), options)

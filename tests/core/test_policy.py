@@ -109,6 +109,7 @@ def test_unbounded_context_values_do_not_grow_the_model_without_bound():
     assert policy.estimates({"season": "winter"})["trending"] > 0.5  # still learning
 
 
+@pytest.mark.slow
 def test_a_site_with_every_feature_it_may_learn_still_fits_a_kafka_record():
     """130+ page categories once grew a model past 1 MB; now the worst case is bounded, the
     item model's weights included."""

@@ -52,6 +52,7 @@ def simulated_log(seed: int, sessions: int, ctr: dict[str, float] = CTR) -> list
     return log
 
 
+@pytest.mark.slow
 def test_the_uplift_interval_covers_the_true_uplift_at_its_stated_rate():
     seeds = range(40)
     covered = 0
@@ -63,6 +64,7 @@ def test_the_uplift_interval_covers_the_true_uplift_at_its_stated_rate():
     assert covered >= 34, covered
 
 
+@pytest.mark.slow
 def test_with_no_true_difference_few_p_values_fall_below_five_percent():
     significant = sum(
         uplift(*(variant_kpis(simulated_log(seed, 2_000, {"engine": 0.12, "control": 0.12}))
@@ -88,6 +90,7 @@ def test_kpis_cover_each_measure_the_issue_names():
     assert 0.05 < kpis["bounce"].value < 0.2  # one display in 1 of 8 sessions
 
 
+@pytest.mark.slow
 def test_a_larger_sample_detects_a_smaller_uplift():
     small = variant_kpis(simulated_log(3, 500))
     large = variant_kpis(simulated_log(3, 8_000))

@@ -40,6 +40,7 @@ def true_value(policy: dict[str, dict[str, float]]) -> float:
                             for device in TRUTH)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["arm:similar", "arm:category1", "arm:learned", "uniform"])
 def test_each_estimators_95_percent_interval_covers_the_true_value_about_95_percent_of_runs(
         spec):

@@ -209,6 +209,7 @@ def post_traced_visit(s: Settings, serve_port: int) -> dict[str, list[Message]]:
     return by_topic
 
 
+@pytest.mark.integration
 def test_the_rank_service_and_the_worker_carry_a_request_s_trace_onto_their_records(
         worker_settings: Settings, start_worker, start_service, monkeypatch):
     """Real processes, tracing turned on by the standard variables (spans to their logs)."""

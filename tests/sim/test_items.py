@@ -101,6 +101,7 @@ def shoppers(world: ItemWorld) -> list[ItemShopper]:
 # -- records, seeds and the same shoppers ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_records_follow_the_contract_in_event_time_order() -> None:
     world, records = play(seconds=60, ranker=catalog_head)
     catalog = [r for r in records if r.topic == CATALOG]
@@ -114,6 +115,7 @@ def test_records_follow_the_contract_in_event_time_order() -> None:
     assert len({r.value["event_id"] for r in events}) == len(events)
 
 
+@pytest.mark.slow
 def test_the_same_seed_replays_the_run_and_another_seed_does_not() -> None:
     assert play(5, 40, catalog_head)[1] == play(5, 40, catalog_head)[1]
     assert play(5, 40, catalog_head)[1] != play(6, 40, catalog_head)[1]
@@ -124,6 +126,7 @@ def organic_path(records: list[Outgoing]) -> list[tuple[str, str, int, str]]:
             for r in records if r.value.get("source") == ORGANIC and r.topic != BASKET_ADDS]
 
 
+@pytest.mark.slow
 def test_every_contender_faces_the_same_shoppers_with_the_same_draws() -> None:
     """Whatever is shown, the same sessions browse the same items at the same times and
     see blocks at the same moments; control sessions see and do exactly the same."""
@@ -152,11 +155,13 @@ def test_every_contender_faces_the_same_shoppers_with_the_same_draws() -> None:
     assert len(set(tallies)) == 1
 
 
+@pytest.mark.slow
 def test_the_event_rate_is_about_the_requested_one() -> None:
     world, _ = play(seconds=300, ranker=catalog_head, rate=40.0)
     assert 300 * 40 * 0.8 < world.events_produced() < 300 * 40 * 1.2
 
 
+@pytest.mark.slow
 def test_sessions_end() -> None:
     world, _ = play(seconds=600, rate=20.0)
     assert 0 < world.counts["sessions_ended"] < world.counts["sessions"]
@@ -185,6 +190,7 @@ def test_position_bias_falls_with_the_position() -> None:
     assert clicks[5] / clicks[0] == pytest.approx(position_bias(5), rel=0.1)
 
 
+@pytest.mark.slow
 def test_clicks_in_a_run_fall_with_the_position() -> None:
     """Every block shows the same six items in a random order; positions higher up get
     more of their clicks."""
@@ -230,6 +236,7 @@ def test_the_displays_oracle_and_expected_reward_are_the_worlds() -> None:
     assert summary["oracle"] > 3 * summary["engine_expected"]
 
 
+@pytest.mark.slow
 def test_realised_rewards_match_their_expectation() -> None:
     """Over many displays the reward the reactions earn (organic credit aside) is the
     expected reward the model computes for the lists shown."""
@@ -249,6 +256,7 @@ def test_a_config_whose_clicks_are_no_distribution_is_refused() -> None:
 # -- organic views and reactions to displays ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_organic_views_are_marked_and_reactions_to_displays_name_them() -> None:
     _, records = play(seconds=120, ranker=catalog_head)
     served = {v["event_id"]: v for v in of(records, SERVED)}
@@ -269,6 +277,7 @@ def test_organic_views_are_marked_and_reactions_to_displays_name_them() -> None:
     assert late
 
 
+@pytest.mark.slow
 def test_control_and_fallback_blocks_are_random_available_items() -> None:
     world, records = play(seconds=120, control_share=0.3)  # no ranker: engine sessions fall back
     served = of(records, SERVED)
@@ -319,6 +328,7 @@ def engine_rewards(records: list[Outgoing]) -> dict[str, float]:
     return rewards
 
 
+@pytest.mark.slow
 def test_every_settled_reward_is_the_contracts_join() -> None:
     """The world's reward per display is what the engine's own join computes from the same
     records: organic views of displayed items credit neither."""

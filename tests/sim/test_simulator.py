@@ -190,6 +190,7 @@ def test_sessions_end():
     assert len(sim._shoppers) == sim.counts["sessions"] - sim.counts["sessions_ended"]
 
 
+@pytest.mark.slow
 def test_the_event_rate_is_about_the_requested_one_from_the_start():
     sim, clock = simulator(rate=40.0)
     run_for(sim, clock, 30)

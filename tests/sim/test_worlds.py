@@ -79,6 +79,7 @@ def test_every_world_is_built_by_name_with_a_stated_best_baseline() -> None:
 
 @pytest.mark.parametrize(("name", "seconds"), [("returns", 60), ("longtail", 30),
                                                 ("slots", 60), ("shifting", 200)])
+@pytest.mark.slow
 def test_every_contender_faces_the_same_shoppers(name: str, seconds: float) -> None:
     """Whatever is shown, the same sessions browse the same items at the same times and see
     blocks at the same moments (the shifting world across a season change)."""
@@ -118,6 +119,7 @@ def test_returns_shoppers_go_back_and_click_what_they_viewed() -> None:
     assert world.attraction(shopper, latest) <= world.config.attraction_max
 
 
+@pytest.mark.slow
 def test_longtail_has_thousands_of_items_viewed_a_handful_of_times() -> None:
     world, records = play("longtail", 60, rate=50.0)
     assert isinstance(world, LongTailWorld) and isinstance(world.config, LongTailConfig)
