@@ -137,6 +137,7 @@ def test_each_world_s_stated_baseline_is_its_best(world: str, seconds: float) ->
     assert result["contenders"][result["best"]]["engine_group"]["ctr"] > 1.5 * control
 
 
+@pytest.mark.slow
 def test_the_report_sets_the_engine_beside_the_baselines(short_run: dict[str, Any]) -> None:
     text = baselines.render(short_run)
     assert text.count("\n") == 2 + 5 + 1 and "control group" in text
