@@ -44,10 +44,13 @@ input's timestamp, which says nothing of when it was written.
 
 kill -9: each contender but the bare loops is run again and SIGKILLed ``--kills`` times at
 seeded random points (a fraction of the outputs seen), restarted each time with the same
-group, transactional ids and data dir, until every input has an output. The output topic is
-then read ``read_committed``: duplicates (inputs with more than one output), missing inputs,
-and per key the counts seen, which must be exactly 1..c for c inputs of that key (a count
-repeated or past c: a table update applied twice; a gap: one lost).
+group, transactional ids and data dir, until every input has an output. A kill waits until
+the worker restarted after the previous one has output something (so that each kill
+measures a recovery; none is made if the killed worker had already processed every input).
+The output topic is then read ``read_committed``: duplicates (inputs with more than one
+output), missing inputs, and per key the counts seen, which must be exactly 1..c for c
+inputs of that key (a count repeated or past c: a table update applied twice; a gap: one
+lost).
 
 Recovery, per kill: from the SIGKILL to the first output record written after it (at an
 offset at or past its partition's end offset at the kill) that the read_committed reader
@@ -352,10 +355,15 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random,
     kills_done: list[tuple[float, dict[int, int]]] = []  # (monotonic s, end offsets) per kill
     result: dict[str, Any] = {"contender": name, "events": events, "kills_planned": kills}
     try:
+        armed, checked = True, 0  # the next kill waits for the restarted worker's first output
         while len(outputs.seen) < events:
             if outputs.poll():
                 last_progress = time.monotonic()
-            if at and len(outputs.seen) >= at[0] * events:
+            if not armed:
+                ends = kills_done[-1][1]
+                armed = any(o >= ends.get(p, 0) for p, o, _ in outputs.arrivals[checked:])
+                checked = len(outputs.arrivals)
+            if armed and at and len(outputs.seen) >= at[0] * events:
                 time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the next batch
                 killed = time.monotonic()
                 process.kill()
@@ -363,6 +371,7 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random,
                 kills_done.append((killed, outputs.ends()))  # what the killed one wrote is below
                 killed_at.append(len(outputs.seen))
                 at.pop(0)
+                armed, checked = False, len(outputs.arrivals)
                 process = launch(name, bootstrap, names, data_dir, log, quix_python)
             if process.poll() is not None:
                 result["error"] = f"exited with {process.returncode}; see {log}"
