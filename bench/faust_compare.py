@@ -30,10 +30,13 @@ Contenders:
 - ``quix_eos_fixed_id``: the same with a fixed ``transactional.id``, so a restart fences the
   killed worker's transaction at once instead of waiting for the broker to time it out;
 - ``quix_eos_fixed_id_every500``: the same, also committing every 500 messages (our batch);
+- ``quix_eos_fixed_id_static``: a fixed transactional id and static group membership (a
+  fixed ``group.instance.id``), the two settings our worker has;
 - ``ours``: the way app/stream/loop.py works, written out small for this job (the worker's
-  own state codec takes only the engine's keys), with confluent-kafka: one transaction per
-  consumed batch carries the outputs, a changelog record per changed key (to a compacted
-  topic) and the input offsets; RocksDB (rocksdict) takes the changes only once it committed;
+  own state codec takes only the engine's keys), with confluent-kafka and static group
+  membership as the worker's: one transaction per consumed batch carries the outputs, a
+  changelog record per changed key (to a compacted topic) and the input offsets; RocksDB
+  (rocksdict) takes the changes only once it committed;
 - ``bare``, ``bare_tx``: bench/bare_loop.py (no state), plain and ``--transactional``, for
   reference (throughput only).
 
@@ -100,7 +103,8 @@ from bench.common import (
 KEYS = 1_000
 PARTITIONS = 8
 CONTENDERS = ("faust_alo", "faust_eos", "faust_eos_patched", "quix_eos", "quix_eos_fixed_id",
-              "quix_eos_fixed_id_every500", "ours", "bare", "bare_tx")
+              "quix_eos_fixed_id_every500", "quix_eos_fixed_id_static", "ours", "bare",
+              "bare_tx")
 STALL_S = 120.0  # no new output for this long: the contender is stuck (or lost inputs)
 SESSION_TIMEOUT_MS = 10_000  # every contender's, so a killed member leaves the group soon
 OFFSET_KEY = b"\x00changelog-offset"  # as app.stream.state: the last changelog offset held
@@ -177,8 +181,12 @@ def run_ours(bootstrap: str, group: str, source: str, sink: str, changelog: str,
         for tp in partitions:
             states.setdefault(tp.partition, restore(tp.partition))
 
+    # Static membership, as app/stream/loop.py's (group.instance.id: the worker's id): a
+    # restarted worker takes its partitions back at once, without waiting for its killed
+    # incarnation's session to time out and the group to rebalance.
     consumer = Consumer({**clients.committed_consumer(settings_for(bootstrap), group),
-                         "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_TIMEOUT_MS})
+                         "group.instance.id": f"{group}-0", "auto.offset.reset": "earliest",
+                         "session.timeout.ms": SESSION_TIMEOUT_MS})
     consumer.subscribe([source], on_assign=on_assign)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -316,6 +324,9 @@ def launch(name: str, bootstrap: str, names: dict[str, str], data_dir: Path,
         if "fixed_id" in name:  # else Quix draws a random one at each start
             env["QX_PRODUCER_CONFIG"] = orjson.dumps(
                 {"transactional.id": f"{names['app']}-tx"}).decode()
+        if name.endswith("static"):
+            env["QX_CONSUMER_CONFIG"] = orjson.dumps(
+                {"group.instance.id": f"{names['app']}-0"}).decode()
     elif name.startswith("faust"):
         command = [py, "-m", "bench.faust_jobs.counter"]
         env.update(FC_BROKER=bootstrap, FC_APP_ID=names["app"], FC_INPUT=names["in"],

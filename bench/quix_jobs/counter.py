@@ -2,7 +2,7 @@
 per input, ``processing_guarantee="exactly-once"``.
 
     QX_BROKER=127.0.0.1:19092 QX_APP_ID=... QX_INPUT=... QX_OUTPUT=... QX_DATA_DIR=... \\
-    [QX_PRODUCER_CONFIG='{...}'] [QX_COMMIT_EVERY=500] \\
+    [QX_PRODUCER_CONFIG='{...}'] [QX_CONSUMER_CONFIG='{...}'] [QX_COMMIT_EVERY=500] \\
     /tmp/quixvenv/bin/python -m bench.quix_jobs.counter
 
 ``bench.faust_compare`` runs it as a subprocess with the interpreter of a venv that has
@@ -15,6 +15,10 @@ bench/quix_jobs/requirements.txt (and SIGKILLs it); it imports nothing of recolo
   worker's transaction stays open, holding back what read_committed readers see on every
   partition it wrote to, until the broker aborts it at ``transaction.timeout.ms`` (60 s,
   librdkafka's default, which Quix keeps).
+- ``QX_CONSUMER_CONFIG``: librdkafka consumer properties (JSON) on top of Quix's and the
+  session timeout; ``quix_eos_fixed_id_static`` sets ``group.instance.id`` there (static
+  membership: a restarted worker gets its partitions back without waiting for the killed
+  one's session to time out).
 - ``QX_COMMIT_EVERY=N``: also commit (end the transaction) every N messages, besides Quix's
   default 5 s ``commit_interval``.
 
@@ -48,7 +52,8 @@ def main() -> None:
         state_dir=env["QX_DATA_DIR"],
         # As every contender's (bench.faust_compare.SESSION_TIMEOUT_MS): a killed worker's
         # member leaves the group within 10 s, not librdkafka's default 45 s.
-        consumer_extra_config={"session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000},
+        consumer_extra_config={"session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000,
+                               **orjson.loads(env.get("QX_CONSUMER_CONFIG", "{}"))},
         producer_extra_config=producer_config,
         loglevel=env.get("QX_LOG_LEVEL", "WARNING"),
     )
