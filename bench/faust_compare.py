@@ -487,8 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per kill -9 run")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", default=",".join(CONTENDERS),
-                        help=f"comma-separated, of {', '.join(CONTENDERS)}")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated, of {', '.join(CONTENDERS)} (default: all, the"
+                             " quix_* ones only with --quix-python)")
     parser.add_argument("--no-kill-runs", action="store_true")
     parser.add_argument("--quix-python", default=os.environ.get("RECOLOOP_QUIX_PYTHON"),
                         help="the interpreter of a venv with bench/quix_jobs/requirements.txt"
@@ -501,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         group, source, sink, changelog, data_dir = args.run_ours
         return run_ours(os.environ["RECOLOOP_BOOTSTRAP_SERVERS"], group, source, sink,
                         changelog, Path(data_dir))
-    only = [c for c in args.only.split(",") if c]
+    only = default_contenders(args.quix_python) if args.only is None else [
+        c for c in args.only.split(",") if c]
     unknown = set(only) - set(CONTENDERS)
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}")
@@ -537,6 +539,15 @@ def main(argv: list[str] | None = None) -> int:
                   "machine": machine_info(bootstrap), "throughput": throughput,
                   "kill_runs": kill_runs}, args.out)
     return 0
+
+
+def default_contenders(quix_python: str | None) -> list[str]:
+    """Every contender; the Quix ones only when there is a Quix venv to run them in.
+
+    >>> "quix_eos" in default_contenders(None), "quix_eos" in default_contenders("/q/python")
+    (False, True)
+    """
+    return [c for c in CONTENDERS if quix_python or not c.startswith("quix")]
 
 
 def _version(package: str) -> str:

@@ -1,7 +1,14 @@
 """bench.faust_compare's verdict on an output topic and its recovery times (no broker, no
 Faust or Quix needed)."""
 
-from bench.faust_compare import KEYS, check, recovery, recovery_column
+from bench.faust_compare import (
+    CONTENDERS,
+    KEYS,
+    check,
+    default_contenders,
+    recovery,
+    recovery_column,
+)
 
 
 def outputs(events: int) -> list[dict]:
@@ -55,3 +62,10 @@ def test_the_recovery_column_lists_each_kill() -> None:
     assert recovery_column([]) == ""
     assert recovery_column([{"first_output_s": 0.14}, {"first_output_s": 61.25},
                             {"first_output_s": None}]) == "0.1 / 61.2 / -"
+
+
+def test_the_default_contenders_take_quix_only_with_its_venv() -> None:
+    without = default_contenders(None)
+    assert "ours" in without and "faust_eos" in without
+    assert not any(c.startswith("quix") for c in without)
+    assert set(default_contenders("/tmp/quixvenv/bin/python")) == set(CONTENDERS)
