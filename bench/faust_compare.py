@@ -1,8 +1,16 @@
-"""Faust against our runtime on one minimal stateful job, for throughput and under kill -9.
+"""Faust and Quix Streams against our runtime on one minimal stateful job, for throughput,
+under kill -9, and for the time each kill stalls the output.
 
     pip install -e '.[bench]'   # faust-streaming, never a runtime dependency
+    python3 -m venv /tmp/quixvenv   # Quix Streams: a venv of its own, see below
+    /tmp/quixvenv/bin/pip install -r bench/quix_jobs/requirements.txt
     RECOLOOP_BOOTSTRAP_SERVERS=127.0.0.1:29092 python -m bench.faust_compare \\
-        [--events 50000] [--kills 3] [--seed 7] [--only faust_eos_patched,ours]
+        [--events 50000] [--kills 3] [--seed 7] [--only faust_eos_patched,ours] \\
+        [--quix-python /tmp/quixvenv/bin/python] [--out bench/results/faust_compare.json]
+
+Faust is needed only for the faust_* contenders and the Quix venv only for the quix_* ones
+(quixstreams 3.28.1 requires confluent-kafka<2.13, recoloop >=2.16: they cannot share one
+environment, so the Quix job runs under ``--quix-python``, default $RECOLOOP_QUIX_PYTHON).
 
 The job, the same for every contender: an input topic of 8 partitions holding ``--events``
 records keyed ``k<i % 1000>`` with values ``{"n": i}``, produced up front; for each input
@@ -16,22 +24,42 @@ Contenders:
 - ``faust_eos``: the same with ``exactly_once``, as shipped;
 - ``faust_eos_patched``: the same with bench/faust_jobs/patch.py applied (transactions routed
   by the source partition, see there);
+- ``quix_eos``: Quix Streams 3.x, ``processing_guarantee="exactly-once"``, its RocksDB state
+  and changelog, its defaults (a random transactional id per start, a commit every 5 s;
+  bench/quix_jobs/counter.py);
+- ``quix_eos_fixed_id``: the same with a fixed ``transactional.id``, so a restart fences the
+  killed worker's transaction at once instead of waiting for the broker to time it out;
+- ``quix_eos_fixed_id_every500``: the same, also committing every 500 messages (our batch);
+- ``quix_eos_fixed_id_static``: a fixed transactional id and static group membership (a
+  fixed ``group.instance.id``), the two settings our worker has;
 - ``ours``: the way app/stream/runtime/ works, written out small for this job (the worker's
-  own state codec takes only the engine's keys), with confluent-kafka: one transaction per
-  consumed batch carries the outputs, a changelog record per changed key (to a compacted
-  topic) and the input offsets; RocksDB (rocksdict) takes the changes only once it committed;
+  own state codec takes only the engine's keys), with confluent-kafka and static group
+  membership as the worker's: one transaction per consumed batch carries the outputs, a
+  changelog record per changed key (to a compacted topic) and the input offsets; RocksDB
+  (rocksdict) takes the changes only once it committed;
 - ``bare``, ``bare_tx``: bench/bare_loop.py (no state), plain and ``--transactional``, for
   reference (throughput only).
 
 Throughput: (outputs - 1) / (last output's timestamp - first's), and the wall time from the
-start of the process until every input's output could be read (``read_committed``).
+start of the process until every input's output could be read (``read_committed``). The output
+topic takes ``LogAppendTime`` (the broker's clock at append): Quix gives each output its
+input's timestamp, which says nothing of when it was written.
 
 kill -9: each contender but the bare loops is run again and SIGKILLed ``--kills`` times at
 seeded random points (a fraction of the outputs seen), restarted each time with the same
-group, transactional ids and data dir, until every input has an output. The output topic is
-then read ``read_committed``: duplicates (inputs with more than one output), missing inputs,
-and per key the counts seen, which must be exactly 1..c for c inputs of that key (a count
-repeated or past c: a table update applied twice; a gap: one lost).
+group, transactional ids and data dir, until every input has an output. A kill waits until
+the worker restarted after the previous one has output something (so that each kill
+measures a recovery; none is made if the killed worker had already processed every input).
+The output topic is then read ``read_committed``: duplicates (inputs with more than one
+output), missing inputs, and per key the counts seen, which must be exactly 1..c for c
+inputs of that key (a count repeated or past c: a table update applied twice; a gap: one
+lost).
+
+Recovery, per kill: from the SIGKILL to the first output record written after it (at an
+offset at or past its partition's end offset at the kill) that the read_committed reader
+got, so the restart, the group's rebalance, the state's restore and any transaction left open
+that holds the last stable offset back all count (:func:`recovery`; the reader polls every
+50 ms).
 
 Results: a table on stdout and bench/results/faust_compare.json.
 """
@@ -55,8 +83,8 @@ from typing import Any
 
 import confluent_kafka
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from rocksdict import Options, Rdict, WriteBatch
 
 from app.kafka import clients
@@ -73,7 +101,9 @@ from bench.common import (
 
 KEYS = 1_000
 PARTITIONS = 8
-CONTENDERS = ("faust_alo", "faust_eos", "faust_eos_patched", "ours", "bare", "bare_tx")
+CONTENDERS = ("faust_alo", "faust_eos", "faust_eos_patched", "quix_eos", "quix_eos_fixed_id",
+              "quix_eos_fixed_id_every500", "quix_eos_fixed_id_static", "ours", "bare",
+              "bare_tx")
 STALL_S = 120.0  # no new output for this long: the contender is stuck (or lost inputs)
 SESSION_TIMEOUT_MS = 10_000  # every contender's, so a killed member leaves the group soon
 OFFSET_KEY = b"\x00changelog-offset"  # as app.stream.runtime.store: the last changelog offset held
@@ -83,10 +113,13 @@ WRITTEN_AT_KEY = b"\x00written-at-ms"
 # -- topics and input ---------------------------------------------------------------------
 
 
-def create_topics(bootstrap: str, names: list[str], compacted: tuple[str, ...] = ()) -> None:
+def create_topics(bootstrap: str, names: list[str], compacted: tuple[str, ...] = (),
+                  append_time: tuple[str, ...] = ()) -> None:
     admin = AdminClient(kafka_config(bootstrap))
-    topics = [NewTopic(name, PARTITIONS, 1, config={"cleanup.policy": "compact"}
-                       if name in compacted else {}) for name in names]
+    topics = [NewTopic(name, PARTITIONS, 1, config={
+        **({"cleanup.policy": "compact"} if name in compacted else {}),
+        **({"message.timestamp.type": "LogAppendTime"} if name in append_time else {})})
+        for name in names]
     for future in admin.create_topics(topics, operation_timeout=30).values():
         future.result(60)
 
@@ -147,8 +180,12 @@ def run_ours(bootstrap: str, group: str, source: str, sink: str, changelog: str,
         for tp in partitions:
             states.setdefault(tp.partition, restore(tp.partition))
 
+    # Static membership, as app/stream/runtime/kafka.py's (group.instance.id: the worker's id): a
+    # restarted worker takes its partitions back at once, without waiting for its killed
+    # incarnation's session to time out and the group to rebalance.
     consumer = Consumer({**clients.committed_consumer(settings_for(bootstrap), group),
-                         "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_TIMEOUT_MS})
+                         "group.instance.id": f"{group}-0", "auto.offset.reset": "earliest",
+                         "session.timeout.ms": SESSION_TIMEOUT_MS})
     consumer.subscribe([source], on_assign=on_assign)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -221,18 +258,31 @@ class Outputs:
         self.records: list[dict[str, Any] | None] = []
         self.timestamps: list[int] = []
         self.seen: set[int] = set()
+        self.arrivals: list[tuple[int, int, float]] = []  # (partition, offset, monotonic s)
+        self.topic, self.admin = topic, AdminClient(kafka_config(bootstrap))
 
-    def poll(self, timeout: float = 0.2) -> int:
+    def poll(self, timeout: float = 0.05) -> int:
         got = 0
-        for m in self.consumer.consume(5_000, timeout):
+        messages = self.consumer.consume(5_000, timeout)
+        now = time.monotonic()
+        for m in messages:
             if m.error():
                 continue
+            self.arrivals.append((m.partition(), m.offset(), now))
             value = orjson.loads(m.value())
             self.records.append(value if "n" in value else None)  # bare loops: no n
             self.seen.add(value["n"] if "n" in value else len(self.records))
             self.timestamps.append(m.timestamp()[1])
             got += 1
         return got
+
+    def ends(self) -> dict[int, int]:
+        """Per partition, the end offset (high watermark) now, open transactions included (a
+        read_committed consumer's watermark query answers the last stable offset)."""
+        futures = self.admin.list_offsets(
+            {TopicPartition(self.topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
+            isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=30)
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
 
     def unread(self) -> dict[int, int]:
         """Per partition, records past our position: ones a read_committed reader cannot
@@ -259,10 +309,24 @@ class Outputs:
 
 
 def launch(name: str, bootstrap: str, names: dict[str, str], data_dir: Path,
-           log: Path) -> subprocess.Popen[bytes]:
+           log: Path, quix_python: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RECOLOOP_BOOTSTRAP_SERVERS": bootstrap}
     py = sys.executable
-    if name.startswith("faust"):
+    if name.startswith("quix"):
+        if not quix_python:
+            raise SystemExit("quix_* contenders need --quix-python "
+                             "(bench/quix_jobs/requirements.txt)")
+        command = [quix_python, "-m", "bench.quix_jobs.counter"]
+        env.update(QX_BROKER=bootstrap, QX_APP_ID=names["app"], QX_INPUT=names["in"],
+                   QX_OUTPUT=names["out"], QX_DATA_DIR=str(data_dir),
+                   QX_COMMIT_EVERY="500" if name.endswith("every500") else "0")
+        if "fixed_id" in name:  # else Quix draws a random one at each start
+            env["QX_PRODUCER_CONFIG"] = orjson.dumps(
+                {"transactional.id": f"{names['app']}-tx"}).decode()
+        if name.endswith("static"):
+            env["QX_CONSUMER_CONFIG"] = orjson.dumps(
+                {"group.instance.id": f"{names['app']}-0"}).decode()
+    elif name.startswith("faust"):
         command = [py, "-m", "bench.faust_jobs.counter"]
         env.update(FC_BROKER=bootstrap, FC_APP_ID=names["app"], FC_INPUT=names["in"],
                    FC_OUTPUT=names["out"], FC_DATA_DIR=str(data_dir),
@@ -279,7 +343,8 @@ def launch(name: str, bootstrap: str, names: dict[str, str], data_dir: Path,
                             stderr=subprocess.STDOUT)
 
 
-def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random) -> dict:
+def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random,
+        quix_python: str | None = None) -> dict:
     """One run of one contender on fresh topics; ``kills`` SIGKILLs at random points."""
     from app.contract.topics import JOIN_INPUT_TOPICS
     prefix = f"fc{uuid.uuid4().hex[:6]}-"
@@ -289,26 +354,35 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random) 
              else f"{prefix}in"}
     extra = [f"{prefix}{t}" for t in JOIN_INPUT_TOPICS[1:]] if name.startswith("bare") else []
     create_topics(bootstrap, [names["in"], names["out"], names["changelog"], *extra],
-                  compacted=(names["changelog"],))
+                  compacted=(names["changelog"],), append_time=(names["out"],))
     produce_input(bootstrap, names["in"], events)
     data_dir = Path(tempfile.mkdtemp(prefix=f"fc-{name}-"))
     log = Path(tempfile.gettempdir()) / f"fc-{names['app']}.log"  # kept: read it on errors
     at = sorted(rng.uniform(0.1, 0.9) for _ in range(kills))
     outputs = Outputs(bootstrap, names["out"])
     started = last_progress = time.monotonic()
-    process, killed_at = launch(name, bootstrap, names, data_dir, log), []
+    process, killed_at = launch(name, bootstrap, names, data_dir, log, quix_python), []
+    kills_done: list[tuple[float, dict[int, int]]] = []  # (monotonic s, end offsets) per kill
     result: dict[str, Any] = {"contender": name, "events": events, "kills_planned": kills}
     try:
+        armed, checked = True, 0  # the next kill waits for the restarted worker's first output
         while len(outputs.seen) < events:
             if outputs.poll():
                 last_progress = time.monotonic()
-            if at and len(outputs.seen) >= at[0] * events:
+            if not armed:
+                ends = kills_done[-1][1]
+                armed = any(o >= ends.get(p, 0) for p, o, _ in outputs.arrivals[checked:])
+                checked = len(outputs.arrivals)
+            if armed and at and len(outputs.seen) >= at[0] * events:
                 time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the next batch
+                killed = time.monotonic()
                 process.kill()
                 process.wait()
+                kills_done.append((killed, outputs.ends()))  # what the killed one wrote is below
                 killed_at.append(len(outputs.seen))
                 at.pop(0)
-                process = launch(name, bootstrap, names, data_dir, log)
+                armed, checked = False, len(outputs.arrivals)
+                process = launch(name, bootstrap, names, data_dir, log, quix_python)
             if process.poll() is not None:
                 result["error"] = f"exited with {process.returncode}; see {log}"
                 break
@@ -329,6 +403,10 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random) 
     finally:
         outputs.close()
     result.update(killed_at_outputs=killed_at, **check(outputs.records, events))
+    if kills:
+        result["recovery"] = [recovery(t, ends, outputs.arrivals,
+                                       kills_done[i + 1][0] if i + 1 < len(kills_done) else None)
+                              for i, (t, ends) in enumerate(kills_done)]
     if kills == 0 and len(outputs.timestamps) > 1:
         span_s = (max(outputs.timestamps) - min(outputs.timestamps)) / 1000
         result["events_per_s"] = round((len(outputs.timestamps) - 1) / span_s, 1)
@@ -337,8 +415,35 @@ def run(name: str, bootstrap: str, events: int, kills: int, rng: random.Random) 
     if "error" in result or any("Error" in line or "Traceback" in line for line in tail):
         result["log_tail"] = tail
     delete_topics(settings_for(bootstrap).replace(topic_prefix=prefix))
+    # Quix names its changelog topic changelog__{group}--{input}--default (not under prefix).
+    delete_topics(settings_for(bootstrap).replace(topic_prefix=f"changelog__{names['app']}"))
     shutil.rmtree(data_dir, ignore_errors=True)
     return result
+
+
+def recovery(killed: float, ends: dict[int, int], arrivals: list[tuple[int, int, float]],
+             next_kill: float | None = None) -> dict[str, float | None]:
+    """Seconds from a kill to the first output written after it that the reader got
+    (``first_output_s``), and to the last partition's first such output
+    (``all_partitions_s``, over the partitions that got one before ``next_kill``).
+
+    ``ends``: each partition's end offset at the kill (records below it were written before);
+    ``arrivals``: (partition, offset, when read) of every output record, on the same clock.
+
+    >>> recovery(10.0, {0: 5, 1: 3}, [(0, 4, 10.1), (1, 3, 12.5), (0, 5, 13.0), (0, 6, 20.0)])
+    {'first_output_s': 2.5, 'all_partitions_s': 3.0}
+    >>> recovery(10.0, {0: 5}, [(0, 4, 10.1)])
+    {'first_output_s': None, 'all_partitions_s': None}
+    """
+    first: dict[int, float] = {}
+    for partition, offset, when in arrivals:
+        if (offset >= ends.get(partition, 0) and (next_kill is None or when < next_kill)
+                and when < first.get(partition, float("inf"))):
+            first[partition] = when
+    if not first:
+        return {"first_output_s": None, "all_partitions_s": None}
+    return {"first_output_s": round(min(first.values()) - killed, 2),
+            "all_partitions_s": round(max(first.values()) - killed, 2)}
 
 
 def check(outputs: list[dict[str, Any] | None], events: int) -> dict[str, Any]:
@@ -381,9 +486,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per kill -9 run")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", default=",".join(CONTENDERS),
-                        help=f"comma-separated, of {', '.join(CONTENDERS)}")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated, of {', '.join(CONTENDERS)} (default: all, the"
+                             " quix_* ones only with --quix-python)")
     parser.add_argument("--no-kill-runs", action="store_true")
+    parser.add_argument("--quix-python", default=os.environ.get("RECOLOOP_QUIX_PYTHON"),
+                        help="the interpreter of a venv with bench/quix_jobs/requirements.txt"
+                             " (for the quix_* contenders; default $RECOLOOP_QUIX_PYTHON)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "faust_compare.json")
     parser.add_argument("--run-ours", nargs=5, metavar=("GROUP", "IN", "OUT", "LOG", "DIR"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -391,50 +501,102 @@ def main(argv: list[str] | None = None) -> int:
         group, source, sink, changelog, data_dir = args.run_ours
         return run_ours(os.environ["RECOLOOP_BOOTSTRAP_SERVERS"], group, source, sink,
                         changelog, Path(data_dir))
-    if importlib.util.find_spec("faust") is None:
-        print("faust-streaming is not installed: pip install -e '.[bench]'", file=sys.stderr)
-        return 2
-    from importlib.metadata import version
-    bootstrap = bootstrap_servers()
-    rng = random.Random(args.seed)
-    only = [c for c in args.only.split(",") if c]
+    only = default_contenders(args.quix_python) if args.only is None else [
+        c for c in args.only.split(",") if c]
     unknown = set(only) - set(CONTENDERS)
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}")
+    versions: dict[str, str] = {"rocksdict": _version("rocksdict")}
+    if any(n.startswith("faust") for n in only):
+        if importlib.util.find_spec("faust") is None:
+            print("faust-streaming is not installed: pip install -e '.[bench]'", file=sys.stderr)
+            return 2
+        versions.update({p: _version(p) for p in ("faust-streaming", "aiokafka",
+                                                  "mode-streaming")})
+    if any(n.startswith("quix") for n in only):
+        quix = quix_versions(args.quix_python)
+        if quix is None:
+            print("the quix_* contenders need --quix-python, a venv's interpreter with "
+                  "bench/quix_jobs/requirements.txt installed", file=sys.stderr)
+            return 2
+        versions.update(quix)
+    bootstrap = bootstrap_servers()
+    rng = random.Random(args.seed)
     throughput, kill_runs = [], []
     for name in only:
         print(f"{name}: throughput run of {args.events} events...", file=sys.stderr)
-        throughput.append(run(name, bootstrap, args.events, 0, rng))
+        throughput.append(run(name, bootstrap, args.events, 0, rng, args.quix_python))
     if not args.no_kill_runs and args.kills:
         for name in [n for n in only if not n.startswith("bare")]:
             print(f"{name}: kill -9 run ({args.kills} kills)...", file=sys.stderr)
-            kill_runs.append(run(name, bootstrap, args.events, args.kills, rng))
+            kill_runs.append(run(name, bootstrap, args.events, args.kills, rng,
+                                 args.quix_python))
     print_table(throughput, kill_runs)
     write_result({"benchmark": "faust_compare", "events": args.events, "keys": KEYS,
                   "partitions": PARTITIONS, "kills": args.kills, "seed": args.seed,
-                  "versions": {p: version(p) for p in ("faust-streaming", "aiokafka",
-                                                       "mode-streaming", "rocksdict")},
+                  "contenders": only, "versions": versions,
                   "machine": machine_info(bootstrap), "throughput": throughput,
-                  "kill_runs": kill_runs}, RESULTS / "faust_compare.json")
+                  "kill_runs": kill_runs}, args.out)
     return 0
 
 
+def default_contenders(quix_python: str | None) -> list[str]:
+    """Every contender; the Quix ones only when there is a Quix venv to run them in.
+
+    >>> "quix_eos" in default_contenders(None), "quix_eos" in default_contenders("/q/python")
+    (False, True)
+    """
+    return [c for c in CONTENDERS if quix_python or not c.startswith("quix")]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
+
+
+def quix_versions(python: str | None) -> dict[str, str] | None:
+    """quixstreams' and its confluent-kafka's versions in the Quix venv, or None without one."""
+    if not python:
+        return None
+    probe = subprocess.run([python, "-c", "import confluent_kafka, importlib.metadata as m; "
+                            "print(m.version('quixstreams'), m.version('confluent-kafka'), "
+                            "confluent_kafka.libversion()[0])"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None
+    quix, kafka, librdkafka = probe.stdout.split()
+    return {"quixstreams": quix, "confluent-kafka (quix venv)": kafka,
+            "librdkafka (quix venv)": librdkafka}
+
+
 def print_table(throughput: list[dict], kill_runs: list[dict]) -> None:
-    print(f"\n{'contender':<18} {'events/s':>9} {'incl. startup':>13} {'outputs':>8}"
+    print(f"\n{'contender':<26} {'events/s':>9} {'incl. startup':>13} {'outputs':>8}"
           f" {'dup':>5} {'missing':>7}  error", file=sys.stderr)
     for r in throughput:
-        print(f"{r['contender']:<18} {r.get('events_per_s', '-')!s:>9}"
+        print(f"{r['contender']:<26} {r.get('events_per_s', '-')!s:>9}"
               f" {r.get('events_per_s_incl_startup', '-')!s:>13} {r['outputs']:>8}"
               f" {r.get('duplicates', '-')!s:>5} {r['missing']:>7}  {r.get('error', '')}",
               file=sys.stderr)
     if kill_runs:
-        print(f"\n{'kill -9':<18} {'kills':>5} {'dup':>5} {'missing':>7} {'repeated':>8}"
-              f" {'past true':>9} {'gaps':>5} {'bad final':>9}  error", file=sys.stderr)
+        print(f"\n{'kill -9':<26} {'kills':>5} {'dup':>5} {'missing':>7} {'repeated':>8}"
+              f" {'past true':>9} {'gaps':>5} {'bad final':>9} {'recovery s':>18}  error",
+              file=sys.stderr)
     for r in kill_runs:
-        print(f"{r['contender']:<18} {len(r['killed_at_outputs']):>5} {r['duplicates']:>5}"
+        print(f"{r['contender']:<26} {len(r['killed_at_outputs']):>5} {r['duplicates']:>5}"
               f" {r['missing']:>7} {r['repeated_counts']:>8} {r['counts_past_true']:>9}"
               f" {r['count_gaps']:>5} {r['keys_with_wrong_final_count']:>9}"
-              f"  {r.get('error', '')}", file=sys.stderr)
+              f" {recovery_column(r.get('recovery', [])):>18}  {r.get('error', '')}",
+              file=sys.stderr)
+
+
+def recovery_column(recoveries: list[dict[str, float | None]]) -> str:
+    """Each kill's seconds to the first output after it, ``-`` for none.
+
+    >>> recovery_column([{"first_output_s": 61.24}, {"first_output_s": None}])
+    '61.2 / -'
+    """
+    return " / ".join("-" if r["first_output_s"] is None else f"{r['first_output_s']:.1f}"
+                      for r in recoveries)
 
 
 if __name__ == "__main__":

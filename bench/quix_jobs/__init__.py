@@ -1,0 +1,1 @@
+"""The Quix Streams side of ``python -m bench.faust_compare`` (its own venv: requirements.txt)."""
