@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from app.contract.decode import catalog_key
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE, SERVED
-from app.core.engine import DEFAULT_SESSION_ID, segment_key
+from app.core.default_rankings import DEFAULT_SESSION_ID, segment_key
 from app.core.events import Reaction, Served
 from app.core.join import covers
 from app.settings import DEFAULT_ARMS, DEFAULT_REWARDS

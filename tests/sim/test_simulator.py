@@ -13,7 +13,7 @@ import pytest
 
 from app.contract.specs import validation_error
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
-from app.core.engine import segment_key
+from app.core.default_rankings import segment_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
 from app.sim.arm_table import HiddenModel, SimConfig, Simulator, all_contexts, context_weight
