@@ -26,7 +26,7 @@ from app.core.policy import ContextualBandit, learn_decision
 from app.core.stats import learn_into
 from app.core.store import MemoryStore
 from app.settings import Settings
-from app.sim.common import Outgoing
+from app.sim.shoppers import Outgoing
 
 TICK_MS = 1_000
 

@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 from app.contract.topics import CLICKS
 from app.settings import KNOWN_ARMS, Settings
-from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
+from app.sim.common import SimClock, run_simulated
+from app.sim.shoppers import ORGANIC, Outgoing
 from app.sim.worlds import build_world, site_ids
 from bench.contenders import SessionKnn
 from bench.engine_inprocess import InProcessEngine

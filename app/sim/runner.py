@@ -30,7 +30,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from app.contract.topics import RANKINGS
 from app.kafka import clients, topic_admin
 from app.settings import Settings
-from app.sim.common import GROUPS, Outgoing
+from app.sim.figures import GROUPS
+from app.sim.shoppers import Outgoing
 from app.sim.worlds import WORLDS, build_world, site_ids
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def run(settings: Settings, options: SimOptions,
     Returns
     -------
     dict
-        The simulator's summary (see :data:`app.sim.common.SUMMARY_FIELDS`), with the
+        The simulator's summary (see :data:`app.sim.figures.SUMMARY_FIELDS`), with the
         world, the seed, the topic prefix, whether Ctrl-C or SIGTERM stopped the run early,
         and how many records Kafka failed to take added to ``run``. Also written to
         ``options.summary``.
