@@ -53,7 +53,9 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import DEFAULT_REWARDS, Settings
-from app.sim.common import Outgoing, SimClock, World, by_fifth, figures, run_simulated
+from app.sim.common import SimClock, World, run_simulated
+from app.sim.figures import by_fifth, figures
+from app.sim.shoppers import Outgoing
 from app.sim.worlds import WORLDS, best_baseline, build_world, site_ids
 from bench import next_item
 from bench.contenders import CONTENDERS

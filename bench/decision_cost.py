@@ -83,7 +83,7 @@ def measure() -> dict[str, Any]:
     start = time.perf_counter()
     for n in range(rounds):  # the statistics read anew each time, as for each event
         stats = SiteStats("site1", store.get, store.set)
-        engine._rank(session, stats, f"bench-{n}", session.last_ts, placement)
+        engine.issuer.rank(session, stats, f"bench-{n}", session.last_ts, placement)
     per_decision_us = (time.perf_counter() - start) / rounds * 1e6
     per_arm_us = {}
     for arm in settings.bandit.arms:  # the items of one arm alone

@@ -27,7 +27,7 @@ from app.core.sites import SiteSettings
 from app.core.stats import learn_into
 from app.core.store import MemoryStore
 from app.settings import Settings
-from app.sim.common import Outgoing
+from app.sim.shoppers import Outgoing
 
 TICK_MS = 1_000
 

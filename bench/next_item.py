@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 from app.contract.topics import CLICKS
 from app.core.arms import KNOWN_ARMS
 from app.settings import Settings
-from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
+from app.sim.common import SimClock, run_simulated
+from app.sim.shoppers import ORGANIC, Outgoing
 from app.sim.worlds import build_world, site_ids
 from bench.contenders import SessionKnn
 from bench.engine_inprocess import InProcessEngine

@@ -18,13 +18,14 @@ from typing import Any
 import msgspec
 
 from app.core.decay import DecayedScores
-from app.core.engine import PartitionClock, SiteDefaults
+from app.core.default_rankings import SiteDefaults
 from app.core.keys import key_kind
 from app.core.knn import Postings
 from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit, PolicyState
 from app.core.ranker import MAX_ITEM_CHARS as MAX_RANKER_ITEM_CHARS
 from app.core.ranker import MAX_ITEMS as MAX_RANKER_ITEMS
 from app.core.session import Session
+from app.core.stream_time import PartitionClock
 
 # librdkafka's default message.max.bytes: a larger record is refused and stops the batch.
 PRODUCER_LIMIT_BYTES = 1_000_000
@@ -82,7 +83,7 @@ def encode_state(value: Any) -> bytes:
 def decode_state(key: str, raw: bytes) -> Any:
     """The value stored under ``key``, of the type its kind holds.
 
-    >>> from app.core.engine import CLOCK_KEY
+    >>> from app.core.stream_time import CLOCK_KEY
     >>> clock = PartitionClock(stream_time=5)
     >>> decode_state(CLOCK_KEY, encode_state(clock)) == clock
     True

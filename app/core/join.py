@@ -1,7 +1,7 @@
 """The reward join of one session: reactions attributed to the displays they answer.
 
 Pure and synchronous. The caller owns stream time and passes it in as ``watermark``: the
-event time up to which every input topic of the partition has been read (see app.core.engine).
+event time up to which every input topic of the partition has been read (see app.core.stream_time).
 Decisions are taken only behind the watermark, so their outcome does not depend on how fast
 each topic happened to be read, only on what each topic holds.
 

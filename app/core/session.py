@@ -48,7 +48,7 @@ class Session:
     seen_event_ids: dict[str, None] = field(default_factory=dict)  # digests of event ids
     # The latest item of each reaction type: "viewed next" follows one type's order.
     last_of_type: dict[str, str] = field(default_factory=dict)
-    # The wake-up bucket this session is registered in (see app.core.engine).
+    # The wake-up bucket this session is registered in (see app.core.stream_time).
     wake_bucket: int | None = None
 
     def first_sight(self, event_id: str) -> bool:

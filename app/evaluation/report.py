@@ -68,8 +68,16 @@ def markdown(site_id: str, decisions: Sequence[Mapping[str, Any]], control: str,
              f"{len(decisions):,} closed decisions; experiment(s): "
              f"{', '.join(experiments) or 'none'}; control: {control}", "",
              "Intervals are 95 %, over sessions (the unit the experiment randomises): the "
-             "delta method for ratios of per-session sums.", "",
-             "## KPIs per variant", "",
+             "delta method for ratios of per-session sums.", ""]
+    lines += _kpi_section(kpis, variants)
+    lines += _uplift_section(kpis, variants, control, mde)
+    lines += _apprentice_section(decisions)
+    lines += _over_time_section(decisions, variants, periods)
+    return "\n".join(lines) + "\n"
+
+
+def _kpi_section(kpis: Mapping[str, Mapping[str, Kpi]], variants: Sequence[str]) -> list[str]:
+    lines = ["## KPIs per variant", "",
              "| KPI | " + " | ".join(f"{v} ({_sessions(kpis[v])} sessions)" for v in variants)
              + " |", "|---|" + "---|" * len(variants)]
     for name, label in LABELS.items():
@@ -79,43 +87,57 @@ def markdown(site_id: str, decisions: Sequence[Mapping[str, Any]], control: str,
             cells.append("n/a" if kpi is None else
                          f"{_fmt(kpi.value)} [{_fmt(kpi.low)}, {_fmt(kpi.high)}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Uplift against {control}", ""]
+    return lines
+
+
+def _uplift_section(kpis: Mapping[str, Mapping[str, Kpi]], variants: Sequence[str],
+                    control: str, mde: float) -> list[str]:
+    lines = ["", f"## Uplift against {control}", ""]
     if control not in kpis:
         lines.append(f"No decisions of a variant named {control!r}: no uplift to report "
                      "(--control names it).")
-    else:
-        lines += [f"Detectable: the smallest relative uplift this sample detects with 80 % "
-                  f"power at the 5 % level; asked for: {mde:.0%} (--mde).", "",
-                  "| variant | KPI | difference [95 %] | relative [95 %] | p-value | "
-                  "detectable | enough for the asked uplift |", "|---|---|---|---|---|---|---|"]
-        for v in variants:
-            if v == control:
+        return lines
+    lines += [f"Detectable: the smallest relative uplift this sample detects with 80 % "
+              f"power at the 5 % level; asked for: {mde:.0%} (--mde).", "",
+              "| variant | KPI | difference [95 %] | relative [95 %] | p-value | "
+              "detectable | enough for the asked uplift |", "|---|---|---|---|---|---|---|"]
+    for v in variants:
+        if v == control:
+            continue
+        for name, label in LABELS.items():
+            a, b = kpis[v].get(name), kpis[control].get(name)
+            if a is None or b is None:
                 continue
-            for name, label in LABELS.items():
-                a, b = kpis[v].get(name), kpis[control].get(name)
-                if a is None or b is None:
-                    continue
-                u = uplift(a, b)
-                enough = "yes" if u.detectable_relative <= mde else (
-                    f"no: about {_more_needed(u.detectable_relative, mde)}x the sessions")
-                lines.append(
-                    f"| {v} | {label} | {_fmt(u.difference)} [{_fmt(u.difference_low)}, "
-                    f"{_fmt(u.difference_high)}] | {_pct(u.relative)} [{_pct(u.relative_low)}, "
-                    f"{_pct(u.relative_high)}] | {u.p_value:.3g} | "
-                    f"{_pct(u.detectable_relative)} | {enough} |")
+            u = uplift(a, b)
+            enough = "yes" if u.detectable_relative <= mde else (
+                f"no: about {_more_needed(u.detectable_relative, mde)}x the sessions")
+            lines.append(
+                f"| {v} | {label} | {_fmt(u.difference)} [{_fmt(u.difference_low)}, "
+                f"{_fmt(u.difference_high)}] | {_pct(u.relative)} [{_pct(u.relative_low)}, "
+                f"{_pct(u.relative_high)}] | {u.p_value:.3g} | "
+                f"{_pct(u.detectable_relative)} | {enough} |")
+    return lines
+
+
+def _apprentice_section(decisions: Sequence[Mapping[str, Any]]) -> list[str]:
     apprentice = apprentice_summary(decisions)
-    if apprentice is not None:
-        lines += ["", "## Apprentice", "",
-                  f"{apprentice['decisions']:,} displays of the site's own choice with the "
-                  "engine deciding beside it:", "",
-                  f"- the engine chose the arm shown: {apprentice['arm_agreement']:.1%}",
-                  f"- its items among those shown: {apprentice['item_overlap']:.1%}",
-                  f"- reward per display of the site's choice: {apprentice['site_value']:.4g}",
-                  f"- the engine's, estimated where it agrees (IPS): "
-                  f"{apprentice['engine_value_ips']:.4g} (a lower bound when the site's "
-                  "choice is no arm of the engine's: unseen choices count 0)"]
-    lines += ["", "## Over time: reward per display", "",
-              "| from (UTC) | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    if apprentice is None:
+        return []
+    return ["", "## Apprentice", "",
+            f"{apprentice['decisions']:,} displays of the site's own choice with the "
+            "engine deciding beside it:", "",
+            f"- the engine chose the arm shown: {apprentice['arm_agreement']:.1%}",
+            f"- its items among those shown: {apprentice['item_overlap']:.1%}",
+            f"- reward per display of the site's choice: {apprentice['site_value']:.4g}",
+            f"- the engine's, estimated where it agrees (IPS): "
+            f"{apprentice['engine_value_ips']:.4g} (a lower bound when the site's "
+            "choice is no arm of the engine's: unseen choices count 0)"]
+
+
+def _over_time_section(decisions: Sequence[Mapping[str, Any]], variants: Sequence[str],
+                       periods: int) -> list[str]:
+    lines = ["", "## Over time: reward per display", "",
+             "| from (UTC) | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     series = by_period(decisions, periods)
     for index in range(periods):
         start = next(iter(series.values()))[index][0] if series else 0
@@ -125,7 +147,7 @@ def markdown(site_id: str, decisions: Sequence[Mapping[str, Any]], control: str,
             cells.append("" if kpi is None else _fmt(kpi.value))
         stamp = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         lines.append(f"| {stamp} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _sessions(kpis: Mapping[str, Kpi]) -> str:

@@ -139,8 +139,14 @@ class Metrics:
         self.site = SiteLabels()
         self.segment = SegmentLabels()
         self.build = _process_series(r)
+        self._input(r)
+        self._reward_join(r)
+        self._kpis(r)
+        self._rankings(r)
+        self._worker(r)
 
-        # -- input ------------------------------------------------------------------------
+    def _input(self, r: CollectorRegistry) -> None:
+        """Input events consumed, and records sent to the dead-letter topic."""
         self.events_consumed = Counter(
             "recoloop_events_consumed_total",
             "Input events consumed, once each, by outcome: accepted, invalid or duplicate.",
@@ -151,7 +157,9 @@ class Metrics:
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
 
-        # -- the reward join --------------------------------------------------------------
+    def _reward_join(self, r: CollectorRegistry) -> None:
+        """The reward join: displays, closed decisions, rewards, unattributed and late
+        reactions."""
         self.displays_served = Counter(
             "recoloop_displays_served_total", "Displays (reco.served) accepted into the join.",
             ["site", "arm"], registry=r)
@@ -180,7 +188,9 @@ class Metrics:
             "recoloop_reward_delay_seconds", "Delay from a display to an attributed reaction.",
             buckets=(0.5, 1, 2, 5, 10, 15, 20), registry=r)
 
-        # -- KPIs per site and experiment variant ("none": the site runs no experiment) ----
+    def _kpis(self, r: CollectorRegistry) -> None:
+        """KPIs per site and experiment variant ("none": the site runs no experiment), and
+        the candidate policies' shadow scores."""
         self.variant = SegmentLabels(cap=MAX_VARIANT_LABELS)
         self.variant_decisions = Counter(
             "recoloop_variant_decisions_total",
@@ -211,7 +221,8 @@ class Metrics:
             "How many decisions recoloop_shadow_value is worth (Kish's effective sample size).",
             ["site", "policy"], registry=r)
 
-        # -- rankings and the bandit ------------------------------------------------------
+    def _rankings(self, r: CollectorRegistry) -> None:
+        """Rankings published, and the bandit's updates, estimates and choice shares."""
         self.event_to_ranking = Histogram(
             "recoloop_event_to_ranking_seconds",
             "From an input event's Kafka timestamp to its ranking being sent.",
@@ -242,7 +253,8 @@ class Metrics:
             "recording rule site_arm:recoloop_rankings_published:share_rate5m.",
             ["site", "segment", "arm"], registry=r)
 
-        # -- the worker -------------------------------------------------------------------
+    def _worker(self, r: CollectorRegistry) -> None:
+        """The worker's readiness, state restores, undecodable records and restarts."""
         self.worker_ready = Gauge(
             "recoloop_worker_ready",
             "1 when the worker has recovered the tables of its assigned partitions (/ready).",

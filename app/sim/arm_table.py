@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.settings import DEFAULT_REWARDS
-from app.sim.common import (
+from app.sim.common import World
+from app.sim.shoppers import (
     BUY_BY_DEVICE,
     CHAIN,
     CONTEXT_WEIGHTS,
@@ -48,7 +49,6 @@ from app.sim.common import (
     Item,
     Outgoing,
     Shopper,
-    World,
     WorldConfig,
     chain_value,
     draw_context,

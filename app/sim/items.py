@@ -34,9 +34,9 @@ model, per site (``D`` = ``dim``, ``sigma`` the logistic function):
   followed by a detail view with probability ``p_view``, then a basket add with probability
   ``p_buy_uj = min(1, (buy_base + buy_range * sigma(attraction_slope * (f_uj -
   attraction_threshold))) * BUY_BY_DEVICE[device])``, after the log-normal delays of
-  :class:`app.sim.common.Delays` (some beyond the reward window). They carry ``served_id``.
+  :class:`app.sim.shoppers.Delays` (some beyond the reward window). They carry ``served_id``.
 - **Expected reward and the oracle.** A click on ``j`` is worth ``V_uj``, the chain's
-  expected best reward inside the window (:func:`app.sim.common.chain_value`), so a list
+  expected best reward inside the window (:func:`app.sim.shoppers.chain_value`), so a list
   ``L`` earns ``E[L] = sum_p w_p * s_{u L_p} * V_{u L_p}``. ``s`` and ``V`` rise with the
   fit and ``w`` falls with the position, so by the rearrangement inequality no list of the
   items the shopper can take beats the ``display_size`` of them with the highest fit, in fit
@@ -69,13 +69,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.sim.common import (
+from app.sim.common import World
+from app.sim.shoppers import (
     BUY_BY_DEVICE,
     Display,
     Item,
     Outgoing,
     Shopper,
-    World,
     WorldConfig,
     chain_value,
     draw_context,

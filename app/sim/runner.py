@@ -31,7 +31,9 @@ from app.contract.topics import RANKINGS
 from app.core.sites import SiteSettings
 from app.kafka import clients, topic_admin
 from app.settings import Settings
-from app.sim.common import GROUPS, Outgoing
+from app.sim.common import World
+from app.sim.figures import GROUPS
+from app.sim.shoppers import Outgoing
 from app.sim.worlds import WORLDS, build_world, site_ids
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def run(settings: Settings, options: SimOptions,
     Returns
     -------
     dict
-        The simulator's summary (see :data:`app.sim.common.SUMMARY_FIELDS`), with the
+        The simulator's summary (see :data:`app.sim.figures.SUMMARY_FIELDS`), with the
         world, the seed, the topic prefix, whether Ctrl-C or SIGTERM stopped the run early,
         and how many records Kafka failed to take added to ``run``. Also written to
         ``options.summary``.
@@ -111,11 +113,7 @@ def run(settings: Settings, options: SimOptions,
     SimulatorError
         When the rankings topic is missing or the broker does not take the catalog.
     """
-    if options.sites < 1 or options.duration_s <= 0:
-        raise SimulatorError("--sites must be at least 1 and --duration-s positive")
-    if options.world not in WORLDS:
-        raise SimulatorError(f"--world must be one of {', '.join(WORLDS)}")
-    sites = site_ids(options.sites)
+    _check(options)
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
@@ -125,13 +123,7 @@ def run(settings: Settings, options: SimOptions,
     producer = Producer({**clients.idempotent_producer(settings), "linger.ms": 5,
                          "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
-    defaults = SiteSettings(settings)  # each site's arms, from the environment
-    sim = build_world(options.world, options.seed, _now_ms, sites=sites, rate=options.rate,
-                      control_share=options.control_share,
-                      window_ms=int(settings.join.reward_window_s * 1000),
-                      rewards=settings.join.rewards,
-                      arms={site: defaults.arms_for(site) for site in sites},
-                      run_tag=f"sim{uuid.uuid4().hex[:6]}")
+    sim = _world(settings, options)
     interrupted = False
     try:
         _send(producer, settings, sim.catalog_records(), delivered)
@@ -139,20 +131,8 @@ def run(settings: Settings, options: SimOptions,
             raise SimulatorError("could not produce to Kafka at "
                                  f"{settings.kafka.bootstrap_servers}: "
                                  f"{failures[:1] or 'timed out'}")
-        deadline = sim.start_ms + options.duration_s * 1000
-        next_progress = time.monotonic() + progress_every_s
-        while _now_ms() < deadline:
-            due = sim.next_due_ms()
-            wait_s = POLL_S if due is None else min(POLL_S, max(0.0, (due - _now_ms()) / 1000))
-            for message in consumer.consume(500, timeout=wait_s):
-                value = message.value() if message.error() is None else None
-                if value:
-                    sim.on_ranking(orjson.loads(value))
-            _send(producer, settings, sim.advance(), delivered)
-            producer.poll(0)
-            if on_progress is not None and time.monotonic() >= next_progress:
-                next_progress += progress_every_s
-                on_progress(sim.progress())
+        _play(sim, producer, consumer, settings, delivered, options.duration_s,
+              on_progress, progress_every_s)
     except KeyboardInterrupt:
         interrupted = True  # stop here; the summary covers what ran
     finally:
@@ -165,6 +145,46 @@ def run(settings: Settings, options: SimOptions,
     if options.summary is not None:
         write_json(options.summary, summary)
     return summary
+
+
+def _check(options: SimOptions) -> None:
+    if options.sites < 1 or options.duration_s <= 0:
+        raise SimulatorError("--sites must be at least 1 and --duration-s positive")
+    if options.world not in WORLDS:
+        raise SimulatorError(f"--world must be one of {', '.join(WORLDS)}")
+
+
+def _world(settings: Settings, options: SimOptions) -> World:
+    sites = site_ids(options.sites)
+    defaults = SiteSettings(settings)  # each site's arms, from the environment
+    return build_world(options.world, options.seed, _now_ms, sites=sites, rate=options.rate,
+                       control_share=options.control_share,
+                       window_ms=int(settings.join.reward_window_s * 1000),
+                       rewards=settings.join.rewards,
+                       arms={site: defaults.arms_for(site) for site in sites},
+                       run_tag=f"sim{uuid.uuid4().hex[:6]}")
+
+
+def _play(sim: World, producer: Producer, consumer: Consumer, settings: Settings,
+          delivered: Callable[[KafkaError | None, Any], None], duration_s: float,
+          on_progress: Callable[[dict[str, Any]], None] | None,
+          progress_every_s: float) -> None:
+    """In real time until ``duration_s`` after the world's start: send what falls due, and
+    feed the world every ranking the engine publishes."""
+    deadline = sim.start_ms + duration_s * 1000
+    next_progress = time.monotonic() + progress_every_s
+    while _now_ms() < deadline:
+        due = sim.next_due_ms()
+        wait_s = POLL_S if due is None else min(POLL_S, max(0.0, (due - _now_ms()) / 1000))
+        for message in consumer.consume(500, timeout=wait_s):
+            value = message.value() if message.error() is None else None
+            if value:
+                sim.on_ranking(orjson.loads(value))
+        _send(producer, settings, sim.advance(), delivered)
+        producer.poll(0)
+        if on_progress is not None and time.monotonic() >= next_progress:
+            next_progress += progress_every_s
+            on_progress(sim.progress())
 
 
 def _now_ms() -> int:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from app.sim.common import Outgoing, Shopper
 from app.sim.items import ItemConfig, ItemShopper, ItemWorld
+from app.sim.shoppers import Outgoing, Shopper
 
 BEST_BASELINE = "popular"
 

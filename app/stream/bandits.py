@@ -77,7 +77,7 @@ class MemorySpill(dict[str, bytes]):
 
 
 class BanditModels:
-    """The :class:`app.core.engine.Policies` of a worker.
+    """The :class:`app.core.issuing.Policies` of a worker.
 
     >>> from app.settings import Settings
     >>> models = BanditModels(Settings.of(arms=("category1", "trending")))

@@ -35,7 +35,8 @@ from app.contract.decode import (
     decode_catalog,
 )
 from app.contract.topics import CATALOG, REACTION_TOPIC_BY_TYPE, Topics
-from app.core.engine import Effects, Engine, segment_key
+from app.core.default_rankings import segment_key
+from app.core.engine import Effects, Engine
 from app.core.events import Origin, Reaction, Served, Tick
 from app.core.experiment import MAIN_VARIANT, model_key
 from app.core.policy import learn_decision

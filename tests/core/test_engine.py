@@ -246,7 +246,7 @@ def test_reactions_without_a_category_take_it_from_the_catalog(engine, catalog_s
 
 
 def test_default_rankings_per_segment_come_from_the_sites_home_partition(engine, settings):
-    from app.core.engine import home_partition
+    from app.core.default_rankings import home_partition
 
     home = home_partition("shop", 4)
     store = EncodedStore()
@@ -295,7 +295,8 @@ def test_a_site_can_override_the_window_and_the_rewards():
 
 
 def test_idle_sites_get_no_more_default_rankings_and_leave_the_clock():
-    from app.core.engine import CLOCK_KEY, home_partition
+    from app.core.default_rankings import home_partition
+    from app.core.stream_time import CLOCK_KEY
 
     settings = Settings.of(site_idle_s=60)
     engine = Engine(settings, FixedPolicies(settings), StoreCatalog(MemoryStore()))

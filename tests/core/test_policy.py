@@ -15,7 +15,7 @@ from app.contract.codec import (
     encode_model,
     model_bytes_bound,
 )
-from app.core.engine import stable_uniform
+from app.core.issuing import stable_uniform
 from app.core.policy import MAX_FEATURE_CHARS, ContextualBandit
 from app.core.ranker import MAX_ITEM_CHARS, MAX_ITEMS, SIGNALS
 from app.settings import DEFAULT_ARMS

@@ -30,7 +30,7 @@ from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
 from app.core.store import MemoryStore
 from app.settings import DEFAULT_ARMS, Settings
-from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
+from app.sim.common import SimClock, run_simulated
 from app.sim.items import (
     ItemConfig,
     ItemShopper,
@@ -38,6 +38,7 @@ from app.sim.items import (
     pick_position,
     position_bias,
 )
+from app.sim.shoppers import ORGANIC, Outgoing
 
 START_MS = 1_800_000_000_000
 REACTIONS = (CLICKS, DETAIL_VIEWS, BASKET_ADDS)

@@ -12,8 +12,9 @@ from confluent_kafka import Message
 from app import cli
 from app.contract.topics import BASKET_ADDS, CLICKS, DETAIL_VIEWS, RANKINGS, SERVED
 from app.settings import Settings
-from app.sim.common import CHAIN, GROUPS, SUMMARY_FIELDS
 from app.sim.demo import wait_ready
+from app.sim.figures import GROUPS, SUMMARY_FIELDS
+from app.sim.shoppers import CHAIN
 from tests.kafka_io import collect, values
 from tests.worker_process import WorkerProcess
 

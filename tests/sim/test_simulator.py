@@ -13,19 +13,12 @@ import pytest
 
 from app.contract.specs import validation_error
 from app.contract.topics import BASKET_ADDS, CATALOG, CLICKS, DETAIL_VIEWS, SERVED
-from app.core.engine import segment_key
+from app.core.default_rankings import segment_key
 from app.core.events import Reaction, Served
 from app.core.policy import ContextualBandit
 from app.sim.arm_table import HiddenModel, SimConfig, Simulator, all_contexts, context_weight
-from app.sim.common import (
-    CHAIN,
-    GROUPS,
-    SUMMARY_FIELDS,
-    Delays,
-    Outgoing,
-    Shopper,
-    window_shares,
-)
+from app.sim.figures import GROUPS, SUMMARY_FIELDS
+from app.sim.shoppers import CHAIN, Delays, Outgoing, Shopper, window_shares
 
 START_MS = 1_800_000_000_000
 WINDOW_MS = 20_000

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from app.contract.topics import BASKET_ADDS, CLICKS, SERVED
-from app.sim.common import ORGANIC, Outgoing, SimClock, run_simulated
+from app.sim.common import SimClock, run_simulated
 from app.sim.items import ItemShopper, ItemWorld
 from app.sim.longtail import LongTailConfig, LongTailWorld
 from app.sim.returns import ReturnsConfig, ReturnsWorld
 from app.sim.shifting import ShiftingConfig, ShiftingWorld
+from app.sim.shoppers import ORGANIC, Outgoing
 from app.sim.slots import SlotsConfig, SlotsWorld
 from app.sim.worlds import ITEM_WORLDS, WORLDS, best_baseline, build_world
 
