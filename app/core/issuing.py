@@ -129,7 +129,8 @@ class RankingIssuer:
             return None
         placed_by: dict[str, str] = {}
         items = arm_items(variant.baseline, session, stats, self.catalog, ts,
-                          self.settings.ranking.ranking_size, rules=self.sites.rules_for(session.site_id),
+                          self.settings.ranking.ranking_size,
+                          rules=self.sites.rules_for(session.site_id),
                           placed_by=placed_by, fixed=variant.items)
         context = dict(session.context)
         self._remember(session, ranking_id, IssuedRanking(variant.baseline, 1.0, context, 0, ts,
