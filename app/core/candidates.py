@@ -83,11 +83,16 @@ def arm_items(arm: str, session: Session, stats: SiteStats, catalog: CatalogView
         _fill(session, stats, catalog, ts, wanted, take)
     if not rules.promotes:
         return picked
-    def can_pin(item: str) -> bool:
-        """A pinned item comes from a config, not from what shoppers engaged: the catalog
-        must know it (a typo or a deleted item is not pinned to every ranking)."""
-        return can_show(item) and lookup(session.site_id, item) is not None
+    return _promoted(picked, size, rules, placed_by,
+                     lambda item: can_show(item) and lookup(session.site_id, item) is not None)
 
+
+def _promoted(picked: list[tuple[str, float]], size: int, rules: Rules,
+              placed_by: dict[str, str] | None, can_pin: Callable[[str], bool]
+              ) -> list[tuple[str, float]]:
+    """``picked`` under the site's promotions. A pinned item comes from a config, not from
+    what shoppers engaged: ``can_pin`` requires the catalog to know it (a typo or a deleted
+    item is not pinned to every ranking)."""
     promoted = rules.promote(picked, size, can_pin)
     if placed_by is not None:
         for item, _ in promoted[:rules.promoted_places_max]:

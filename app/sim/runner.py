@@ -120,16 +120,15 @@ def run(settings: Settings, options: SimOptions,
         if error is not None:
             failures.append(str(error))
 
-    producer = Producer({**clients.idempotent_producer(settings), "linger.ms": 5,
-                         "logger": log})
+    producer = Producer({**clients.idempotent_producer(settings), "linger.ms": 5, "logger": log})
     consumer = _rankings_consumer(settings, _now_ms() - RANKINGS_LOOKBACK_MS)
     sim = _world(settings, options)
     interrupted = False
     try:
         _send(producer, settings, sim.catalog_records(), delivered)
         if producer.flush(FLUSH_TIMEOUT_S) or failures:
-            raise SimulatorError("could not produce to Kafka at "
-                                 f"{settings.kafka.bootstrap_servers}: "
+            where = settings.kafka.bootstrap_servers
+            raise SimulatorError(f"could not produce to Kafka at {where}: "
                                  f"{failures[:1] or 'timed out'}")
         _play(sim, producer, consumer, settings, delivered, options.duration_s,
               on_progress, progress_every_s)
