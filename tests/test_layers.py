@@ -144,3 +144,21 @@ def test_every_layer_rule_names_existing_modules() -> None:
     names = {module_name(p) for p in app_modules()}
     for prefix in ALLOWED:
         assert any(_within(name, prefix) for name in names), prefix
+
+
+# Modules a reader can hold in their head, functions that fit on a screen.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+
+
+def test_modules_and_functions_stay_small() -> None:
+    too_long = []
+    for path in app_modules():
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{module_name(path)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno \
+                    and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                too_long.append(f"{module_name(path)}.{node.name}: "
+                                f"{node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
