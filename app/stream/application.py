@@ -16,7 +16,7 @@ from app.observability.tracing import Tracing
 from app.settings import Settings
 from app.stream.bandits import BanditModels, SpilledModels
 from app.stream.processor import RecoProcessor
-from app.stream.replicas import CatalogReplica, ModelsReplica, SiteConfigReplica, SiteStatsReplica
+from app.stream.replicas import CatalogReplica, SharedReplica, SiteConfigReplica
 from app.stream.runtime.protocol import Application
 from app.stream.site_stats import SiteStatistics
 from app.stream.state import ENGINE_CODEC
@@ -42,8 +42,8 @@ def recoloop(settings: Settings, partitions: int, metrics: Metrics,
     # The sites' configs first: a model read back is fitted to its site's arms at once.
     replicas = (SiteConfigReplica(topics.site_config, sites, models, undecodable),
                 CatalogReplica(topics.catalog, catalog),
-                ModelsReplica(topics.models, models, undecodable),
-                SiteStatsReplica(topics.site_stats, site_stats, undecodable))
+                SharedReplica(topics.models, models.offer, "models", undecodable),
+                SharedReplica(topics.site_stats, site_stats.offer, "site_stats", undecodable))
     return Application(
         sources=(*topics.join_inputs, topics.decisions, topics.catalog),
         stateful=topics.join_inputs, changelog=topics.changelog, processor=processor,

@@ -14,7 +14,6 @@ from app.core.sites import SiteSettings
 from app.core.store import Store
 from app.stream.bandits import BanditModels
 from app.stream.runtime.protocol import Record
-from app.stream.site_stats import SiteStatistics
 
 log = logging.getLogger(__name__)
 
@@ -68,45 +67,25 @@ class SiteConfigReplica:
         self.models.reconfigured(site_id)
 
 
-class ModelsReplica:
-    """Every site's bandits as committed, newer versions replacing older ones. Caught up on
-    each assignment, so that no site learns from an older model than the one committed."""
+class SharedReplica:
+    """A compacted topic of state every worker shares, as committed: each record's value
+    offered under its UTF-8 key (``offer``); tombstones teach nothing. Caught up on each
+    assignment, so that no site learns from older state than the one committed. The bandit
+    models (source ``models``) and the site statistics (``site_stats``) are read so."""
 
     caught_up_on_assign = True
 
-    def __init__(self, topic: str, models: BanditModels, undecodable: Undecodable) -> None:
-        self.topic = topic
-        self.models = models
-        self.undecodable = undecodable
-
-    def apply(self, record: Record) -> None:
-        if record.value is None:
-            return  # a tombstone: nothing to learn from
-        site_id = _text_key(record)
-        if site_id is None:
-            log.warning("models topic: skipped a record without a UTF-8 site key")
-            self.undecodable("models")
-            return
-        self.models.offer(site_id, record.value)
-
-
-class SiteStatsReplica:
-    """Every site's shared item statistics as committed; caught up on each assignment."""
-
-    caught_up_on_assign = True
-
-    def __init__(self, topic: str, site_stats: SiteStatistics,
+    def __init__(self, topic: str, offer: Callable[[str, bytes], None], source: str,
                  undecodable: Undecodable) -> None:
-        self.topic = topic
-        self.site_stats = site_stats
+        self.topic, self.offer, self.source = topic, offer, source
         self.undecodable = undecodable
 
     def apply(self, record: Record) -> None:
         if record.value is None:
             return  # a tombstone: nothing to learn from
-        name = _text_key(record)
-        if name is None:
-            log.warning("site statistics topic: skipped a record without a UTF-8 key")
-            self.undecodable("site_stats")
+        key = _text_key(record)
+        if key is None:
+            log.warning("%s: skipped a record without a UTF-8 key", self.topic)
+            self.undecodable(self.source)
             return
-        self.site_stats.offer(name, record.value)
+        self.offer(key, record.value)
